@@ -1,0 +1,1 @@
+//! Real local test infrastructure.
