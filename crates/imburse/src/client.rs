@@ -1,0 +1,731 @@
+//! The HTTP client: one shared connection pool, per-account token caches and rate limiters,
+//! retries for idempotent calls and never for creates.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use backon::{ExponentialBuilder, Retryable as _};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
+use reqwest::{Method, StatusCode, Url};
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use tracing::debug;
+
+use crate::config::{account_headers, endpoint, parse_base_url};
+use crate::model::{ErrorBody, KeyList};
+use crate::token::{TokenCache, parse_token_response};
+use crate::{
+    AccountConfig, ApiErrorDetails, ApiGeneration, CreatedKey, Error, KeyPair, NewKey, TenantKey,
+    Token, signing,
+};
+
+/// The header carrying a per-request id that Imburse echoes in its error bodies.
+const CORRELATION_ID: &str = "x-correlation-id";
+
+/// A callback told about every HTTP request made, e.g. to count calls in metrics.
+pub type Observer = Arc<dyn Fn(&CallRecord) + Send + Sync>;
+
+/// Which API operation an HTTP request performed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    /// Exchanging a key pair for a bearer token.
+    Token,
+    /// Creating a tenant key.
+    CreateKey,
+    /// Listing a tenant's keys.
+    ListKeys,
+    /// Reading one tenant key.
+    GetKey,
+    /// Deleting a tenant key.
+    DeleteKey,
+}
+
+impl Operation {
+    /// A short snake_case label, suitable for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Token => "token",
+            Self::CreateKey => "create_key",
+            Self::ListKeys => "list_keys",
+            Self::GetKey => "get_key",
+            Self::DeleteKey => "delete_key",
+        }
+    }
+
+    /// Whether repeating the request cannot change the outcome; only these are retried.
+    fn is_idempotent(self) -> bool {
+        self != Self::CreateKey
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One HTTP request as seen by an [`Observer`].
+#[derive(Debug, Clone)]
+pub struct CallRecord {
+    /// What the request did.
+    pub operation: Operation,
+    /// The HTTP status, or `None` when no response arrived.
+    pub status: Option<u16>,
+    /// Time from sending to the end of the response body (or the failure).
+    pub elapsed: Duration,
+}
+
+/// Exponential backoff with jitter for idempotent calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in total, including the first (1 disables retries).
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubled for each later one.
+    pub base: Duration,
+    /// Longest delay between attempts. A `Retry-After` longer than this ends the retries and
+    /// the error (with its `retry_after`) goes to the caller, which can reschedule.
+    pub cap: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 4,
+            base: Duration::from_millis(200),
+            cap: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A client-side request budget per account, so the operator stays polite under load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Sustained requests per second.
+    pub per_second: u32,
+    /// Requests allowed at once after a quiet period.
+    pub burst: u32,
+}
+
+/// Settings of a [`Client`].
+#[derive(Clone)]
+pub struct ClientOptions {
+    /// Limit for establishing a TCP/TLS connection.
+    pub connect_timeout: Duration,
+    /// Limit for a whole request, response body included.
+    pub request_timeout: Duration,
+    /// Retries of idempotent calls.
+    pub retry: RetryPolicy,
+    /// Client-side rate limit per account; `None` for no limit.
+    pub rate_limit: Option<RateLimit>,
+    /// Called after every HTTP request.
+    pub observer: Option<Observer>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+            rate_limit: None,
+            observer: None,
+        }
+    }
+}
+
+impl fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("retry", &self.retry)
+            .field("rate_limit", &self.rate_limit)
+            .field("observer", &self.observer.as_ref().map(|_| "<fn>"))
+            .finish()
+    }
+}
+
+/// The Imburse API client. Cheap to clone: clones share the connection pool and the
+/// per-account state.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<ClientInner>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client").finish_non_exhaustive()
+    }
+}
+
+struct ClientInner {
+    http: reqwest::Client,
+    retry: RetryPolicy,
+    rate_limit: Option<Quota>,
+    observer: Option<Observer>,
+    accounts: Mutex<HashMap<AccountIdentity, Arc<AccountState>>>,
+}
+
+/// What makes two [`AccountConfig`]s the same account. The private key is represented by its
+/// SHA-256 so the map never holds a second copy of the secret.
+#[derive(PartialEq, Eq, Hash)]
+struct AccountIdentity {
+    base_url: String,
+    generation: ApiGeneration,
+    account_id: Option<String>,
+    public_key: String,
+    private_key_digest: [u8; 32],
+}
+
+impl AccountIdentity {
+    fn of(cfg: &AccountConfig, base: &Url) -> Self {
+        Self {
+            base_url: base.as_str().to_owned(),
+            generation: cfg.generation,
+            account_id: cfg.account_id.clone(),
+            public_key: cfg.credentials.public_key.clone(),
+            private_key_digest: Sha256::digest(
+                cfg.credentials.private_key.expose_secret().as_bytes(),
+            )
+            .into(),
+        }
+    }
+}
+
+struct AccountState {
+    base: Url,
+    generation: ApiGeneration,
+    credentials: KeyPair,
+    /// Headers of every key call (`x-account-id` for the current generation).
+    key_headers: HeaderMap,
+    tokens: TokenCache,
+    limiter: Option<DefaultDirectRateLimiter>,
+}
+
+impl Client {
+    /// Builds a client; fails only on invalid options.
+    pub fn new(opts: ClientOptions) -> Result<Self, Error> {
+        if opts.retry.max_attempts == 0 {
+            return Err(Error::InvalidConfig(
+                "retry.maxAttempts must be at least 1".into(),
+            ));
+        }
+        let rate_limit = opts
+            .rate_limit
+            .map(|limit| {
+                let per_second = NonZeroU32::new(limit.per_second);
+                let burst = NonZeroU32::new(limit.burst);
+                per_second
+                    .zip(burst)
+                    .map(|(rate, burst)| Quota::per_second(rate).allow_burst(burst))
+                    .ok_or_else(|| {
+                        Error::InvalidConfig(
+                            "rateLimit.perSecond and burst must be positive".into(),
+                        )
+                    })
+            })
+            .transpose()?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(opts.connect_timeout)
+            .timeout(opts.request_timeout)
+            // A redirect would carry our Authorization elsewhere; the API never redirects.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!(
+                "tenant-key-operator-imburse/",
+                env!("CARGO_PKG_VERSION")
+            ))
+            .build()
+            .map_err(|_| Error::InvalidConfig("cannot build the HTTP client".into()))?;
+        Ok(Self {
+            inner: Arc::new(ClientInner {
+                http,
+                retry: opts.retry,
+                rate_limit,
+                observer: opts.observer,
+                accounts: Mutex::default(),
+            }),
+        })
+    }
+
+    /// The handle for one account. The same base URL, generation, account id and key pair
+    /// always yield handles sharing one token cache and one rate limiter.
+    pub fn account(&self, cfg: AccountConfig) -> Result<AccountClient, Error> {
+        cfg.credentials.validate()?;
+        let base = parse_base_url(&cfg.base_url)?;
+        let key_headers = account_headers(&cfg)?;
+        let identity = AccountIdentity::of(&cfg, &base);
+        let mut accounts = self
+            .inner
+            .accounts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let state = accounts
+            .entry(identity)
+            .or_insert_with(|| {
+                Arc::new(AccountState {
+                    base,
+                    generation: cfg.generation,
+                    credentials: cfg.credentials,
+                    key_headers,
+                    tokens: TokenCache::default(),
+                    limiter: self.inner.rate_limit.map(RateLimiter::direct),
+                })
+            })
+            .clone();
+        Ok(AccountClient {
+            client: self.clone(),
+            state,
+        })
+    }
+}
+
+/// Exchanges any key pair for a bearer token: an account key yields a management token, a
+/// tenant key a tenant token. Not cached. Used to prove that a created key authenticates.
+pub async fn authenticate(
+    http: &Client,
+    base_url: &str,
+    generation: ApiGeneration,
+    key: &KeyPair,
+) -> Result<Token, Error> {
+    key.validate()?;
+    let base = parse_base_url(base_url)?;
+    http.inner.fetch_token(None, &base, generation, key).await
+}
+
+/// A successful response body and the correlation id it was sent with.
+struct Reply {
+    body: Vec<u8>,
+    correlation_id: String,
+}
+
+/// A failed attempt of a key call, remembering whether the token fetch failed (that has its own
+/// retries, so the key call must not multiply them) or the key call itself.
+enum AttemptError {
+    Token(Error),
+    Call(Error),
+}
+
+/// An error type that [`ClientInner::with_retry`] can judge.
+trait RetrySubject {
+    /// The error to judge for a retry, or `None` if this failure must never be retried here.
+    fn retry_subject(&self) -> Option<&Error>;
+}
+
+impl RetrySubject for Error {
+    fn retry_subject(&self) -> Option<&Error> {
+        Some(self)
+    }
+}
+
+impl RetrySubject for AttemptError {
+    fn retry_subject(&self) -> Option<&Error> {
+        match self {
+            Self::Call(e) => Some(e),
+            Self::Token(_) => None,
+        }
+    }
+}
+
+impl AttemptError {
+    fn into_inner(self) -> Error {
+        match self {
+            Self::Token(e) | Self::Call(e) => e,
+        }
+    }
+}
+
+impl ClientInner {
+    /// Runs `attempt` until it succeeds, fails for good, or the policy runs out. Transient
+    /// errors are retried after an exponential, jittered delay, or after the API's
+    /// `Retry-After` when it sent one.
+    async fn with_retry<T, E, F, Fut>(&self, operation: Operation, attempt: F) -> Result<T, E>
+    where
+        E: RetrySubject,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let policy = self.retry;
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(policy.base)
+            .with_max_delay(policy.cap)
+            .with_max_times(usize::try_from(policy.max_attempts - 1).unwrap_or(usize::MAX))
+            .with_jitter();
+        attempt
+            .retry(backoff)
+            .when(|e| e.retry_subject().is_some_and(Error::is_transient))
+            .adjust(|e, next| {
+                let next = next?;
+                match e.retry_subject().and_then(Error::retry_after) {
+                    Some(wait) if wait > policy.cap => None,
+                    Some(wait) => Some(wait),
+                    None => Some(next),
+                }
+            })
+            .notify(|e, delay| {
+                if let Some(e) = e.retry_subject() {
+                    debug!(operation = operation.as_str(), error = %e, ?delay, "retrying Imburse API call");
+                }
+            })
+            .await
+    }
+
+    /// Signs and sends a token request (retried), and parses the token.
+    async fn fetch_token(
+        &self,
+        limiter: Option<&DefaultDirectRateLimiter>,
+        base: &Url,
+        generation: ApiGeneration,
+        key: &KeyPair,
+    ) -> Result<Token, Error> {
+        let url = endpoint(base, generation.token_path());
+        let attempt = || async {
+            // Each attempt is signed anew: the server refuses a nonce it has seen.
+            let mut headers = HeaderMap::new();
+            headers.insert(AUTHORIZATION, sensitive(signing::authorization(key, b"")?)?);
+            let reply = self
+                .send(
+                    limiter,
+                    Operation::Token,
+                    Method::POST,
+                    &url,
+                    headers,
+                    Vec::new(),
+                )
+                .await?;
+            parse_token_response(&reply.body)
+        };
+        self.with_retry(Operation::Token, attempt).await
+    }
+
+    /// Sends one HTTP request and reads the whole response. Non-2xx statuses become errors.
+    async fn send(
+        &self,
+        limiter: Option<&DefaultDirectRateLimiter>,
+        operation: Operation,
+        method: Method,
+        url: &Url,
+        mut headers: HeaderMap,
+        body: Vec<u8>,
+    ) -> Result<Reply, Error> {
+        if let Some(limiter) = limiter {
+            limiter.until_ready().await;
+        }
+        let correlation_id = uuid::Uuid::new_v4().to_string();
+        if let Ok(value) = HeaderValue::from_str(&correlation_id) {
+            headers.insert(CORRELATION_ID, value);
+        }
+        if !body.is_empty() {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        let started = Instant::now();
+        let outcome = self.exchange(method, url, headers, body).await;
+        let elapsed = started.elapsed();
+        let status = outcome.as_ref().ok().map(|(status, ..)| status.as_u16());
+        debug!(
+            operation = operation.as_str(),
+            status,
+            correlation_id,
+            elapsed_ms = elapsed.as_millis(),
+            "Imburse API call"
+        );
+        if let Some(observer) = &self.observer {
+            observer(&CallRecord {
+                operation,
+                status,
+                elapsed,
+            });
+        }
+        let (status, retry_after, body) =
+            outcome.map_err(|e| transport_error(operation, &e, &correlation_id).unwrap_or(e))?;
+        if status.is_success() {
+            Ok(Reply {
+                body,
+                correlation_id,
+            })
+        } else {
+            Err(status_error(
+                operation,
+                status,
+                retry_after,
+                &body,
+                &correlation_id,
+            ))
+        }
+    }
+
+    /// The network part of [`Self::send`]: status, `Retry-After` and body, or what failed.
+    async fn exchange(
+        &self,
+        method: Method,
+        url: &Url,
+        headers: HeaderMap,
+        body: Vec<u8>,
+    ) -> Result<(StatusCode, Option<Duration>, Vec<u8>), Error> {
+        let request = self.http.request(method, url.clone()).headers(headers);
+        let request = if body.is_empty() {
+            request
+        } else {
+            request.body(body)
+        };
+        let response = request.send().await.map_err(classify)?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = response.bytes().await.map_err(classify)?;
+        Ok((status, retry_after, body.to_vec()))
+    }
+}
+
+/// A reqwest failure as [`Error::Timeout`] or [`Error::Transport`].
+fn classify(e: reqwest::Error) -> Error {
+    if e.is_timeout() {
+        Error::Timeout
+    } else {
+        Error::Transport(e)
+    }
+}
+
+/// For a create, any failure after the connection was made may have left a key behind; those
+/// become [`Error::CreateOutcomeUnknown`]. Returns `None` to keep the error as it is.
+fn transport_error(operation: Operation, e: &Error, correlation_id: &str) -> Option<Error> {
+    let never_sent = matches!(e, Error::Transport(t) if t.is_connect() || t.is_builder());
+    (operation == Operation::CreateKey && !never_sent).then(|| Error::CreateOutcomeUnknown {
+        correlation_id: correlation_id.to_owned(),
+    })
+}
+
+/// Maps an error status to an [`Error`], keeping only identifiers from the body.
+fn status_error(
+    operation: Operation,
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: &[u8],
+    sent_correlation_id: &str,
+) -> Error {
+    let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
+    let first = parsed.errors.into_iter().next();
+    let echoed = first
+        .as_ref()
+        .and_then(|e| e.metadata.as_ref())
+        .and_then(|m| m.correlation_id.clone());
+    let details = ApiErrorDetails {
+        error_code: first.and_then(|e| e.error_code),
+        correlation_id: Some(
+            parsed
+                .correlation_id
+                .or(echoed)
+                .unwrap_or_else(|| sent_correlation_id.to_owned()),
+        ),
+    };
+    match status.as_u16() {
+        400 => Error::BadRequest(details),
+        401 => Error::Unauthorized(details),
+        403 => Error::Forbidden(details),
+        // A 404 from the token endpoint means a wrong base URL or API generation.
+        404 if operation == Operation::Token => Error::UnexpectedStatus {
+            status: 404,
+            details,
+        },
+        404 if matches!(operation, Operation::GetKey | Operation::DeleteKey)
+            && !details
+                .error_code
+                .as_deref()
+                .is_some_and(|code| code.contains("TENANT")) =>
+        {
+            Error::NotFound(details)
+        }
+        404 => Error::TenantNotFound(details),
+        409 => Error::Conflict(details),
+        429 => Error::RateLimited {
+            retry_after,
+            details,
+        },
+        status @ 500..=599 => Error::Server { status, details },
+        status => Error::UnexpectedStatus { status, details },
+    }
+}
+
+/// A header value that hyper and reqwest will not print in their own debug output.
+fn sensitive(value: SecretString) -> Result<HeaderValue, Error> {
+    let mut header = HeaderValue::from_str(value.expose_secret())
+        .map_err(|_| Error::InvalidConfig("credential is not a valid header value".into()))?;
+    header.set_sensitive(true);
+    Ok(header)
+}
+
+/// The handle for one account. Cheap to clone; clones share the token cache and rate limiter.
+#[derive(Clone)]
+pub struct AccountClient {
+    client: Client,
+    state: Arc<AccountState>,
+}
+
+impl fmt::Debug for AccountClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccountClient")
+            .field("base_url", &self.state.base.as_str())
+            .field("generation", &self.state.generation)
+            .field("public_key", &self.state.credentials.public_key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AccountClient {
+    /// Proves the account key works by obtaining (or reusing the cached) management token.
+    pub async fn verify_credentials(&self) -> Result<(), Error> {
+        self.token().await.map(drop)
+    }
+
+    /// Creates a key for the tenant. Never retried automatically: on
+    /// [`Error::CreateOutcomeUnknown`] (and, to be safe, on [`Error::Server`]) the key may exist,
+    /// and the caller must reconcile with [`AccountClient::list_keys`].
+    pub async fn create_key(&self, tenant_id: &str, req: &NewKey) -> Result<CreatedKey, Error> {
+        let body = serde_json::to_vec(req)
+            .map_err(|_| Error::InvalidConfig("key request cannot be encoded".into()))?;
+        let reply = self
+            .call(
+                Operation::CreateKey,
+                Method::POST,
+                &self.keys_path(tenant_id, None)?,
+                body,
+            )
+            .await?;
+        // The key was created, but without a readable body its private key is lost to us.
+        serde_json::from_slice(&reply.body).map_err(|_| Error::CreateOutcomeUnknown {
+            correlation_id: reply.correlation_id,
+        })
+    }
+
+    /// Lists the tenant's keys (without private keys).
+    pub async fn list_keys(&self, tenant_id: &str) -> Result<Vec<TenantKey>, Error> {
+        let path = self.keys_path(tenant_id, None)?;
+        let reply = self
+            .call(Operation::ListKeys, Method::GET, &path, Vec::new())
+            .await?;
+        serde_json::from_slice::<KeyList>(&reply.body)
+            .map(KeyList::into_keys)
+            .map_err(|_| Error::InvalidResponse("key list is not {tenantKeys: [...]}"))
+    }
+
+    /// Reads one key; [`Error::NotFound`] if the tenant has no such key.
+    pub async fn get_key(&self, tenant_id: &str, public_key: &str) -> Result<TenantKey, Error> {
+        let path = self.keys_path(tenant_id, Some(public_key))?;
+        let reply = self
+            .call(Operation::GetKey, Method::GET, &path, Vec::new())
+            .await?;
+        serde_json::from_slice(&reply.body)
+            .map_err(|_| Error::InvalidResponse("key is not {publicKey, name, roles}"))
+    }
+
+    /// Deletes one key; [`Error::NotFound`] if the tenant has no such key.
+    pub async fn delete_key(&self, tenant_id: &str, public_key: &str) -> Result<(), Error> {
+        let path = self.keys_path(tenant_id, Some(public_key))?;
+        self.call(Operation::DeleteKey, Method::DELETE, &path, Vec::new())
+            .await
+            .map(drop)
+    }
+
+    /// Whether this account's API generation can list keys (both specified generations can);
+    /// lets a caller refuse to guess when it cannot.
+    pub fn supports_listing(&self) -> bool {
+        match self.state.generation {
+            ApiGeneration::Seed | ApiGeneration::Current => true,
+        }
+    }
+
+    /// The URL of a tenant's key collection, or of one key in it.
+    fn keys_path(&self, tenant_id: &str, public_key: Option<&str>) -> Result<Url, Error> {
+        if tenant_id.is_empty() {
+            return Err(Error::InvalidConfig("tenantId is empty".into()));
+        }
+        let mut segments = self.state.generation.keys_path(tenant_id);
+        if let Some(public_key) = public_key {
+            if public_key.is_empty() {
+                return Err(Error::InvalidConfig("publicKey is empty".into()));
+            }
+            segments.push(public_key);
+        }
+        Ok(endpoint(&self.state.base, &segments))
+    }
+
+    async fn token(&self) -> Result<Token, Error> {
+        let state = &self.state;
+        state
+            .tokens
+            .get_or_fetch(|| {
+                self.client.inner.fetch_token(
+                    state.limiter.as_ref(),
+                    &state.base,
+                    state.generation,
+                    &state.credentials,
+                )
+            })
+            .await
+    }
+
+    /// A key call with the management token. A 401 means the cached token died early
+    /// (revoked, clock skew): it is dropped, a new one fetched and the call made once more.
+    /// Idempotent operations are retried on transient failures.
+    async fn call(
+        &self,
+        operation: Operation,
+        method: Method,
+        url: &Url,
+        body: Vec<u8>,
+    ) -> Result<Reply, Error> {
+        let attempt = || async {
+            let token = self.token().await.map_err(AttemptError::Token)?;
+            match self
+                .send_bearer(operation, &method, url, &token, &body)
+                .await
+            {
+                Err(Error::Unauthorized(_)) => {
+                    self.state.tokens.invalidate(&token).await;
+                    let token = self.token().await.map_err(AttemptError::Token)?;
+                    self.send_bearer(operation, &method, url, &token, &body)
+                        .await
+                        .map_err(AttemptError::Call)
+                }
+                other => other.map_err(AttemptError::Call),
+            }
+        };
+        let outcome = if operation.is_idempotent() {
+            self.client.inner.with_retry(operation, attempt).await
+        } else {
+            attempt().await
+        };
+        outcome.map_err(AttemptError::into_inner)
+    }
+
+    async fn send_bearer(
+        &self,
+        operation: Operation,
+        method: &Method,
+        url: &Url,
+        token: &Token,
+        body: &[u8],
+    ) -> Result<Reply, Error> {
+        let mut headers = self.state.key_headers.clone();
+        let bearer = format!("Bearer {}", token.access_token.expose_secret());
+        headers.insert(AUTHORIZATION, sensitive(bearer.into())?);
+        self.client
+            .inner
+            .send(
+                self.state.limiter.as_ref(),
+                operation,
+                method.clone(),
+                url,
+                headers,
+                body.to_vec(),
+            )
+            .await
+    }
+}

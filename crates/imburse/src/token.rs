@@ -1,0 +1,210 @@
+//! Bearer tokens: parsing the token response and caching the management token per account.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::Error;
+
+/// A bearer token and when it expires.
+#[derive(Debug, Clone)]
+pub struct Token {
+    /// The token sent as `Authorization: Bearer {access_token}`.
+    pub access_token: SecretString,
+    /// Expiry as stated by the API.
+    pub expires_at: SystemTime,
+}
+
+/// Epoch values below this are seconds, above it milliseconds (10^12 ms is in 2001; 10^12 s is
+/// tens of thousands of years away).
+const MILLIS_THRESHOLD: f64 = 1e12;
+
+/// Refresh at most this long before expiry...
+const MAX_REFRESH_MARGIN: Duration = Duration::from_secs(60);
+/// ...or this share of the token's lifetime, whichever is smaller, so short-lived tokens are
+/// still used for most of their life.
+const REFRESH_MARGIN_SHARE: u32 = 10;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenResponse {
+    access_token: SecretString,
+    expires: Value,
+}
+
+/// Parses `{"accessToken": "...", "expires": "1560514835115" | 1560514835115}`.
+pub(crate) fn parse_token_response(body: &[u8]) -> Result<Token, Error> {
+    let response: TokenResponse = serde_json::from_slice(body)
+        .map_err(|_| Error::InvalidResponse("token response is not {accessToken, expires}"))?;
+    if response.access_token.expose_secret().is_empty() {
+        return Err(Error::InvalidResponse(
+            "token response has an empty accessToken",
+        ));
+    }
+    Ok(Token {
+        access_token: response.access_token,
+        expires_at: parse_expires(&response.expires)?,
+    })
+}
+
+/// `expires` is a string (v1) or a number (v2), in epoch milliseconds; a value below 10^12 is
+/// taken as seconds because no document states the unit.
+fn parse_expires(value: &Value) -> Result<SystemTime, Error> {
+    const BAD: Error = Error::InvalidResponse("token expiry is not an epoch time");
+    let number = match value {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    }
+    .filter(|n| n.is_finite() && *n >= 0.0)
+    .ok_or(BAD)?;
+    let since_epoch = if number < MILLIS_THRESHOLD {
+        Duration::try_from_secs_f64(number).ok()
+    } else {
+        // Whole milliseconds: dividing by 1000 in floating point would add rounding noise.
+        Some(Duration::from_millis(number.round() as u64))
+    };
+    since_epoch
+        .and_then(|since_epoch| UNIX_EPOCH.checked_add(since_epoch))
+        .ok_or(BAD)
+}
+
+/// One account's cached token. The lock is held while a token is fetched, so concurrent
+/// callers wait for the one request in flight instead of each asking for a token.
+#[derive(Default)]
+pub(crate) struct TokenCache {
+    slot: tokio::sync::Mutex<Option<Cached>>,
+}
+
+struct Cached {
+    token: Token,
+    refresh_at: Instant,
+}
+
+impl TokenCache {
+    /// The cached token while it is fresh, otherwise the result of `fetch` (which is cached).
+    pub(crate) async fn get_or_fetch<F, Fut>(&self, fetch: F) -> Result<Token, Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Token, Error>>,
+    {
+        let mut slot = self.slot.lock().await;
+        if let Some(cached) = slot.as_ref().filter(|c| Instant::now() < c.refresh_at) {
+            return Ok(cached.token.clone());
+        }
+        let token = fetch().await?;
+        *slot = Some(Cached {
+            refresh_at: refresh_at(&token),
+            token: token.clone(),
+        });
+        Ok(token)
+    }
+
+    /// Forgets `rejected` if it is still the cached token; a newer token fetched meanwhile by
+    /// another caller is kept.
+    pub(crate) async fn invalidate(&self, rejected: &Token) {
+        let mut slot = self.slot.lock().await;
+        let same = slot.as_ref().is_some_and(|c| {
+            c.token.access_token.expose_secret() == rejected.access_token.expose_secret()
+        });
+        if same {
+            *slot = None;
+        }
+    }
+}
+
+/// When to stop reusing a token: `min(60 s, lifetime / 10)` before it expires. Measured on the
+/// monotonic clock from now, so a wall-clock jump does not keep a dead token alive.
+fn refresh_at(token: &Token) -> Instant {
+    let lifetime = token
+        .expires_at
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    let margin = MAX_REFRESH_MARGIN.min(lifetime / REFRESH_MARGIN_SHARE);
+    Instant::now() + (lifetime - margin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[test]
+    fn expires_accepts_string_number_millis_and_seconds() {
+        let at = UNIX_EPOCH + Duration::from_millis(1_560_514_835_115);
+        for body in [
+            r#"{"accessToken":"t","expires":"1560514835115"}"#,
+            r#"{"accessToken":"t","expires":1560514835115}"#,
+        ] {
+            assert_eq!(
+                parse_token_response(body.as_bytes()).unwrap().expires_at,
+                at
+            );
+        }
+        let seconds = parse_token_response(br#"{"accessToken":"t","expires":1560514835}"#).unwrap();
+        assert_eq!(
+            seconds.expires_at,
+            UNIX_EPOCH + Duration::from_secs(1_560_514_835)
+        );
+        for bad in [
+            r#"{"accessToken":"t","expires":"soon"}"#,
+            r#"{"accessToken":"t","expires":-5}"#,
+            r#"{"accessToken":"","expires":1}"#,
+            r#"{"accessToken":"t"}"#,
+        ] {
+            assert!(parse_token_response(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn refresh_margin_is_the_smaller_of_60s_and_a_tenth() {
+        let token = |lifetime: Duration| Token {
+            access_token: "t".into(),
+            expires_at: SystemTime::now() + lifetime,
+        };
+        let long = refresh_at(&token(Duration::from_secs(3600))) - Instant::now();
+        assert!(long <= Duration::from_secs(3540) && long > Duration::from_secs(3530));
+        let short = refresh_at(&token(Duration::from_secs(100))) - Instant::now();
+        assert!(short <= Duration::from_secs(90) && short > Duration::from_secs(85));
+    }
+
+    #[tokio::test]
+    async fn concurrent_callers_share_one_fetch_and_invalidate_forces_a_new_one() {
+        let cache = Arc::new(TokenCache::default());
+        let fetches = Arc::new(AtomicU32::new(0));
+        let fetch = |fetches: Arc<AtomicU32>| async move {
+            let n = fetches.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok(Token {
+                access_token: format!("token-{n}").into(),
+                expires_at: SystemTime::now() + Duration::from_secs(3600),
+            })
+        };
+        let callers = (0..10).map(|_| {
+            let (cache, fetches) = (cache.clone(), fetches.clone());
+            tokio::spawn(async move { cache.get_or_fetch(|| fetch(fetches)).await.unwrap() })
+        });
+        for caller in callers {
+            assert_eq!(
+                caller.await.unwrap().access_token.expose_secret(),
+                "token-0"
+            );
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+
+        let stale = Token {
+            access_token: "token-0".into(),
+            expires_at: SystemTime::now(),
+        };
+        cache.invalidate(&stale).await;
+        let fresh = cache.get_or_fetch(|| fetch(fetches.clone())).await.unwrap();
+        assert_eq!(fresh.access_token.expose_secret(), "token-1");
+        // Invalidating an older token leaves the newer one cached.
+        cache.invalidate(&stale).await;
+        let again = cache.get_or_fetch(|| fetch(fetches.clone())).await.unwrap();
+        assert_eq!(again.access_token.expose_secret(), "token-1");
+    }
+}
