@@ -1,3 +1,16 @@
-//! tenant-key-operator: declares Imburse Tenant Security Keys as Kubernetes resources.
+//! tenant-key-operator: declares Imburse Tenant Security Keys as Kubernetes resources and
+//! delivers them as Secrets.
+//!
+//! - [`crd`]: the custom resource types (the source of the CRD YAML in `crds/`);
+//! - [`controller`]: the reconcilers, built around the pure [`controller::decision`];
+//! - [`http`] and [`metrics`]: the operational surface;
+//! - [`cli`]: the binary's wiring.
+//!
+//! The Imburse API client lives in the `imburse` crate.
 
+pub mod cli;
+pub mod controller;
 pub mod crd;
+pub mod http;
+pub mod labels;
+pub mod metrics;

@@ -1,0 +1,191 @@
+//! Command line: `run` (the default) starts the operator, `crd` prints the CRDs.
+
+use std::{
+    io::Write,
+    net::SocketAddr,
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use prometheus_client::registry::Registry;
+use tracing_subscriber::EnvFilter;
+
+use crate::{
+    controller::{self, Context, Settings},
+    crd, http,
+    metrics::Metrics,
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tenant-key-operator",
+    version,
+    about = "Declares Imburse Tenant Security Keys as Kubernetes resources and delivers them as Secrets"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the operator (the default).
+    Run,
+    /// Print the CustomResourceDefinitions as YAML, or write one file per CRD.
+    Crd {
+        /// Write `<name>.yaml` files into this directory instead of printing.
+        #[arg(long)]
+        output_dir: Option<std::path::PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Address of the metrics and health endpoints.
+    #[arg(long, env = "LISTEN_ADDRESS", default_value = "0.0.0.0:8080")]
+    listen_address: SocketAddr,
+    /// Namespace the operator runs in; ClusterImburseAccount credentials are read from here
+    /// unless --cluster-account-secret-namespace says otherwise.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "tenant-key-operator")]
+    namespace: String,
+    /// Namespace of the credentials Secrets of ClusterImburseAccounts.
+    #[arg(long, env = "CLUSTER_ACCOUNT_SECRET_NAMESPACE")]
+    cluster_account_secret_namespace: Option<String>,
+    /// Reconciles running at once per resource kind.
+    #[arg(long, env = "CONCURRENCY", default_value_t = 8)]
+    concurrency: u16,
+    /// Sustained Imburse requests per second per account (0: no client-side limit).
+    #[arg(long, env = "IMBURSE_RATE_LIMIT", default_value_t = 10)]
+    imburse_rate_limit: u32,
+    /// Imburse requests allowed in a burst per account.
+    #[arg(long, env = "IMBURSE_BURST", default_value_t = 20)]
+    imburse_burst: u32,
+    /// Timeout of one Imburse request, in seconds.
+    #[arg(long, env = "IMBURSE_TIMEOUT_SECONDS", default_value_t = 30)]
+    imburse_timeout_seconds: u64,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Crd { output_dir } => write_crds(output_dir.as_deref()),
+        Command::Run => run(cli.run),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tenant-key-operator: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn write_crds(output_dir: Option<&std::path::Path>) -> Result<(), BoxError> {
+    let Some(dir) = output_dir else {
+        std::io::stdout().write_all(crd::render_yaml()?.as_bytes())?;
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir)?;
+    for definition in crd::all() {
+        std::fs::write(
+            dir.join(crd::file_name(&definition)),
+            crd::to_yaml(&definition)?,
+        )?;
+    }
+    Ok(())
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(args: RunArgs) -> Result<(), BoxError> {
+    init_tracing(args.log_format);
+    // One TLS crypto provider for the whole binary (kube and reqwest both use rustls).
+    rustls::crypto::aws_lc_rs::default_provider()
+        .install_default()
+        .map_err(|_| "a rustls crypto provider was already installed")?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run_async(args))
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return futures::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutting down after the reconciles in flight");
+}
+
+async fn run_async(args: RunArgs) -> Result<(), BoxError> {
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let observer_metrics = metrics.clone();
+    let imburse = imburse::Client::new(imburse::ClientOptions {
+        request_timeout: Duration::from_secs(args.imburse_timeout_seconds),
+        rate_limit: (args.imburse_rate_limit > 0).then_some(imburse::RateLimit {
+            per_second: args.imburse_rate_limit,
+            burst: args.imburse_burst.max(1),
+        }),
+        observer: Some(Arc::new(move |call: &imburse::CallRecord| {
+            observer_metrics.observe_imburse(call)
+        })),
+        ..Default::default()
+    })?;
+    let client = kube::Client::try_default().await?;
+    let settings = Settings {
+        cluster_account_secret_namespace: args
+            .cluster_account_secret_namespace
+            .unwrap_or_else(|| args.namespace.clone()),
+        concurrency: args.concurrency,
+        backoff_base: Duration::from_secs(1),
+        backoff_cap: Duration::from_secs(300),
+    };
+    let ready = Arc::new(AtomicBool::new(false));
+    let ctx = Arc::new(Context::new(
+        client,
+        imburse,
+        metrics,
+        settings,
+        ready.clone(),
+    ));
+    let listener = http::bind(args.listen_address).await?;
+    tracing::info!(address = %listener.local_addr()?, "serving metrics and health endpoints");
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown_signal()));
+    let server = tokio::spawn(http::serve(listener, registry, ready, shutdown.clone()));
+    controller::run(ctx, shutdown).await;
+    server.await??;
+    Ok(())
+}

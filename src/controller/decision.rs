@@ -1,0 +1,644 @@
+//! What should happen to a TenantSecurityKey next: a pure function of what was observed.
+//!
+//! The reconciler observes the resource, its Secret and its recorded creation intent, asks
+//! [`next_step`] what to do, performs that one step, updates its picture of the world and asks
+//! again, until the answer is [`Step::Settled`]. Every crash point of the create protocol is a
+//! state this function has to answer correctly, which the tests below enumerate.
+//!
+//! The create protocol, where the private key is only shown once:
+//! 1. [`Step::BeginCreate`] records the intent (an attempt id and the key name) on the resource.
+//! 2. [`Step::Create`] creates the key and writes it, with the attempt id, into the Secret.
+//! 3. The key is recorded in the status together with the attempt id, which closes the intent.
+//!
+//! A crash after 2 leaves a Secret from the open attempt: [`Step::AdoptFromSecret`] records it.
+//! A crash or a lost response before 2 leaves a key nobody can use: before trying again,
+//! [`Step::CleanupOrphans`] revokes every key with the intent's name that the status does not
+//! know.
+
+use crate::crd::{AccountRef, DeletionPolicy};
+
+/// What the spec asks for, after validation and defaulting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Desired {
+    pub tenant_id: String,
+    pub account: AccountRef,
+    /// Sorted and free of duplicates, so that comparing with the recorded roles is exact.
+    pub roles: Vec<String>,
+    pub key_name: String,
+    pub secret_name: String,
+}
+
+/// The key recorded in the status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CurrentKey {
+    pub public_key: String,
+    pub tenant_id: String,
+    pub account: AccountRef,
+    pub roles: Vec<String>,
+    pub secret_name: String,
+    pub fingerprint: String,
+}
+
+/// A creation intent that the status has not closed yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pending {
+    pub attempt: String,
+    pub key_name: String,
+    /// True when no key of this attempt can exist at Imburse besides the ones the status knows:
+    /// the intent was recorded by this very reconcile, or its orphans were just revoked.
+    pub clean: bool,
+}
+
+/// The target Secret as found in the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretState {
+    Missing,
+    /// Exists but is not controlled by this resource: never overwritten.
+    NotOwned,
+    Owned {
+        /// Fingerprint of the key material it holds; `None` when an entry is missing or empty.
+        fingerprint: Option<String>,
+        /// Creation attempt that wrote it.
+        attempt: Option<String>,
+        /// Whether type, labels, annotations and entry layout match the spec.
+        layout_matches: bool,
+    },
+}
+
+/// A replaced key waiting for revocation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retired {
+    pub public_key: String,
+    pub tenant_id: String,
+    pub account: AccountRef,
+    /// False while a grace period still protects it.
+    pub due: bool,
+}
+
+/// Everything the decision depends on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    pub deleting: bool,
+    pub deletion_policy: DeletionPolicy,
+    pub has_finalizer: bool,
+    pub desired: Desired,
+    pub current: Option<CurrentKey>,
+    pub pending: Option<Pending>,
+    pub secret: SecretState,
+    pub retired: Vec<Retired>,
+}
+
+/// Why the key has to be (re)created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CreateReason {
+    NoKey,
+    SpecChanged,
+    SecretMissing,
+    SecretDamaged,
+}
+
+impl CreateReason {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::NoKey => "no key exists yet",
+            Self::SpecChanged => "tenant, account or roles changed",
+            Self::SecretMissing => "the Secret was deleted",
+            Self::SecretDamaged => "the Secret no longer holds the recorded key",
+        }
+    }
+}
+
+/// The one next thing to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Record the creation intent (and the finalizer) on the resource.
+    BeginCreate(CreateReason),
+    /// Revoke keys named like the open intent that the status does not know.
+    CleanupOrphans,
+    /// Create the key at Imburse and write it into the Secret.
+    Create,
+    /// The Secret holds the key of the open attempt: record it in the status.
+    AdoptFromSecret,
+    /// Make the Secret's metadata and layout match the spec again (same key).
+    RewriteSecret,
+    /// Add the finalizer that protects an existing key.
+    AddFinalizer,
+    /// Revoke a replaced key.
+    RevokeRetired(Retired),
+    /// Deletion with `Delete`: revoke the current key.
+    RevokeCurrent,
+    /// Deletion with `Delete`: remove the Secret.
+    DeleteSecret,
+    /// Deletion with `Retain`: drop the owner reference so the Secret survives.
+    ReleaseSecret,
+    /// Deletion is complete: let the resource go.
+    RemoveFinalizer,
+    /// A Secret of that name exists and belongs to someone else.
+    SecretConflict,
+    /// Nothing left to do; the key is ready (or the resource is gone).
+    Settled,
+}
+
+/// Decides the next step. Pure: no I/O, no clock.
+pub fn next_step(o: &Observed) -> Step {
+    if o.deleting {
+        return next_deletion_step(o);
+    }
+    if o.secret == SecretState::NotOwned {
+        return Step::SecretConflict;
+    }
+    if let Some(pending) = &o.pending {
+        return if secret_from_attempt(&o.secret, &pending.attempt) {
+            Step::AdoptFromSecret
+        } else if pending.clean {
+            Step::Create
+        } else {
+            Step::CleanupOrphans
+        };
+    }
+    let Some(current) = &o.current else {
+        return Step::BeginCreate(CreateReason::NoKey);
+    };
+    if current.tenant_id != o.desired.tenant_id
+        || current.account != o.desired.account
+        || current.roles != o.desired.roles
+    {
+        return Step::BeginCreate(CreateReason::SpecChanged);
+    }
+    match &o.secret {
+        SecretState::Missing | SecretState::NotOwned => {
+            return Step::BeginCreate(CreateReason::SecretMissing);
+        }
+        SecretState::Owned {
+            fingerprint,
+            layout_matches,
+            ..
+        } => {
+            if fingerprint.as_deref() != Some(current.fingerprint.as_str()) {
+                return Step::BeginCreate(CreateReason::SecretDamaged);
+            }
+            if !layout_matches {
+                return Step::RewriteSecret;
+            }
+        }
+    }
+    if !o.has_finalizer {
+        return Step::AddFinalizer;
+    }
+    if let Some(retired) = o.retired.iter().find(|r| r.due) {
+        return Step::RevokeRetired(retired.clone());
+    }
+    Step::Settled
+}
+
+fn next_deletion_step(o: &Observed) -> Step {
+    if !o.has_finalizer {
+        return Step::Settled;
+    }
+    // The private key of an unfinished attempt is lost whatever the policy: revoke it.
+    if o.pending.as_ref().is_some_and(|p| !p.clean) {
+        return Step::CleanupOrphans;
+    }
+    // Replaced keys are in no Secret any more; the grace period ends with the resource.
+    if let Some(retired) = o.retired.first() {
+        return Step::RevokeRetired(retired.clone());
+    }
+    let owned = matches!(o.secret, SecretState::Owned { .. });
+    match o.deletion_policy {
+        DeletionPolicy::Delete if o.current.is_some() => Step::RevokeCurrent,
+        DeletionPolicy::Delete if owned => Step::DeleteSecret,
+        DeletionPolicy::Retain if owned => Step::ReleaseSecret,
+        DeletionPolicy::Delete | DeletionPolicy::Retain => Step::RemoveFinalizer,
+    }
+}
+
+fn secret_from_attempt(secret: &SecretState, attempt: &str) -> bool {
+    matches!(
+        secret,
+        SecretState::Owned { fingerprint: Some(_), attempt: Some(a), .. } if a == attempt
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::AccountKind;
+
+    fn account(name: &str) -> AccountRef {
+        AccountRef {
+            kind: AccountKind::ImburseAccount,
+            name: name.into(),
+        }
+    }
+
+    fn desired() -> Desired {
+        Desired {
+            tenant_id: "t1".into(),
+            account: account("acc"),
+            roles: vec!["tenant-admin".into()],
+            key_name: "ns/key".into(),
+            secret_name: "key".into(),
+        }
+    }
+
+    fn current() -> CurrentKey {
+        CurrentKey {
+            public_key: "pk1".into(),
+            tenant_id: "t1".into(),
+            account: account("acc"),
+            roles: vec!["tenant-admin".into()],
+            secret_name: "key".into(),
+            fingerprint: "fp1".into(),
+        }
+    }
+
+    fn owned(fingerprint: &str, attempt: &str) -> SecretState {
+        SecretState::Owned {
+            fingerprint: Some(fingerprint.into()),
+            attempt: Some(attempt.into()),
+            layout_matches: true,
+        }
+    }
+
+    fn pending(attempt: &str, clean: bool) -> Pending {
+        Pending {
+            attempt: attempt.into(),
+            key_name: "ns/key".into(),
+            clean,
+        }
+    }
+
+    fn retired(public_key: &str, due: bool) -> Retired {
+        Retired {
+            public_key: public_key.into(),
+            tenant_id: "t1".into(),
+            account: account("acc"),
+            due,
+        }
+    }
+
+    /// A settled, ready key.
+    fn ready() -> Observed {
+        Observed {
+            deleting: false,
+            deletion_policy: DeletionPolicy::Delete,
+            has_finalizer: true,
+            desired: desired(),
+            current: Some(current()),
+            pending: None,
+            secret: owned("fp1", "a1"),
+            retired: vec![],
+        }
+    }
+
+    /// A resource seen for the first time.
+    fn fresh() -> Observed {
+        Observed {
+            has_finalizer: false,
+            current: None,
+            secret: SecretState::Missing,
+            ..ready()
+        }
+    }
+
+    #[test]
+    fn ready_key_needs_nothing() {
+        assert_eq!(next_step(&ready()), Step::Settled);
+    }
+
+    #[test]
+    fn new_resource_records_intent_first() {
+        assert_eq!(next_step(&fresh()), Step::BeginCreate(CreateReason::NoKey));
+    }
+
+    #[test]
+    fn fresh_intent_creates_without_listing() {
+        let o = Observed {
+            has_finalizer: true,
+            pending: Some(pending("a1", true)),
+            ..fresh()
+        };
+        assert_eq!(next_step(&o), Step::Create);
+    }
+
+    /// Crash (or lost response) after the intent was recorded, before a Secret was written.
+    #[test]
+    fn stale_intent_without_secret_cleans_orphans_then_creates() {
+        let mut o = Observed {
+            has_finalizer: true,
+            pending: Some(pending("a1", false)),
+            ..fresh()
+        };
+        assert_eq!(next_step(&o), Step::CleanupOrphans);
+        o.pending = Some(pending("a1", true));
+        assert_eq!(next_step(&o), Step::Create);
+    }
+
+    /// Crash after the Secret was written, before the status recorded the key.
+    #[test]
+    fn secret_of_open_attempt_is_adopted() {
+        let o = Observed {
+            has_finalizer: true,
+            pending: Some(pending("a1", false)),
+            secret: owned("fp-new", "a1"),
+            ..fresh()
+        };
+        assert_eq!(next_step(&o), Step::AdoptFromSecret);
+    }
+
+    /// Crash during a replacement after the new Secret was written.
+    #[test]
+    fn replacement_secret_of_open_attempt_is_adopted() {
+        let o = Observed {
+            pending: Some(pending("a2", false)),
+            secret: owned("fp2", "a2"),
+            ..ready()
+        };
+        assert_eq!(next_step(&o), Step::AdoptFromSecret);
+    }
+
+    /// Crash during a replacement before the new Secret was written: the old Secret stays.
+    #[test]
+    fn replacement_with_old_secret_cleans_orphans() {
+        let o = Observed {
+            pending: Some(pending("a2", false)),
+            ..ready()
+        };
+        assert_eq!(next_step(&o), Step::CleanupOrphans);
+    }
+
+    #[test]
+    fn damaged_secret_of_open_attempt_is_not_adopted() {
+        let o = Observed {
+            pending: Some(pending("a2", false)),
+            secret: SecretState::Owned {
+                fingerprint: None,
+                attempt: Some("a2".into()),
+                layout_matches: true,
+            },
+            ..ready()
+        };
+        assert_eq!(next_step(&o), Step::CleanupOrphans);
+    }
+
+    #[test]
+    fn spec_changes_replace_the_key() {
+        for change in [
+            |d: &mut Desired| d.roles = vec!["tenant-admin".into(), "tenant-app-read".into()],
+            |d: &mut Desired| d.tenant_id = "t2".into(),
+            |d: &mut Desired| d.account = account("other"),
+        ] {
+            let mut o = ready();
+            change(&mut o.desired);
+            assert_eq!(next_step(&o), Step::BeginCreate(CreateReason::SpecChanged));
+        }
+    }
+
+    #[test]
+    fn key_name_change_alone_keeps_the_key() {
+        let mut o = ready();
+        o.desired.key_name = "renamed".into();
+        assert_eq!(next_step(&o), Step::Settled);
+    }
+
+    #[test]
+    fn deleted_secret_replaces_the_key() {
+        let o = Observed {
+            secret: SecretState::Missing,
+            ..ready()
+        };
+        assert_eq!(
+            next_step(&o),
+            Step::BeginCreate(CreateReason::SecretMissing)
+        );
+    }
+
+    #[test]
+    fn edited_secret_replaces_the_key() {
+        let edited = Observed {
+            secret: owned("fp-other", "a1"),
+            ..ready()
+        };
+        assert_eq!(
+            next_step(&edited),
+            Step::BeginCreate(CreateReason::SecretDamaged)
+        );
+        let emptied = Observed {
+            secret: SecretState::Owned {
+                fingerprint: None,
+                attempt: Some("a1".into()),
+                layout_matches: true,
+            },
+            ..ready()
+        };
+        assert_eq!(
+            next_step(&emptied),
+            Step::BeginCreate(CreateReason::SecretDamaged)
+        );
+    }
+
+    #[test]
+    fn metadata_drift_rewrites_the_secret() {
+        let o = Observed {
+            secret: SecretState::Owned {
+                fingerprint: Some("fp1".into()),
+                attempt: Some("a1".into()),
+                layout_matches: false,
+            },
+            ..ready()
+        };
+        assert_eq!(next_step(&o), Step::RewriteSecret);
+    }
+
+    #[test]
+    fn foreign_secret_is_a_conflict() {
+        for base in [fresh(), ready()] {
+            let o = Observed {
+                secret: SecretState::NotOwned,
+                ..base
+            };
+            assert_eq!(next_step(&o), Step::SecretConflict);
+        }
+    }
+
+    #[test]
+    fn missing_finalizer_is_restored() {
+        let o = Observed {
+            has_finalizer: false,
+            ..ready()
+        };
+        assert_eq!(next_step(&o), Step::AddFinalizer);
+    }
+
+    #[test]
+    fn due_retired_keys_are_revoked_after_the_secret_is_good() {
+        let o = Observed {
+            retired: vec![retired("old-a", false), retired("old-b", true)],
+            ..ready()
+        };
+        assert_eq!(next_step(&o), Step::RevokeRetired(retired("old-b", true)));
+        let protected = Observed {
+            retired: vec![retired("old-a", false)],
+            ..ready()
+        };
+        assert_eq!(next_step(&protected), Step::Settled);
+        let broken = Observed {
+            retired: vec![retired("old-b", true)],
+            secret: SecretState::Missing,
+            ..ready()
+        };
+        assert_eq!(
+            next_step(&broken),
+            Step::BeginCreate(CreateReason::SecretMissing)
+        );
+    }
+
+    fn deleting(policy: DeletionPolicy) -> Observed {
+        Observed {
+            deleting: true,
+            deletion_policy: policy,
+            ..ready()
+        }
+    }
+
+    #[test]
+    fn delete_policy_revokes_then_deletes_secret_then_releases() {
+        let mut o = deleting(DeletionPolicy::Delete);
+        assert_eq!(next_step(&o), Step::RevokeCurrent);
+        o.current = None;
+        assert_eq!(next_step(&o), Step::DeleteSecret);
+        o.secret = SecretState::Missing;
+        assert_eq!(next_step(&o), Step::RemoveFinalizer);
+        o.has_finalizer = false;
+        assert_eq!(next_step(&o), Step::Settled);
+    }
+
+    #[test]
+    fn retain_policy_releases_the_secret_and_keeps_the_key() {
+        let mut o = deleting(DeletionPolicy::Retain);
+        assert_eq!(next_step(&o), Step::ReleaseSecret);
+        o.secret = SecretState::Missing;
+        assert_eq!(next_step(&o), Step::RemoveFinalizer);
+    }
+
+    #[test]
+    fn deletion_never_touches_a_foreign_secret() {
+        for policy in [DeletionPolicy::Delete, DeletionPolicy::Retain] {
+            let o = Observed {
+                current: None,
+                secret: SecretState::NotOwned,
+                ..deleting(policy)
+            };
+            assert_eq!(next_step(&o), Step::RemoveFinalizer);
+        }
+    }
+
+    #[test]
+    fn deletion_cleans_an_unfinished_attempt_under_both_policies() {
+        for policy in [DeletionPolicy::Delete, DeletionPolicy::Retain] {
+            let mut o = Observed {
+                pending: Some(pending("a2", false)),
+                ..deleting(policy)
+            };
+            assert_eq!(next_step(&o), Step::CleanupOrphans);
+            o.pending = Some(pending("a2", true));
+            assert_ne!(next_step(&o), Step::CleanupOrphans);
+        }
+    }
+
+    #[test]
+    fn deletion_revokes_retired_keys_regardless_of_grace() {
+        let o = Observed {
+            retired: vec![retired("old", false)],
+            ..deleting(DeletionPolicy::Retain)
+        };
+        assert_eq!(next_step(&o), Step::RevokeRetired(retired("old", false)));
+    }
+
+    #[test]
+    fn deletion_without_finalizer_is_settled() {
+        let o = Observed {
+            has_finalizer: false,
+            ..deleting(DeletionPolicy::Delete)
+        };
+        assert_eq!(next_step(&o), Step::Settled);
+    }
+
+    #[test]
+    fn deletion_before_any_key_just_releases() {
+        let o = Observed {
+            current: None,
+            secret: SecretState::Missing,
+            ..deleting(DeletionPolicy::Delete)
+        };
+        assert_eq!(next_step(&o), Step::RemoveFinalizer);
+    }
+
+    /// Walks the whole create protocol, simulating each step's effect, and checks that every
+    /// prefix (a crash after any step) still converges to one recorded key.
+    #[test]
+    fn every_crash_point_of_the_create_protocol_converges() {
+        // Effects of each step on the observed state. After `Create` the reconciler records
+        // the key at once, which is the effect of `AdoptFromSecret`; a crash in between leaves
+        // exactly the state modelled here. A crash drops `clean`: a new process cannot know
+        // whether the attempt reached Imburse.
+        fn apply(o: &mut Observed, step: &Step) {
+            match step {
+                Step::BeginCreate(_) => {
+                    o.has_finalizer = true;
+                    o.pending = Some(pending("a9", true));
+                }
+                Step::CleanupOrphans => o.pending.as_mut().unwrap().clean = true,
+                Step::Create => o.secret = owned("fp9", "a9"),
+                Step::AdoptFromSecret => {
+                    if let Some(old) = o.current.take() {
+                        o.retired.push(Retired {
+                            public_key: old.public_key,
+                            tenant_id: old.tenant_id,
+                            account: old.account,
+                            due: true,
+                        });
+                    }
+                    o.current = Some(CurrentKey {
+                        fingerprint: "fp9".into(),
+                        public_key: "pk9".into(),
+                        ..current()
+                    });
+                    o.pending = None;
+                }
+                Step::RevokeRetired(r) => o.retired.retain(|x| x != r),
+                other => panic!("unexpected step {other:?}"),
+            }
+        }
+        for start in [
+            fresh(),
+            Observed {
+                secret: SecretState::Missing,
+                ..ready()
+            },
+        ] {
+            for crash_after in 0..6 {
+                let mut o = start.clone();
+                let mut steps = 0;
+                loop {
+                    let step = next_step(&o);
+                    if step == Step::Settled {
+                        break;
+                    }
+                    apply(&mut o, &step);
+                    steps += 1;
+                    if steps == crash_after
+                        && let Some(p) = o.pending.as_mut()
+                    {
+                        p.clean = false;
+                    }
+                    assert!(steps < 20, "no convergence from {start:?}");
+                }
+                assert_eq!(o.current.as_ref().unwrap().fingerprint, "fp9");
+                assert!(o.pending.is_none());
+                assert!(o.retired.is_empty());
+                assert!(o.has_finalizer);
+            }
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! Errors of the reconcilers, each mapped to the reason users see in conditions and Events.
+
+use std::time::Duration;
+
+/// Why a reconcile did not finish. Messages are short, name resources and identifiers only,
+/// and never contain key material, tokens or remote error bodies.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+    #[error("{kind} {name:?} not found")]
+    AccountNotFound { kind: &'static str, name: String },
+    #[error("namespace {namespace:?} is not allowed to use ClusterImburseAccount {name:?}")]
+    NamespaceNotAllowed { namespace: String, name: String },
+    #[error("{kind} {name:?} is not ready")]
+    AccountNotReady { kind: &'static str, name: String },
+    #[error("credentials Secret {namespace}/{name} not found")]
+    CredentialsSecretNotFound { namespace: String, name: String },
+    #[error("credentials invalid: {0}")]
+    CredentialsInvalid(String),
+    #[error("Secret {0:?} exists and is not owned by this TenantSecurityKey")]
+    SecretConflict(String),
+    #[error(
+        "the account's API generation cannot list tenant keys, so a possibly created key cannot be found; check the tenant's keys at Imburse and delete any named {0:?}"
+    )]
+    ListingUnsupported(String),
+    #[error("Imburse API: {0}")]
+    Imburse(#[from] imburse::Error),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+/// Condition and Event reasons. The names are part of the user-facing contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    InvalidSpec,
+    AccountNotFound,
+    NamespaceNotAllowed,
+    AccountNotReady,
+    CredentialsSecretNotFound,
+    CredentialsInvalid,
+    Forbidden,
+    TenantNotFound,
+    RateLimited,
+    ImburseUnavailable,
+    ImburseRejected,
+    SecretConflict,
+    ListingUnsupported,
+    KubernetesError,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidSpec => "InvalidSpec",
+            Self::AccountNotFound => "AccountNotFound",
+            Self::NamespaceNotAllowed => "NamespaceNotAllowed",
+            Self::AccountNotReady => "AccountNotReady",
+            Self::CredentialsSecretNotFound => "CredentialsSecretNotFound",
+            Self::CredentialsInvalid => "CredentialsInvalid",
+            Self::Forbidden => "Forbidden",
+            Self::TenantNotFound => "TenantNotFound",
+            Self::RateLimited => "RateLimited",
+            Self::ImburseUnavailable => "ImburseUnavailable",
+            Self::ImburseRejected => "ImburseRejected",
+            Self::SecretConflict => "SecretConflict",
+            Self::ListingUnsupported => "ListingUnsupported",
+            Self::KubernetesError => "KubernetesError",
+        }
+    }
+}
+
+impl Error {
+    pub fn reason(&self) -> Reason {
+        match self {
+            Self::InvalidSpec(_) => Reason::InvalidSpec,
+            Self::AccountNotFound { .. } => Reason::AccountNotFound,
+            Self::NamespaceNotAllowed { .. } => Reason::NamespaceNotAllowed,
+            Self::AccountNotReady { .. } => Reason::AccountNotReady,
+            Self::CredentialsSecretNotFound { .. } => Reason::CredentialsSecretNotFound,
+            Self::CredentialsInvalid(_) => Reason::CredentialsInvalid,
+            Self::SecretConflict(_) => Reason::SecretConflict,
+            Self::ListingUnsupported(_) => Reason::ListingUnsupported,
+            Self::Kube(_) => Reason::KubernetesError,
+            Self::Imburse(e) => match e {
+                imburse::Error::Unauthorized(_) => Reason::CredentialsInvalid,
+                imburse::Error::Forbidden(_) => Reason::Forbidden,
+                imburse::Error::TenantNotFound(_) => Reason::TenantNotFound,
+                imburse::Error::RateLimited { .. } => Reason::RateLimited,
+                imburse::Error::InvalidConfig(_) => Reason::InvalidSpec,
+                imburse::Error::BadRequest(_) => Reason::ImburseRejected,
+                _ => Reason::ImburseUnavailable,
+            },
+        }
+    }
+
+    /// Whether retrying without a change to some watched object cannot help. Such errors stall
+    /// the resource until the resource, its account or a Secret changes.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::InvalidSpec(_)
+            | Self::AccountNotFound { .. }
+            | Self::NamespaceNotAllowed { .. }
+            | Self::CredentialsSecretNotFound { .. }
+            | Self::CredentialsInvalid(_)
+            | Self::SecretConflict(_)
+            | Self::ListingUnsupported(_) => true,
+            Self::AccountNotReady { .. } | Self::Kube(_) => false,
+            Self::Imburse(e) => matches!(
+                e,
+                imburse::Error::Unauthorized(_)
+                    | imburse::Error::Forbidden(_)
+                    | imburse::Error::TenantNotFound(_)
+                    | imburse::Error::BadRequest(_)
+                    | imburse::Error::InvalidConfig(_)
+            ),
+        }
+    }
+
+    /// The delay the remote side asked for, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Imburse(e) => e.retry_after(),
+            _ => None,
+        }
+    }
+
+    /// Short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        self.reason().as_str()
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imburse_errors_map_to_documented_reasons() {
+        let d = imburse::ApiErrorDetails::default;
+        let cases = [
+            (
+                imburse::Error::Unauthorized(d()),
+                "CredentialsInvalid",
+                true,
+            ),
+            (imburse::Error::Forbidden(d()), "Forbidden", true),
+            (imburse::Error::TenantNotFound(d()), "TenantNotFound", true),
+            (
+                imburse::Error::RateLimited {
+                    retry_after: Some(Duration::from_secs(3)),
+                    details: d(),
+                },
+                "RateLimited",
+                false,
+            ),
+            (
+                imburse::Error::Server {
+                    status: 503,
+                    details: d(),
+                },
+                "ImburseUnavailable",
+                false,
+            ),
+            (imburse::Error::Timeout, "ImburseUnavailable", false),
+        ];
+        for (e, reason, permanent) in cases {
+            let e = Error::from(e);
+            assert_eq!(e.reason().as_str(), reason);
+            assert_eq!(e.is_permanent(), permanent, "{reason}");
+        }
+    }
+}

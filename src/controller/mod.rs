@@ -1,0 +1,282 @@
+//! The controllers: TenantSecurityKeys, and the two account kinds they use.
+
+pub mod account;
+pub mod decision;
+pub mod error;
+pub mod key;
+pub mod secret;
+pub mod status;
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::{StreamExt, future};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    core::PartialObjectMeta,
+    runtime::{
+        Controller,
+        controller::{Action, Config as ControllerConfig},
+        events::{Recorder, Reporter},
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
+};
+
+pub use error::{Error, Result};
+
+use crate::{
+    crd::{AccountKind, ClusterImburseAccount, ImburseAccount, TenantSecurityKey},
+    metrics::Metrics,
+};
+use account::AccountResource;
+
+/// Field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "tenant-key-operator";
+
+/// Settings that shape reconciliation.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Namespace holding the credentials Secrets of ClusterImburseAccounts.
+    pub cluster_account_secret_namespace: String,
+    /// Reconciles running at once, per kind.
+    pub concurrency: u16,
+    /// First delay after a transient failure; doubled per consecutive failure.
+    pub backoff_base: Duration,
+    /// Longest delay after a transient failure.
+    pub backoff_cap: Duration,
+}
+
+/// Identifies an object across kinds: kind, namespace, name.
+type ObjectKey = (String, Option<String>, String);
+
+/// Everything a reconcile needs, shared by all of them.
+pub struct Context {
+    pub client: Client,
+    pub imburse: imburse::Client,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    pub settings: Settings,
+    /// Set once the TenantSecurityKey cache is synced; served by `/readyz`.
+    ready: Arc<AtomicBool>,
+    /// Consecutive transient failures per object, for per-object exponential backoff.
+    failures: Mutex<HashMap<ObjectKey, u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        imburse: imburse::Client,
+        metrics: Metrics,
+        settings: Settings,
+        ready: Arc<AtomicBool>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            imburse,
+            metrics,
+            settings,
+            ready,
+            failures: Mutex::default(),
+        }
+    }
+
+    fn failure_key<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectKey {
+        (K::kind(&()).into_owned(), obj.namespace(), obj.name_any())
+    }
+
+    /// Delay before retrying `obj` after a transient error: exponential per object, capped,
+    /// with jitter so that objects failing together do not retry together.
+    fn backoff<K: Resource<DynamicType = ()>>(&self, obj: &K, error: &Error) -> Duration {
+        let failures = {
+            let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+            let n = map.entry(Self::failure_key(obj)).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        };
+        let exp = self
+            .settings
+            .backoff_base
+            .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
+            .min(self.settings.backoff_cap);
+        let jittered = exp.mul_f64(rand::random_range(0.5..=1.0));
+        error
+            .retry_after()
+            .map_or(jittered, |after| after.max(jittered))
+    }
+
+    fn succeeded<K: Resource<DynamicType = ()>>(&self, obj: &K) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&Self::failure_key(obj));
+    }
+}
+
+fn error_policy<K: Resource<DynamicType = ()>>(
+    obj: Arc<K>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    Action::requeue(ctx.backoff(obj.as_ref(), error))
+}
+
+/// Wraps a reconciler so that a success resets the object's backoff.
+async fn with_backoff_reset<K, F, Fut>(
+    obj: Arc<K>,
+    ctx: Arc<Context>,
+    reconcile: F,
+) -> Result<Action>
+where
+    K: Resource<DynamicType = ()>,
+    F: FnOnce(Arc<K>, Arc<Context>) -> Fut,
+    Fut: Future<Output = Result<Action>>,
+{
+    let result = reconcile(obj.clone(), ctx.clone()).await;
+    if result.is_ok() {
+        ctx.succeeded(obj.as_ref());
+    }
+    result
+}
+
+/// TenantSecurityKeys that refer to an account of `kind` named `name` (in `namespace` for a
+/// namespaced account).
+fn keys_using(
+    store: &Store<TenantSecurityKey>,
+    kind: AccountKind,
+    name: &str,
+    namespace: Option<&str>,
+) -> Vec<ObjectRef<TenantSecurityKey>> {
+    store
+        .state()
+        .iter()
+        .filter(|k| k.spec.account_ref.kind == kind && k.spec.account_ref.name == name)
+        .filter(|k| namespace.is_none() || k.namespace().as_deref() == namespace)
+        .map(|k| ObjectRef::from_obj(k.as_ref()))
+        .collect()
+}
+
+fn controller_config(settings: &Settings) -> ControllerConfig {
+    ControllerConfig::default().concurrency(settings.concurrency)
+}
+
+/// Runs all controllers until `shutdown` resolves; reconciles in flight finish first, so a
+/// created key always reaches its Secret.
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
+) {
+    let client = ctx.client.clone();
+    let watch = watcher::Config::default();
+
+    let keys = Controller::new(Api::<TenantSecurityKey>::all(client.clone()), watch.clone());
+    let key_store = keys.store();
+    let (ns_store, cluster_store) = (key_store.clone(), key_store.clone());
+    let ready = ctx.ready.clone();
+    tokio::spawn(async move {
+        if key_store.wait_until_ready().await.is_ok() {
+            ready.store(true, Ordering::Relaxed);
+        }
+    });
+    // Only the Secrets the operator labelled, and only their metadata: the data is read with
+    // a GET when a reconcile needs it, so the cache never holds key material.
+    let owned_secrets = watch.clone().labels(&format!(
+        "{}={}",
+        secret::MANAGED_BY_LABEL,
+        secret::MANAGED_BY_VALUE
+    ));
+    let keys = keys
+        .owns(
+            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+            owned_secrets,
+        )
+        .watches(
+            Api::<ImburseAccount>::all(client.clone()),
+            watch.clone(),
+            move |a| {
+                keys_using(
+                    &ns_store,
+                    AccountKind::ImburseAccount,
+                    &a.name_any(),
+                    a.namespace().as_deref(),
+                )
+            },
+        )
+        .watches(
+            Api::<ClusterImburseAccount>::all(client.clone()),
+            watch.clone(),
+            move |a| {
+                keys_using(
+                    &cluster_store,
+                    AccountKind::ClusterImburseAccount,
+                    &a.name_any(),
+                    None,
+                )
+            },
+        )
+        .with_config(controller_config(&ctx.settings))
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            |obj, ctx| with_backoff_reset(obj, ctx, key::reconcile),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| future::ready(()));
+
+    future::join3(
+        keys,
+        run_accounts::<ImburseAccount>(ctx.clone(), shutdown.clone()),
+        run_accounts::<ClusterImburseAccount>(ctx, shutdown),
+    )
+    .await;
+}
+
+/// Runs the controller of one account kind. Account Secrets are watched metadata-only and
+/// without a cache: an event only maps the Secret to the accounts that name it.
+async fn run_accounts<A: AccountResource>(
+    ctx: Arc<Context>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let watch = watcher::Config::default();
+    let controller = Controller::new(A::api(&ctx, None), watch.clone());
+    let store = controller.store();
+    let mapper_ctx = ctx.clone();
+    controller
+        .watches(
+            Api::<PartialObjectMeta<Secret>>::all(client),
+            watch,
+            move |secret| {
+                let namespace = secret.namespace();
+                store
+                    .state()
+                    .iter()
+                    .filter(|a| a.account_spec().credentials_secret_ref.name == secret.name_any())
+                    .filter(|a| Some(a.secret_namespace(&mapper_ctx)) == namespace)
+                    .map(|a| ObjectRef::from_obj(a.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .with_config(controller_config(&ctx.settings))
+        .graceful_shutdown_on(shutdown)
+        .run(
+            |obj, ctx| with_backoff_reset(obj, ctx, account::reconcile::<A>),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| future::ready(()))
+        .await;
+}

@@ -1,0 +1,433 @@
+//! The Secret that delivers a key: how it is built from the spec and how an existing one is read.
+//! Pure functions; the reconciler does the API calls.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{ByteString, api::core::v1::Secret};
+use kube::{Resource, ResourceExt, api::ObjectMeta};
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+
+use super::decision::SecretState;
+use crate::crd::{SecretKeyNames, TenantSecurityKey};
+
+/// Label on every Secret the operator writes; the operator watches only Secrets carrying it.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_VALUE: &str = "tenant-key-operator";
+/// Label naming the TenantSecurityKey a Secret belongs to.
+pub const OWNER_LABEL: &str = "imbursepayments.com/tenant-security-key";
+/// Annotation with the fingerprint of the key material, for reloaders.
+pub const FINGERPRINT_ANNOTATION: &str = "imbursepayments.com/key-fingerprint";
+/// Annotation with the creation attempt that wrote the key, to recover after a crash.
+pub const ATTEMPT_ANNOTATION: &str = "imbursepayments.com/create-attempt";
+
+/// A key pair in memory. The private key is never logged or printed.
+pub struct KeyMaterial {
+    pub public_key: String,
+    pub private_key: SecretString,
+}
+
+impl KeyMaterial {
+    /// `sha256:<hex>` over both keys: identifies the material without revealing it.
+    pub fn fingerprint(&self) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update(self.public_key.as_bytes());
+        hasher.update(b"\n");
+        hasher.update(self.private_key.expose_secret().as_bytes());
+        let digest = hasher.finalize();
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("sha256:{hex}")
+    }
+}
+
+/// Non-secret values written beside the key.
+pub struct KeyContext<'a> {
+    pub tenant_id: &'a str,
+    pub account_id: Option<&'a str>,
+    pub base_url: &'a str,
+}
+
+/// Effective entry names inside the Secret.
+struct EntryNames<'a> {
+    public_key: &'a str,
+    private_key: &'a str,
+    tenant_id: &'a str,
+    account_id: &'a str,
+    base_url: &'a str,
+}
+
+impl<'a> EntryNames<'a> {
+    fn of(names: Option<&'a SecretKeyNames>) -> Self {
+        let get = |f: fn(&'a SecretKeyNames) -> &'a Option<String>, default: &'a str| {
+            names.and_then(|n| f(n).as_deref()).unwrap_or(default)
+        };
+        Self {
+            public_key: get(|n| &n.public_key, "publicKey"),
+            private_key: get(|n| &n.private_key, "privateKey"),
+            tenant_id: get(|n| &n.tenant_id, "tenantId"),
+            account_id: get(|n| &n.account_id, "accountId"),
+            base_url: get(|n| &n.base_url, "baseUrl"),
+        }
+    }
+
+    fn all(&self) -> [&'a str; 5] {
+        [
+            self.public_key,
+            self.private_key,
+            self.tenant_id,
+            self.account_id,
+            self.base_url,
+        ]
+    }
+}
+
+fn entry_names(tsk: &TenantSecurityKey) -> EntryNames<'_> {
+    EntryNames::of(tsk.spec.secret.as_ref().and_then(|s| s.keys.as_ref()))
+}
+
+/// Problems with the Secret part of a spec, found before anything is written.
+pub fn validate(tsk: &TenantSecurityKey) -> Result<(), String> {
+    let names = entry_names(tsk).all();
+    for name in names {
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid {
+            return Err(format!(
+                "secret key name {name:?} is not a valid Secret data key"
+            ));
+        }
+    }
+    for (i, a) in names.iter().enumerate() {
+        if names[i + 1..].contains(a) {
+            return Err(format!("secret key name {a:?} is used twice"));
+        }
+    }
+    if let Some(template) = &tsk.spec.secret {
+        let reserved = |k: &String| k == MANAGED_BY_LABEL || k == OWNER_LABEL;
+        if template.labels.keys().any(reserved) {
+            return Err("secret.labels may not set the operator's own labels".into());
+        }
+        if template
+            .annotations
+            .keys()
+            .any(|k| k == FINGERPRINT_ANNOTATION || k == ATTEMPT_ANNOTATION)
+        {
+            return Err("secret.annotations may not set the operator's own annotations".into());
+        }
+    }
+    Ok(())
+}
+
+/// Name of the target Secret.
+pub fn secret_name(tsk: &TenantSecurityKey) -> String {
+    tsk.spec
+        .secret
+        .as_ref()
+        .and_then(|s| s.name.clone())
+        .unwrap_or_else(|| tsk.name_any())
+}
+
+fn secret_type(tsk: &TenantSecurityKey) -> String {
+    tsk.spec
+        .secret
+        .as_ref()
+        .and_then(|s| s.type_.clone())
+        .unwrap_or_else(|| "Opaque".into())
+}
+
+fn desired_labels(tsk: &TenantSecurityKey) -> BTreeMap<String, String> {
+    let mut labels = tsk
+        .spec
+        .secret
+        .as_ref()
+        .map(|s| s.labels.clone())
+        .unwrap_or_default();
+    labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
+    labels.insert(OWNER_LABEL.into(), tsk.name_any());
+    labels
+}
+
+fn template_annotations(tsk: &TenantSecurityKey) -> BTreeMap<String, String> {
+    tsk.spec
+        .secret
+        .as_ref()
+        .map(|s| s.annotations.clone())
+        .unwrap_or_default()
+}
+
+fn context_entries(names: &EntryNames<'_>, ctx: &KeyContext<'_>) -> BTreeMap<String, String> {
+    let mut entries = BTreeMap::from([
+        (names.tenant_id.to_owned(), ctx.tenant_id.to_owned()),
+        (names.base_url.to_owned(), ctx.base_url.to_owned()),
+    ]);
+    if let Some(account_id) = ctx.account_id {
+        entries.insert(names.account_id.to_owned(), account_id.to_owned());
+    }
+    entries
+}
+
+/// The complete Secret for a key, owned (as controller) by the TenantSecurityKey.
+pub fn build(
+    tsk: &TenantSecurityKey,
+    key: &KeyMaterial,
+    ctx: &KeyContext<'_>,
+    attempt: &str,
+) -> Secret {
+    let names = entry_names(tsk);
+    let mut data: BTreeMap<String, ByteString> = context_entries(&names, ctx)
+        .into_iter()
+        .map(|(k, v)| (k, ByteString(v.into_bytes())))
+        .collect();
+    data.insert(
+        names.public_key.into(),
+        ByteString(key.public_key.clone().into_bytes()),
+    );
+    data.insert(
+        names.private_key.into(),
+        ByteString(key.private_key.expose_secret().as_bytes().to_vec()),
+    );
+    let mut annotations = template_annotations(tsk);
+    annotations.insert(FINGERPRINT_ANNOTATION.into(), key.fingerprint());
+    annotations.insert(ATTEMPT_ANNOTATION.into(), attempt.into());
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(secret_name(tsk)),
+            namespace: tsk.namespace(),
+            labels: Some(desired_labels(tsk)),
+            annotations: Some(annotations),
+            owner_references: tsk.controller_owner_ref(&()).map(|r| vec![r]),
+            ..Default::default()
+        },
+        type_: Some(secret_type(tsk)),
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
+fn entry<'s>(secret: &'s Secret, name: &str) -> Option<&'s str> {
+    secret
+        .data
+        .as_ref()?
+        .get(name)
+        .and_then(|v| std::str::from_utf8(&v.0).ok())
+        .filter(|v| !v.is_empty())
+}
+
+/// The key pair stored in a Secret, if both entries are present.
+pub fn material(tsk: &TenantSecurityKey, secret: &Secret) -> Option<KeyMaterial> {
+    let names = entry_names(tsk);
+    Some(KeyMaterial {
+        public_key: entry(secret, names.public_key)?.to_owned(),
+        private_key: SecretString::from(entry(secret, names.private_key)?),
+    })
+}
+
+/// Whether the TenantSecurityKey is the Secret's controller.
+pub fn is_owned_by(secret: &Secret, tsk: &TenantSecurityKey) -> bool {
+    let uid = tsk.uid();
+    secret
+        .owner_references()
+        .iter()
+        .any(|r| r.controller == Some(true) && Some(&r.uid) == uid.as_ref())
+}
+
+/// Reads what the reconciler needs to know about the target Secret. Without a context (while
+/// deleting, when the account may be gone) the entries beside the key are not compared.
+pub fn observe(
+    tsk: &TenantSecurityKey,
+    secret: Option<&Secret>,
+    ctx: Option<&KeyContext<'_>>,
+) -> SecretState {
+    let Some(secret) = secret else {
+        return SecretState::Missing;
+    };
+    if !is_owned_by(secret, tsk) {
+        return SecretState::NotOwned;
+    }
+    let names = entry_names(tsk);
+    let contains_all = |have: &BTreeMap<String, String>, want: BTreeMap<String, String>| {
+        want.iter().all(|(k, v)| have.get(k) == Some(v))
+    };
+    let context_matches = ctx.is_none_or(|ctx| {
+        context_entries(&names, ctx)
+            .iter()
+            .all(|(k, v)| entry(secret, k) == Some(v.as_str()))
+    });
+    let layout_matches = secret.type_.clone().unwrap_or_else(|| "Opaque".into())
+        == secret_type(tsk)
+        && contains_all(secret.labels(), desired_labels(tsk))
+        && contains_all(secret.annotations(), template_annotations(tsk))
+        && context_matches;
+    SecretState::Owned {
+        fingerprint: material(tsk, secret).map(|m| m.fingerprint()),
+        attempt: secret.annotations().get(ATTEMPT_ANNOTATION).cloned(),
+        layout_matches,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::api::ObjectMeta;
+
+    use super::*;
+    use crate::crd::{AccountKind, AccountRef, SecretTemplate, TenantSecurityKeySpec};
+
+    fn tsk(template: Option<SecretTemplate>) -> TenantSecurityKey {
+        let mut tsk = TenantSecurityKey::new(
+            "payments",
+            TenantSecurityKeySpec {
+                account_ref: AccountRef {
+                    kind: AccountKind::ImburseAccount,
+                    name: "acc".into(),
+                },
+                tenant_id: "88fdb12a-14dc-419c-b74c-422e2c25cfe7".into(),
+                roles: vec!["tenant-admin".into()],
+                name: None,
+                secret: template,
+                deletion_policy: None,
+            },
+        );
+        tsk.metadata = ObjectMeta {
+            name: Some("payments".into()),
+            namespace: Some("team-a".into()),
+            uid: Some("uid-1".into()),
+            ..Default::default()
+        };
+        tsk
+    }
+
+    fn key() -> KeyMaterial {
+        KeyMaterial {
+            public_key: "a123456b-c12c-123d-1ab4-18bd8c8e88a3".into(),
+            private_key: SecretString::from("AGHYR1aWYgHgyjhJLkVCd7b8XfAVeA4tuFwCQl3X64Y="),
+        }
+    }
+
+    const CTX: KeyContext<'static> = KeyContext {
+        tenant_id: "88fdb12a-14dc-419c-b74c-422e2c25cfe7",
+        account_id: Some("53ca62f5-b124-447d-b593-2f7ea4fecdcc"),
+        base_url: "https://sandbox-api.imbursepayments.com",
+    };
+
+    #[test]
+    fn built_secret_is_owned_labelled_and_complete() {
+        let t = tsk(None);
+        let s = build(&t, &key(), &CTX, "a1");
+        assert_eq!(s.metadata.name.as_deref(), Some("payments"));
+        assert_eq!(s.type_.as_deref(), Some("Opaque"));
+        assert!(is_owned_by(&s, &t));
+        assert_eq!(s.labels()[MANAGED_BY_LABEL], MANAGED_BY_VALUE);
+        assert_eq!(s.annotations()[FINGERPRINT_ANNOTATION], key().fingerprint());
+        let data = s.data.as_ref().unwrap();
+        let keys: Vec<_> = data.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "accountId",
+                "baseUrl",
+                "privateKey",
+                "publicKey",
+                "tenantId"
+            ]
+        );
+        assert_eq!(
+            observe(&t, Some(&s), Some(&CTX)),
+            SecretState::Owned {
+                fingerprint: Some(key().fingerprint()),
+                attempt: Some("a1".into()),
+                layout_matches: true
+            }
+        );
+    }
+
+    #[test]
+    fn template_controls_name_type_metadata_and_entries() {
+        let template = SecretTemplate {
+            name: Some("imburse-creds".into()),
+            type_: Some("imbursepayments.com/tenant-key".into()),
+            labels: BTreeMap::from([("team".into(), "pay".into())]),
+            annotations: BTreeMap::from([("note".into(), "x".into())]),
+            keys: Some(SecretKeyNames {
+                private_key: Some("IMBURSE_PRIVATE_KEY".into()),
+                ..Default::default()
+            }),
+        };
+        let t = tsk(Some(template));
+        let s = build(&t, &key(), &CTX, "a1");
+        assert_eq!(s.metadata.name.as_deref(), Some("imburse-creds"));
+        assert_eq!(s.type_.as_deref(), Some("imbursepayments.com/tenant-key"));
+        assert_eq!(s.labels()["team"], "pay");
+        assert_eq!(s.annotations()["note"], "x");
+        assert!(s.data.as_ref().unwrap().contains_key("IMBURSE_PRIVATE_KEY"));
+        assert_eq!(material(&t, &s).unwrap().fingerprint(), key().fingerprint());
+    }
+
+    #[test]
+    fn foreign_and_damaged_secrets_are_recognised() {
+        let t = tsk(None);
+        let mut s = build(&t, &key(), &CTX, "a1");
+        s.data.as_mut().unwrap().remove("privateKey");
+        assert!(matches!(
+            observe(&t, Some(&s), Some(&CTX)),
+            SecretState::Owned {
+                fingerprint: None,
+                ..
+            }
+        ));
+        s.metadata.owner_references = None;
+        assert_eq!(observe(&t, Some(&s), Some(&CTX)), SecretState::NotOwned);
+        assert_eq!(observe(&t, None, Some(&CTX)), SecretState::Missing);
+    }
+
+    #[test]
+    fn metadata_drift_is_detected() {
+        let t = tsk(Some(SecretTemplate {
+            labels: BTreeMap::from([("team".into(), "pay".into())]),
+            ..Default::default()
+        }));
+        let mut s = build(&t, &key(), &CTX, "a1");
+        s.metadata.labels.as_mut().unwrap().remove("team");
+        assert!(matches!(
+            observe(&t, Some(&s), Some(&CTX)),
+            SecretState::Owned {
+                layout_matches: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn invalid_entry_names_are_rejected() {
+        let bad = |keys: SecretKeyNames| {
+            validate(&tsk(Some(SecretTemplate {
+                keys: Some(keys),
+                ..Default::default()
+            })))
+        };
+        assert!(
+            bad(SecretKeyNames {
+                public_key: Some("a b".into()),
+                ..Default::default()
+            })
+            .is_err()
+        );
+        assert!(
+            bad(SecretKeyNames {
+                tenant_id: Some("publicKey".into()),
+                ..Default::default()
+            })
+            .is_err()
+        );
+        assert!(validate(&tsk(None)).is_ok());
+    }
+
+    #[test]
+    fn fingerprint_hides_the_private_key() {
+        let fp = key().fingerprint();
+        assert!(fp.starts_with("sha256:"));
+        assert!(!fp.contains("AGHYR1"));
+    }
+}

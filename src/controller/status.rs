@@ -1,0 +1,118 @@
+//! Writing status and Events the same way for every kind.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{
+    Api, Resource,
+    api::{Patch, PatchParams},
+    runtime::events::{Event, EventType},
+};
+use serde::{Serialize, de::DeserializeOwned};
+use std::fmt::Debug;
+
+use super::{Context, FIELD_MANAGER, error::Error};
+use crate::crd::{Condition, ConditionStatus, set_condition};
+
+pub const READY: &str = "Ready";
+pub const RECONCILING: &str = "Reconciling";
+pub const STALLED: &str = "Stalled";
+
+/// The result a reconcile reports through the kstatus conditions.
+pub enum Outcome<'a> {
+    Ready { reason: &'a str, message: &'a str },
+    Failed(&'a Error),
+}
+
+/// Sets `Ready`, `Reconciling` and `Stalled` for an outcome. A permanent failure stalls the
+/// resource; a transient one keeps it reconciling.
+pub fn set_outcome(
+    conditions: &mut Vec<Condition>,
+    outcome: &Outcome<'_>,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    let (ready, reconciling, stalled, reason, message) = match outcome {
+        Outcome::Ready { reason, message } => (true, false, false, *reason, (*message).to_owned()),
+        Outcome::Failed(e) => (
+            false,
+            !e.is_permanent(),
+            e.is_permanent(),
+            e.reason().as_str(),
+            e.to_string(),
+        ),
+    };
+    for (type_, value) in [
+        (READY, ready),
+        (RECONCILING, reconciling),
+        (STALLED, stalled),
+    ] {
+        set_condition(
+            conditions,
+            type_,
+            ConditionStatus::from(value),
+            reason,
+            &message,
+            generation,
+            now,
+        );
+    }
+}
+
+pub fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// Writes `status` with server-side apply: fields the operator stops setting are removed.
+pub async fn apply_status<K>(
+    ctx: &Context,
+    api: &Api<K>,
+    name: &str,
+    status: &impl Serialize,
+) -> Result<K, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    ctx.metrics.kube_write(static_kind::<K>(), "status");
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    Ok(api
+        .patch_status(name, &params, &Patch::Apply(&patch))
+        .await?)
+}
+
+fn static_kind<K: Resource<DynamicType = ()>>() -> &'static str {
+    match K::kind(&()).as_ref() {
+        "TenantSecurityKey" => "tenantsecuritykeys",
+        "ImburseAccount" => "imburseaccounts",
+        "ClusterImburseAccount" => "clusterimburseaccounts",
+        _ => "other",
+    }
+}
+
+/// Publishes an Event about `obj`. Failing to publish never fails a reconcile.
+pub async fn publish<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    obj: &K,
+    warning: bool,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+        tracing::warn!(error = %e, reason, "could not publish Event");
+    }
+}

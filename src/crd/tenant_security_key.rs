@@ -1,0 +1,189 @@
+//! `TenantSecurityKey`: one Imburse Tenant Security Key, delivered as a Kubernetes Secret.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::Condition;
+
+/// Kind of account a key is created with.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+pub enum AccountKind {
+    /// An `ImburseAccount` in the key's own namespace.
+    ImburseAccount,
+    /// A `ClusterImburseAccount` that allows the key's namespace.
+    ClusterImburseAccount,
+}
+
+/// Reference to the account that creates the key.
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountRef {
+    /// `ImburseAccount` (same namespace) or `ClusterImburseAccount`.
+    pub kind: AccountKind,
+    /// Name of the account resource.
+    pub name: String,
+}
+
+/// What happens to the Imburse key and the Secret when the resource is deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Revoke the key at Imburse and delete the Secret (default).
+    #[default]
+    Delete,
+    /// Leave the key valid at Imburse and keep the Secret (no longer owned by the resource).
+    Retain,
+}
+
+/// Names of the entries written into the Secret.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyNames {
+    /// Entry holding the key's public key (default `publicKey`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    /// Entry holding the key's base64 private key (default `privateKey`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+    /// Entry holding the tenant id (default `tenantId`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    /// Entry holding the account id, written when the account declares one (default `accountId`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    /// Entry holding the Imburse base URL (default `baseUrl`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+}
+
+/// The Secret the key material is written to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretTemplate {
+    /// Name of the Secret, in the resource's namespace (default: the resource's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Secret type (default `Opaque`).
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+    /// Extra labels on the Secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Extra annotations on the Secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Names of the entries inside the Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<SecretKeyNames>,
+}
+
+/// A Tenant Security Key that the operator creates at Imburse and stores in a Secret.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "imbursepayments.com",
+    version = "v1alpha1",
+    kind = "TenantSecurityKey",
+    namespaced,
+    status = "TenantSecurityKeyStatus",
+    shortname = "tsk",
+    category = "imburse",
+    doc = "An Imburse Tenant Security Key, created by the operator with an Imburse account and delivered as a Secret that the resource owns.",
+    printcolumn = r#"{"name":"Tenant","type":"string","jsonPath":".spec.tenantId"}"#,
+    printcolumn = r#"{"name":"Account","type":"string","jsonPath":".spec.accountRef.name"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Secret","type":"string","jsonPath":".status.secretName"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantSecurityKeySpec {
+    /// The account that creates and revokes the key.
+    pub account_ref: AccountRef,
+    /// Id (a UUID) of the Imburse tenant the key belongs to. Immutable: create a new resource
+    /// to move a key to another tenant.
+    #[schemars(regex(
+        pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    ))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("tenantId is immutable"))]
+    pub tenant_id: String,
+    /// Roles granted to the key, e.g. `tenant-admin`, `tenant-transaction-read`. Imburse
+    /// decides which names are valid. Changing them replaces the key.
+    #[schemars(length(min = 1), extend("x-kubernetes-list-type" = "set"))]
+    pub roles: Vec<String>,
+    /// Name of the key at Imburse (default `<namespace>/<name>` of this resource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The Secret the key is written to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<SecretTemplate>,
+    /// `Delete` (default) revokes the key at Imburse and deletes the Secret when this resource
+    /// is deleted; `Retain` leaves both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
+}
+
+/// A key that was replaced and still has to be revoked at Imburse.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviousKey {
+    /// Public key of the replaced key.
+    pub public_key: String,
+    /// Tenant the replaced key belongs to.
+    pub tenant_id: String,
+    /// Account the replaced key was created with.
+    pub account_ref: AccountRef,
+    /// When the key may be revoked; revoked as soon as possible when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoke_after: Option<Time>,
+}
+
+/// Observed state of a TenantSecurityKey. Everything needed to continue after a restart is
+/// recorded here or in the resource's annotations.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantSecurityKeyStatus {
+    /// Generation of the spec that the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Reconciling` and `Stalled`, following kstatus conventions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Public key of the current key (public by design).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    /// Name of the current key at Imburse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_name: Option<String>,
+    /// Secret holding the current key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// When the current key was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<Time>,
+    /// SHA-256 fingerprint of the current key material, also set as an annotation on the
+    /// Secret so that reloaders can react to a new key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// Tenant the current key belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    /// Account the current key was created with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_ref: Option<AccountRef>,
+    /// Roles of the current key, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    /// Creation attempt that produced the current key; see the `create-pending` annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<String>,
+    /// Replaced keys that still have to be revoked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_keys: Vec<PreviousKey>,
+}
