@@ -1,1 +1,33 @@
-fn main() {}
+//! Developer commands: `cargo xtask controlplane ...` and `cargo xtask test`.
+
+mod controlplane;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Developer commands for tenant-key-operator"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build, start, stop and inspect the local Kubernetes control plane.
+    #[command(subcommand)]
+    Controlplane(controlplane::Command),
+    /// Run the whole test suite: formatting, lints, control plane binaries, then `cargo test`.
+    Test,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Controlplane(command) => controlplane::run(command).await,
+        Command::Test => test::run(),
+    }
+}

@@ -1,1 +1,31 @@
-//! Real local test infrastructure.
+//! Real local test infrastructure: builds, caches and runs a Kubernetes control plane (etcd,
+//! kube-apiserver, kube-controller-manager) as local processes, for the tests and the demo.
+//!
+//! - [`versions`]: the pinned versions and the cache layout.
+//! - [`build`]: builds missing binaries into the cache.
+//! - [`ControlPlane`]: runs an isolated control plane; [`detached`] manages one that outlives
+//!   the command that started it (`cargo xtask controlplane up`).
+
+pub mod build;
+mod controlplane;
+pub mod detached;
+mod pki;
+mod process;
+pub mod versions;
+
+use std::path::Path;
+
+pub use controlplane::{ControlPlane, client_from_kubeconfig};
+pub use pki::ADMIN_USER;
+
+/// The last `lines` lines of a log file, for error messages.
+pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(err) => format!("(cannot read {}: {err})", path.display()),
+    }
+}
