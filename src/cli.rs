@@ -19,6 +19,7 @@ use crate::{
 
 #[derive(Parser, Debug)]
 #[command(
+    args_conflicts_with_subcommands = true,
     name = "tenant-key-operator",
     version,
     about = "Declares Imburse Tenant Security Keys as Kubernetes resources and delivers them as Secrets"
@@ -32,8 +33,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the operator (the default).
-    Run,
+    /// Run the operator (the default when no command is given).
+    Run(RunArgs),
     /// Print the CustomResourceDefinitions as YAML, or write one file per CRD.
     Crd {
         /// Write `<name>.yaml` files into this directory instead of printing.
@@ -72,6 +73,12 @@ struct RunArgs {
     /// Timeout of one Imburse request, in seconds.
     #[arg(long, env = "IMBURSE_TIMEOUT_SECONDS", default_value_t = 30)]
     imburse_timeout_seconds: u64,
+    /// Kubeconfig to use instead of the in-cluster configuration or $KUBECONFIG.
+    #[arg(long)]
+    kubeconfig: Option<std::path::PathBuf>,
+    /// Log filter, in `tracing` EnvFilter syntax.
+    #[arg(long, env = "RUST_LOG", default_value = "info,kube=warn")]
+    log_filter: String,
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -80,9 +87,9 @@ struct RunArgs {
 /// Parses the command line and runs it.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command.unwrap_or(Command::Run) {
+    let result = match cli.command.unwrap_or(Command::Run(cli.run)) {
         Command::Crd { output_dir } => write_crds(output_dir.as_deref()),
-        Command::Run => run(cli.run),
+        Command::Run(args) => run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -110,20 +117,19 @@ fn write_crds(output_dir: Option<&std::path::Path>) -> Result<(), BoxError> {
     Ok(())
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+fn init_tracing(filter: &str, format: LogFormat) -> Result<(), BoxError> {
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(EnvFilter::try_new(filter)?)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    Ok(())
 }
 
 fn run(args: RunArgs) -> Result<(), BoxError> {
-    init_tracing(args.log_format);
+    init_tracing(&args.log_filter, args.log_format)?;
     // One TLS crypto provider for the whole binary (kube and reqwest both use rustls).
     rustls::crypto::aws_lc_rs::default_provider()
         .install_default()
@@ -164,7 +170,15 @@ async fn run_async(args: RunArgs) -> Result<(), BoxError> {
         })),
         ..Default::default()
     })?;
-    let client = kube::Client::try_default().await?;
+    let client = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
+            let config =
+                kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+            kube::Client::try_from(config)?
+        }
+        None => kube::Client::try_default().await?,
+    };
     let settings = Settings {
         cluster_account_secret_namespace: args
             .cluster_account_secret_namespace

@@ -121,14 +121,14 @@ pub async fn resolve(
             let account = ImburseAccount::api(ctx, Some(namespace))
                 .get_opt(&account_ref.name)
                 .await?
-                .ok_or_else(|| not_found::<ImburseAccount>(&account_ref.name))?;
+                .ok_or_else(|| not_found::<ImburseAccount>(&account_ref.name, Some(namespace)))?;
             Ok(ResolvedAccount::from_resource(&account, ctx))
         }
         AccountKind::ClusterImburseAccount => {
             let account = ClusterImburseAccount::api(ctx, None)
                 .get_opt(&account_ref.name)
                 .await?
-                .ok_or_else(|| not_found::<ClusterImburseAccount>(&account_ref.name))?;
+                .ok_or_else(|| not_found::<ClusterImburseAccount>(&account_ref.name, None))?;
             let allowed = &account.spec.allowed_namespaces;
             let permitted = allowed.names.iter().any(|n| n == namespace)
                 || (allowed.selector.is_some() && {
@@ -148,10 +148,11 @@ pub async fn resolve(
     }
 }
 
-fn not_found<A: AccountResource>(name: &str) -> Error {
+fn not_found<A: AccountResource>(name: &str, namespace: Option<&str>) -> Error {
     Error::AccountNotFound {
         kind: A::KIND,
         name: name.into(),
+        namespace: namespace.map(Into::into),
     }
 }
 

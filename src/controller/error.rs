@@ -8,8 +8,13 @@ use std::time::Duration;
 pub enum Error {
     #[error("invalid spec: {0}")]
     InvalidSpec(String),
-    #[error("{kind} {name:?} not found")]
-    AccountNotFound { kind: &'static str, name: String },
+    #[error("{kind} {name:?} not found{}", namespace.as_ref().map(|n| format!(" in namespace {n:?}")).unwrap_or_default())]
+    AccountNotFound {
+        kind: &'static str,
+        name: String,
+        /// Set for namespaced accounts, which serve only their own namespace.
+        namespace: Option<String>,
+    },
     #[error("namespace {namespace:?} is not allowed to use ClusterImburseAccount {name:?}")]
     NamespaceNotAllowed { namespace: String, name: String },
     #[error("{kind} {name:?} is not ready")]

@@ -5,10 +5,12 @@
 //! - [`build`]: builds missing binaries into the cache.
 //! - [`ControlPlane`]: runs an isolated control plane; [`detached`] manages one that outlives
 //!   the command that started it (`cargo xtask controlplane up`).
+//! - [`install_crds`] and [`Operator`]: the operator's CRDs and binary on that control plane.
 
 pub mod build;
 mod controlplane;
 pub mod detached;
+mod operator;
 mod pki;
 mod process;
 pub mod versions;
@@ -16,6 +18,7 @@ pub mod versions;
 use std::path::Path;
 
 pub use controlplane::{ControlPlane, client_from_kubeconfig};
+pub use operator::{Operator, install_crds};
 pub use pki::ADMIN_USER;
 
 /// The last `lines` lines of a log file, for error messages.

@@ -127,6 +127,14 @@ impl Process {
         }
     }
 
+    /// Kills the process with SIGKILL, as a crash would, and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Stops the process and starts it again with the same arguments.
     pub fn restart(&mut self) -> Result<()> {
         self.stop(STOP_GRACE);

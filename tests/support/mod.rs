@@ -1,0 +1,430 @@
+//! A complete environment for end-to-end tests: a real control plane with the CRDs installed,
+//! the Imburse sandbox, and the operator binary running as a local process. Each test works in
+//! a namespace of its own.
+
+#![allow(dead_code)] // Each test binary uses a different part of this module.
+
+use std::{collections::BTreeMap, future::Future, path::Path, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use imburse_sandbox::{Account, Config, Sandbox};
+use k8s_openapi::{
+    ByteString,
+    api::core::v1::{Namespace, Secret},
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams, ObjectMeta, PostParams},
+};
+use serde_json::json;
+use tenant_key_operator::crd::{
+    ClusterImburseAccount, Condition, ImburseAccount, TenantSecurityKey,
+};
+use testenv::{ControlPlane, Operator};
+
+/// How long a test waits for the operator to reach a state before it fails. A bound on
+/// waiting, not a performance assertion.
+pub const WAIT: Duration = Duration::from_secs(90);
+
+pub struct Env {
+    pub runtime: tokio::runtime::Runtime,
+    pub control_plane: ControlPlane,
+    pub client: Client,
+    pub sandbox: Sandbox,
+    pub config: Config,
+    pub operator: Operator,
+    pub operator_namespace: String,
+    _logs: tempfile::TempDir,
+}
+
+impl Env {
+    /// Starts everything. The sandbox has `config`'s accounts and tenants.
+    pub fn start(config: Config) -> Result<Env> {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let (control_plane, client, sandbox) = runtime.block_on(async {
+            let control_plane = ControlPlane::start().await?;
+            let client = control_plane.client().await?;
+            let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+            testenv::install_crds(&client, &crds).await?;
+            let sandbox = Sandbox::start(config.clone()).await?;
+            anyhow::Ok((control_plane, client, sandbox))
+        })?;
+        let operator_namespace = "tenant-key-operator".to_owned();
+        runtime.block_on(create_namespace(
+            &client,
+            &operator_namespace,
+            BTreeMap::new(),
+        ))?;
+        let logs = tempfile::Builder::new().prefix("tko-operator-").tempdir()?;
+        let operator = Operator::start(
+            "operator",
+            Path::new(env!("CARGO_BIN_EXE_tenant-key-operator")),
+            control_plane.kubeconfig_path(),
+            logs.path(),
+            &[
+                "--listen-address",
+                "127.0.0.1:0",
+                "--namespace",
+                &operator_namespace,
+                "--log-filter",
+                "debug,kube=info,hyper=info,hyper_util=info,tower=info,h2=info,rustls=info,reqwest=info",
+            ],
+        )?;
+        Ok(Env {
+            runtime,
+            control_plane,
+            client,
+            sandbox,
+            config,
+            operator,
+            operator_namespace,
+            _logs: logs,
+        })
+    }
+
+    pub fn block_on<T>(&self, f: impl Future<Output = T>) -> T {
+        self.runtime.handle().block_on(f)
+    }
+
+    pub fn keys(&self, namespace: &str) -> Api<TenantSecurityKey> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    pub fn secrets(&self, namespace: &str) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    pub fn account(&self, index: usize) -> &Account {
+        &self.config.accounts[index]
+    }
+
+    /// The `index`-th tenant of account `account`.
+    pub fn tenant(&self, account: usize, index: usize) -> String {
+        self.config
+            .tenants_of(&self.config.accounts[account].account_id)
+            .nth(index)
+            .map(|t| t.tenant_id.clone())
+            .unwrap_or_default()
+    }
+
+    /// Creates a namespace holding the credentials Secret of sandbox account `account` and an
+    /// `ImburseAccount` named `imburse` for it, and waits until the account is Ready.
+    pub async fn namespace_with_account(&self, namespace: &str, account: usize) -> Result<()> {
+        create_namespace(&self.client, namespace, BTreeMap::new()).await?;
+        self.credentials_secret(namespace, "imburse-credentials", account)
+            .await?;
+        self.apply_account(namespace, "imburse", json!({}), "imburse-credentials")
+            .await?;
+        let accounts: Api<ImburseAccount> = Api::namespaced(self.client.clone(), namespace);
+        wait_for(&accounts, "imburse", |a| {
+            ready(a.status.as_ref().map(|s| &s.conditions)) == Some(("True", "CredentialsVerified"))
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Stores the key pair of sandbox account `account` in a Secret.
+    pub async fn credentials_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        account: usize,
+    ) -> Result<()> {
+        let account = self.account(account);
+        let private_key = secrecy::ExposeSecret::expose_secret(&account.private_key).to_owned();
+        let data = BTreeMap::from([
+            ("publicKey".to_owned(), account.public_key.clone()),
+            ("privateKey".to_owned(), private_key),
+        ]);
+        create_secret(&self.client, namespace, name, data).await
+    }
+
+    /// Creates an `ImburseAccount` against the sandbox; `extra` is merged into its spec.
+    pub async fn apply_account(
+        &self,
+        namespace: &str,
+        name: &str,
+        extra: serde_json::Value,
+        secret: &str,
+    ) -> Result<()> {
+        let mut spec = json!({
+            "baseUrl": self.sandbox.base_url(),
+            "credentialsSecretRef": { "name": secret },
+        });
+        merge(&mut spec, extra);
+        let account: ImburseAccount = serde_json::from_value(json!({
+            "apiVersion": "imbursepayments.com/v1alpha1",
+            "kind": "ImburseAccount",
+            "metadata": { "name": name, "namespace": namespace },
+            "spec": spec,
+        }))?;
+        Api::<ImburseAccount>::namespaced(self.client.clone(), namespace)
+            .create(&PostParams::default(), &account)
+            .await?;
+        Ok(())
+    }
+
+    /// Creates a `ClusterImburseAccount` against the sandbox whose credentials are in the
+    /// operator's namespace; `extra` is merged into its spec.
+    pub async fn apply_cluster_account(
+        &self,
+        name: &str,
+        account: usize,
+        extra: serde_json::Value,
+    ) -> Result<()> {
+        let secret = format!("{name}-credentials");
+        self.credentials_secret(&self.operator_namespace, &secret, account)
+            .await?;
+        let mut spec = json!({
+            "baseUrl": self.sandbox.base_url(),
+            "credentialsSecretRef": { "name": secret },
+        });
+        merge(&mut spec, extra);
+        let account: ClusterImburseAccount = serde_json::from_value(json!({
+            "apiVersion": "imbursepayments.com/v1alpha1",
+            "kind": "ClusterImburseAccount",
+            "metadata": { "name": name },
+            "spec": spec,
+        }))?;
+        Api::<ClusterImburseAccount>::all(self.client.clone())
+            .create(&PostParams::default(), &account)
+            .await?;
+        Ok(())
+    }
+
+    /// Creates a TenantSecurityKey using the namespace's `imburse` account for tenant
+    /// `tenant`; `extra` is merged into its spec.
+    pub async fn create_key(
+        &self,
+        namespace: &str,
+        name: &str,
+        tenant: &str,
+        extra: serde_json::Value,
+    ) -> Result<TenantSecurityKey> {
+        let mut spec = json!({
+            "accountRef": { "kind": "ImburseAccount", "name": "imburse" },
+            "tenantId": tenant,
+            "roles": ["tenant-admin"],
+        });
+        merge(&mut spec, extra);
+        let key: TenantSecurityKey = serde_json::from_value(json!({
+            "apiVersion": "imbursepayments.com/v1alpha1",
+            "kind": "TenantSecurityKey",
+            "metadata": { "name": name, "namespace": namespace },
+            "spec": spec,
+        }))?;
+        Ok(self
+            .keys(namespace)
+            .create(&PostParams::default(), &key)
+            .await?)
+    }
+
+    /// Waits until the key is Ready for its current generation.
+    pub async fn wait_ready(&self, namespace: &str, name: &str) -> Result<TenantSecurityKey> {
+        wait_for(&self.keys(namespace), name, |k| {
+            let status = k.status.as_ref();
+            status.and_then(|s| s.observed_generation) == k.metadata.generation
+                && ready(status.map(|s| &s.conditions)) == Some(("True", "KeyReady"))
+        })
+        .await
+    }
+
+    /// Waits until the key's Ready condition is False with `reason`.
+    pub async fn wait_reason(
+        &self,
+        namespace: &str,
+        name: &str,
+        reason: &str,
+    ) -> Result<TenantSecurityKey> {
+        wait_for(&self.keys(namespace), name, |k| {
+            ready(k.status.as_ref().map(|s| &s.conditions)) == Some(("False", reason))
+        })
+        .await
+    }
+
+    /// Public keys of the tenant's keys at the sandbox.
+    pub async fn sandbox_keys(&self, tenant: &str) -> Result<Vec<String>> {
+        Ok(self
+            .sandbox
+            .admin()
+            .keys(Some(tenant))
+            .await?
+            .into_iter()
+            .map(|k| k.public_key)
+            .collect())
+    }
+
+    /// Reasons of the Events about an object.
+    pub async fn event_reasons(&self, namespace: &str, name: &str) -> Result<Vec<String>> {
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.client.clone(), namespace);
+        Ok(events
+            .list(&ListParams::default())
+            .await?
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter_map(|e| e.reason)
+            .collect())
+    }
+
+    /// Waits until an Event with `reason` about the object exists.
+    pub async fn wait_event(&self, namespace: &str, name: &str, reason: &str) -> Result<()> {
+        poll(
+            || async {
+                Ok(self
+                    .event_reasons(namespace, name)
+                    .await?
+                    .iter()
+                    .any(|r| r == reason))
+            },
+            &format!("an Event {reason} about {namespace}/{name}"),
+        )
+        .await
+    }
+
+    /// Waits until a key is gone from the API server.
+    pub async fn wait_gone(&self, namespace: &str, name: &str) -> Result<()> {
+        let api = self.keys(namespace);
+        poll(
+            || async { Ok(api.get_opt(name).await?.is_none()) },
+            &format!("{namespace}/{name} to be deleted"),
+        )
+        .await
+    }
+
+    pub async fn delete_key(&self, namespace: &str, name: &str) -> Result<()> {
+        self.keys(namespace)
+            .delete(name, &DeleteParams::default())
+            .await?;
+        Ok(())
+    }
+}
+
+/// Ready condition's status and reason.
+pub fn ready(conditions: Option<&Vec<Condition>>) -> Option<(&str, &str)> {
+    conditions?
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status.as_str(), c.reason.as_str()))
+}
+
+/// Deep-merges `extra` into `base`.
+pub fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
+    match (base, extra) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(e)) => {
+            for (k, v) in e {
+                merge(b.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (b, e) => *b = e,
+    }
+}
+
+pub async fn create_namespace(
+    client: &Client,
+    name: &str,
+    labels: BTreeMap<String, String>,
+) -> Result<()> {
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .with_context(|| format!("creating namespace {name}"))?;
+    Ok(())
+}
+
+pub async fn create_secret(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    data: BTreeMap<String, String>,
+) -> Result<()> {
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            ..Default::default()
+        },
+        data: Some(
+            data.into_iter()
+                .map(|(k, v)| (k, ByteString(v.into_bytes())))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &secret)
+        .await?;
+    Ok(())
+}
+
+/// Polls `check` until it returns true, for at most [`WAIT`].
+pub async fn poll<F, Fut>(mut check: F, what: &str) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("gave up waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until the object satisfies `predicate` and returns it.
+pub async fn wait_for<K>(api: &Api<K>, name: &str, predicate: impl Fn(&K) -> bool) -> Result<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let obj = api.get_opt(name).await?;
+        match obj {
+            Some(obj) if predicate(&obj) => return Ok(obj),
+            _ if tokio::time::Instant::now() > deadline => {
+                bail!(
+                    "gave up waiting for {name}; last seen: {}",
+                    describe(obj.as_ref())
+                );
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+fn describe<K: serde::Serialize>(obj: Option<&K>) -> String {
+    obj.and_then(|o| serde_json::to_value(o).ok())
+        .map(|v| v.get("status").cloned().unwrap_or_default().to_string())
+        .unwrap_or_else(|| "nothing".into())
+}
+
+/// The key pair stored in a Secret.
+pub fn secret_key_pair(secret: &Secret) -> Result<imburse::KeyPair> {
+    let entry = |k: &str| -> Result<String> {
+        let bytes = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(k))
+            .with_context(|| format!("Secret {} has no {k}", secret.name_any()))?;
+        Ok(String::from_utf8(bytes.0.clone())?)
+    };
+    Ok(imburse::KeyPair::new(
+        entry("publicKey")?,
+        imburse::SecretString::from(entry("privateKey")?),
+    ))
+}
