@@ -621,7 +621,7 @@ fn no_secret_in_logs_events_or_status(env: &Env) -> Result<()> {
             secrets.len() > 5,
             "too few keys to make the scan meaningful"
         );
-        let log = std::fs::read_to_string(env.operator.log_path())?;
+        let log = env.operator_log()?;
         let events: Vec<k8s_openapi::api::events::v1::Event> = Api::all(env.client.clone())
             .list(&ListParams::default())
             .await?

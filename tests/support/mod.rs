@@ -32,7 +32,8 @@ pub struct Env {
     pub client: Client,
     pub sandbox: Sandbox,
     pub config: Config,
-    pub operator: Operator,
+    /// Behind a lock so that tests can crash and restart it.
+    pub operator: std::sync::Mutex<Operator>,
     pub operator_namespace: String,
     _logs: tempfile::TempDir,
 }
@@ -79,7 +80,7 @@ impl Env {
             client,
             sandbox,
             config,
-            operator,
+            operator: std::sync::Mutex::new(operator),
             operator_namespace,
             _logs: logs,
         })
@@ -87,6 +88,12 @@ impl Env {
 
     pub fn block_on<T>(&self, f: impl Future<Output = T>) -> T {
         self.runtime.handle().block_on(f)
+    }
+
+    /// Everything the operator has logged so far.
+    pub fn operator_log(&self) -> Result<String> {
+        let operator = self.operator.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(std::fs::read_to_string(operator.log_path())?)
     }
 
     pub fn keys(&self, namespace: &str) -> Api<TenantSecurityKey> {
