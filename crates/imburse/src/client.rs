@@ -538,7 +538,7 @@ fn status_error(
             && !details
                 .error_code
                 .as_deref()
-                .is_some_and(|code| code.contains("TENANT")) =>
+                .is_some_and(|code| code.eq_ignore_ascii_case("TENANT_NOT_FOUND")) =>
         {
             Error::NotFound(details)
         }
