@@ -445,3 +445,16 @@ async fn admin_api_lists_keys_counts_calls_and_sets_faults() {
     };
     assert!(admin.set_faults(&invalid).await.is_err());
 }
+
+#[tokio::test]
+async fn stop_returns_despite_idle_client_connections() {
+    let env = Env::start().await;
+    let token = env.token_for(&env.account_key()).await;
+    assert!(!token.is_empty());
+    let Env { sandbox, http, .. } = env;
+    tokio::time::timeout(std::time::Duration::from_secs(5), sandbox.stop())
+        .await
+        .unwrap()
+        .unwrap();
+    drop(http);
+}
