@@ -125,12 +125,13 @@ impl ControlPlane {
             "etcd",
             &plane.binaries.etcd,
             args([
+                "--name=tenant-key-operator".into(),
                 format!("--data-dir={}", plane.dir.join("etcd").display()),
                 format!("--listen-client-urls={etcd_url}"),
                 format!("--advertise-client-urls={etcd_url}"),
                 format!("--listen-peer-urls={peer_url}"),
                 format!("--initial-advertise-peer-urls={peer_url}"),
-                format!("--initial-cluster=default={peer_url}"),
+                format!("--initial-cluster=tenant-key-operator={peer_url}"),
                 // Test data need not survive a power cut.
                 "--unsafe-no-fsync=true".into(),
             ]),
@@ -157,6 +158,8 @@ impl ControlPlane {
                 // No controller creates `default` ServiceAccounts here.
                 "--disable-admission-plugins=ServiceAccount".into(),
                 "--authorization-mode=RBAC".into(),
+                // The `kubernetes` Service cannot point at a loopback address, and no pod needs it.
+                "--endpoint-reconciler-type=none".into(),
                 format!("--service-account-issuer={}", plane.server_url),
                 format!(
                     "--service-account-key-file={}",
@@ -180,6 +183,9 @@ impl ControlPlane {
                 format!("--kubeconfig={kubeconfig}"),
                 format!("--authentication-kubeconfig={kubeconfig}"),
                 format!("--authorization-kubeconfig={kubeconfig}"),
+                // No front proxy: nothing to look up from the extension-apiserver-authentication
+                // ConfigMap, which would only log missing CA bundles.
+                "--authentication-skip-lookup=true".into(),
                 // Only what the tests rely on: owner references and namespace deletion.
                 "--controllers=garbage-collector-controller,namespace-controller".into(),
                 "--leader-elect=false".into(),
