@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tracing::info;
 
 use crate::Shared;
-use crate::store::{FRESHNESS, Principal, StoredKey, TokenRefusal};
+use crate::store::{FRESHNESS, StoredKey, TokenRefusal};
 
 /// The request's correlation id: the client's `X-Correlation-ID`, or one made up here.
 #[derive(Clone)]
@@ -291,12 +291,7 @@ fn authorize(
             c,
         )
     };
-    if !principal.may_manage_keys() {
-        return Err(forbidden());
-    }
-    let Principal::Account { account_id, .. } = principal else {
-        return Err(forbidden());
-    };
+    let account_id = principal.key_manager_of().ok_or_else(forbidden)?.to_owned();
     if paths == KeyPaths::Current {
         let claimed = headers
             .get("x-account-id")

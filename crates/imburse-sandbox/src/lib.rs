@@ -4,6 +4,17 @@
 //! manages Tenant Security Keys on both API generations' paths, injects faults on demand and
 //! exposes an admin API under `/_sandbox/` ([`AdminClient`]). Run it in-process with
 //! [`Sandbox::start`] or as the `imburse-sandbox` binary.
+//!
+//! Endpoints:
+//! - tokens: `POST /identity/v1/hmac/management` (2019) and `POST /v1/identity/hmac` answer
+//!   `expires` as a string of epoch milliseconds; `POST /v2/identity/hmac` as a number. An
+//!   account key gets an account token, a created tenant key a tenant token.
+//! - keys, on `/management/v1/tenant/{tenantId}/keys` (2019), `/v1/tenant/{tenantId}/keys`
+//!   (mid-2019) and `/v1/account/tenants/{tenantId}/keys` (current, needs `x-account-id`):
+//!   `POST` and `GET` on the collection, `GET` and `DELETE` on `.../keys/{publicKey}`. All
+//!   paths share one store.
+//! - admin (loopback peers only): `GET /_sandbox/keys[?tenantId=]`, `GET /_sandbox/stats`,
+//!   `GET|PUT /_sandbox/faults`, `POST /_sandbox/reset-stats`, `POST /_sandbox/revoke-tokens`.
 
 mod admin;
 mod api;

@@ -42,13 +42,18 @@ pub(crate) enum Principal {
 }
 
 impl Principal {
-    /// Whether this principal may create, list, read and delete tenant keys.
-    pub(crate) fn may_manage_keys(&self) -> bool {
+    /// The account whose tenant keys this principal may create, list, read and delete: an
+    /// account token with a key-management role; never a tenant token.
+    pub(crate) fn key_manager_of(&self) -> Option<&str> {
         match self {
-            Self::Account { roles, .. } => roles
-                .iter()
-                .any(|role| KEY_MANAGEMENT_ROLES.contains(&role.as_str())),
-            Self::Tenant => false,
+            Self::Account { account_id, roles }
+                if roles
+                    .iter()
+                    .any(|role| KEY_MANAGEMENT_ROLES.contains(&role.as_str())) =>
+            {
+                Some(account_id)
+            }
+            Self::Account { .. } | Self::Tenant => None,
         }
     }
 }

@@ -440,7 +440,7 @@ impl ClientInner {
             });
         }
         let (status, retry_after, body) =
-            outcome.map_err(|e| transport_error(operation, &e, &correlation_id).unwrap_or(e))?;
+            outcome.map_err(|e| transport_error(operation, e, &correlation_id))?;
         if status.is_success() {
             Ok(Reply {
                 body,
@@ -464,14 +464,14 @@ impl ClientInner {
         url: &Url,
         headers: HeaderMap,
         body: Vec<u8>,
-    ) -> Result<(StatusCode, Option<Duration>, Vec<u8>), Error> {
+    ) -> Result<(StatusCode, Option<Duration>, Vec<u8>), reqwest::Error> {
         let request = self.http.request(method, url.clone()).headers(headers);
         let request = if body.is_empty() {
             request
         } else {
             request.body(body)
         };
-        let response = request.send().await.map_err(classify)?;
+        let response = request.send().await?;
         let status = response.status();
         let retry_after = response
             .headers()
@@ -479,27 +479,24 @@ impl ClientInner {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = response.bytes().await.map_err(classify)?;
+        let body = response.bytes().await?;
         Ok((status, retry_after, body.to_vec()))
     }
 }
 
-/// A reqwest failure as [`Error::Timeout`] or [`Error::Transport`].
-fn classify(e: reqwest::Error) -> Error {
-    if e.is_timeout() {
+/// A failed exchange as an [`Error`]. For a create, any failure after the connection was made
+/// may have left a key behind, so it becomes [`Error::CreateOutcomeUnknown`].
+fn transport_error(operation: Operation, e: reqwest::Error, correlation_id: &str) -> Error {
+    let never_sent = e.is_connect() || e.is_builder();
+    if operation == Operation::CreateKey && !never_sent {
+        Error::CreateOutcomeUnknown {
+            correlation_id: correlation_id.to_owned(),
+        }
+    } else if e.is_timeout() {
         Error::Timeout
     } else {
         Error::Transport(e)
     }
-}
-
-/// For a create, any failure after the connection was made may have left a key behind; those
-/// become [`Error::CreateOutcomeUnknown`]. Returns `None` to keep the error as it is.
-fn transport_error(operation: Operation, e: &Error, correlation_id: &str) -> Option<Error> {
-    let never_sent = matches!(e, Error::Transport(t) if t.is_connect() || t.is_builder());
-    (operation == Operation::CreateKey && !never_sent).then(|| Error::CreateOutcomeUnknown {
-        correlation_id: correlation_id.to_owned(),
-    })
 }
 
 /// Maps an error status to an [`Error`], keeping only identifiers from the body.
@@ -538,7 +535,7 @@ fn status_error(
             && !details
                 .error_code
                 .as_deref()
-                .is_some_and(|code| code.contains("TENANT")) =>
+                .is_some_and(|code| code.eq_ignore_ascii_case("TENANT_NOT_FOUND")) =>
         {
             Error::NotFound(details)
         }

@@ -1,7 +1,7 @@
 //! Client for the Imburse REST API.
 //!
 //! The crate speaks the wire contract of `shared/docs/imburse-api.md`: it signs token requests
-//! with HMAC ([`signing`]), caches the management token per account ([`token`]) and creates,
+//! with HMAC ([`signing`]), caches the management token per account ([`Token`]) and creates,
 //! lists, reads and deletes Tenant Security Keys ([`AccountClient`]).
 //!
 //! Secrets (private keys, bearer tokens, HMAC signatures) are held in [`secrecy::SecretString`]

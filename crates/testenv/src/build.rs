@@ -145,7 +145,7 @@ impl Go {
     fn command(&self, dir: &Path, args: &[&str]) -> Result<Command> {
         let mut log = fs::OpenOptions::new().append(true).open(&self.log)?;
         writeln!(log, "+ (cd {}; go {})", dir.display(), args.join(" "))?;
-        let mut cmd = Command::new("go");
+        let mut cmd = Command::new(go_program());
         cmd.args(args)
             .current_dir(dir)
             // The pinned versions build with the installed Go; never fetch another toolchain.
@@ -200,6 +200,19 @@ impl Go {
             .as_str()
             .ok_or_else(|| anyhow!("`go mod download -json {module}` named no GoMod"))?;
         fs::read_to_string(path).with_context(|| format!("reading {path}"))
+    }
+}
+
+/// `go` from PATH, else from Go's standard install folder, which a non-login shell may not have
+/// on its PATH.
+fn go_program() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("go").is_file()));
+    let standard = Path::new("/usr/local/go/bin/go");
+    if !on_path && standard.is_file() {
+        standard.to_path_buf()
+    } else {
+        PathBuf::from("go")
     }
 }
 

@@ -25,6 +25,9 @@ use crate::process::{Lifetime, Process, STOP_GRACE};
 const ETCD_READY_TIMEOUT: Duration = Duration::from_secs(60);
 const APISERVER_READY_TIMEOUT: Duration = Duration::from_secs(180);
 const CONTROLLER_MANAGER_READY_TIMEOUT: Duration = Duration::from_secs(120);
+const TEMP_DIR_PREFIX: &str = "tko-controlplane-";
+/// Holds the pid of the process that owns a temporary control plane folder.
+const OWNER_FILE: &str = "owner.pid";
 const POLL: Duration = Duration::from_millis(250);
 /// Lifetime of the tokens that [`ControlPlane::service_account_kubeconfig`] requests.
 const SERVICE_ACCOUNT_TOKEN_SECONDS: i64 = 24 * 60 * 60;
@@ -55,12 +58,18 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Starts a control plane owned by this process in a fresh temporary folder, building any
     /// missing binary first.
+    ///
+    /// A control plane that is never dropped (one kept in a `static`, or one whose test binary
+    /// was killed) still has its processes killed when this process exits; its folder is removed
+    /// by the next `start` on the machine.
     pub async fn start() -> Result<ControlPlane> {
+        remove_abandoned_temp_dirs();
         let temp_dir = tempfile::Builder::new()
-            .prefix("tko-controlplane-")
+            .prefix(TEMP_DIR_PREFIX)
             .tempdir()
             .context("creating the control plane's temporary folder")?;
         let dir = temp_dir.path().to_path_buf();
+        fs::write(dir.join(OWNER_FILE), std::process::id().to_string())?;
         Self::launch(dir, Lifetime::Owned, Some(temp_dir)).await
     }
 
@@ -116,12 +125,13 @@ impl ControlPlane {
             "etcd",
             &plane.binaries.etcd,
             args([
+                "--name=tenant-key-operator".into(),
                 format!("--data-dir={}", plane.dir.join("etcd").display()),
                 format!("--listen-client-urls={etcd_url}"),
                 format!("--advertise-client-urls={etcd_url}"),
                 format!("--listen-peer-urls={peer_url}"),
                 format!("--initial-advertise-peer-urls={peer_url}"),
-                format!("--initial-cluster=default={peer_url}"),
+                format!("--initial-cluster=tenant-key-operator={peer_url}"),
                 // Test data need not survive a power cut.
                 "--unsafe-no-fsync=true".into(),
             ]),
@@ -148,6 +158,8 @@ impl ControlPlane {
                 // No controller creates `default` ServiceAccounts here.
                 "--disable-admission-plugins=ServiceAccount".into(),
                 "--authorization-mode=RBAC".into(),
+                // The `kubernetes` Service cannot point at a loopback address, and no pod needs it.
+                "--endpoint-reconciler-type=none".into(),
                 format!("--service-account-issuer={}", plane.server_url),
                 format!(
                     "--service-account-key-file={}",
@@ -171,6 +183,9 @@ impl ControlPlane {
                 format!("--kubeconfig={kubeconfig}"),
                 format!("--authentication-kubeconfig={kubeconfig}"),
                 format!("--authorization-kubeconfig={kubeconfig}"),
+                // No front proxy: nothing to look up from the extension-apiserver-authentication
+                // ConfigMap, which would only log missing CA bundles.
+                "--authentication-skip-lookup=true".into(),
                 // Only what the tests rely on: owner references and namespace deletion.
                 "--controllers=garbage-collector-controller,namespace-controller".into(),
                 "--leader-elect=false".into(),
@@ -358,6 +373,28 @@ impl std::fmt::Debug for ControlPlane {
             .field("lifetime", &self.lifetime)
             .field("pids", &self.pids())
             .finish()
+    }
+}
+
+/// Removes the temporary folders of owned control planes whose owning process is gone.
+fn remove_abandoned_temp_dirs() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(TEMP_DIR_PREFIX)
+        {
+            continue;
+        }
+        let owner = fs::read_to_string(entry.path().join(OWNER_FILE))
+            .ok()
+            .and_then(|pid| pid.trim().parse::<u32>().ok());
+        if owner.is_some_and(|pid| !crate::process::alive(pid)) {
+            let _ = fs::remove_dir_all(entry.path());
+        }
     }
 }
 

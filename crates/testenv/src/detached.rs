@@ -59,6 +59,12 @@ pub fn stop(dir: &Path) -> Result<Vec<(&'static str, u32)>> {
                 bail!("{} (pid {pid}) did not exit after SIGKILL", component.name);
             }
         }
+        // The exited process stays a zombie until its new parent (init) reaps it; give that a
+        // moment so `pgrep` right after a stop finds nothing.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(50));
+        }
         stopped.push((component.name, pid));
     }
     if dir.exists() {

@@ -32,3 +32,16 @@ pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
         Err(err) => format!("(cannot read {}: {err})", path.display()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn log_tail_keeps_the_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("component.log");
+        std::fs::write(&log, "one\ntwo\nthree\n").unwrap();
+        assert_eq!(super::log_tail(&log, 2), "two\nthree");
+        assert_eq!(super::log_tail(&log, 10), "one\ntwo\nthree");
+        assert!(super::log_tail(&dir.path().join("missing.log"), 2).starts_with("(cannot read"));
+    }
+}

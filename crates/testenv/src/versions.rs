@@ -73,16 +73,18 @@ impl std::str::FromStr for Component {
     }
 }
 
-/// `$TKO_CACHE_DIR`, else `${XDG_CACHE_HOME:-$HOME/.cache}/tenant-key-operator`.
+/// `$TKO_CACHE_DIR`, else `${XDG_CACHE_HOME:-$HOME/.cache}/tenant-key-operator`, made absolute
+/// because the paths end up in the arguments of processes with other working directories.
 pub fn cache_root() -> PathBuf {
-    if let Some(dir) = non_empty_env(CACHE_DIR_ENV) {
-        return PathBuf::from(dir);
-    }
-    let base = non_empty_env("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| non_empty_env("HOME").map(|home| PathBuf::from(home).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("tenant-key-operator")
+    let root = match non_empty_env(CACHE_DIR_ENV) {
+        Some(dir) => PathBuf::from(dir),
+        None => non_empty_env("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| non_empty_env("HOME").map(|home| PathBuf::from(home).join(".cache")))
+            .unwrap_or_else(std::env::temp_dir)
+            .join("tenant-key-operator"),
+    };
+    std::path::absolute(&root).unwrap_or(root)
 }
 
 /// One line naming every pinned version, for progress output.

@@ -185,3 +185,56 @@ fn run(command: &mut Command) -> Result<String> {
     );
     Ok(String::from_utf8(output.stdout)?)
 }
+
+/// Stops a detached control plane even when the test fails half-way.
+struct StopOnDrop<'a>(&'a Path);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = testenv::detached::stop(self.0);
+    }
+}
+
+#[tokio::test]
+async fn detached_control_plane_outlives_its_handle_until_stopped() -> Result<()> {
+    let state = tempfile::tempdir()?;
+    let dir = state.path().join("run");
+    let _guard = StopOnDrop(&dir);
+
+    let plane = ControlPlane::start_detached(&dir).await?;
+    let kubeconfig = plane.kubeconfig_path().to_path_buf();
+    let pids = plane.pids();
+    drop(plane);
+
+    let status = testenv::detached::status(&dir);
+    ensure!(
+        status.iter().all(|c| c.running),
+        "not all running after the handle was dropped: {status:?}"
+    );
+    let client = testenv::client_from_kubeconfig(&kubeconfig).await?;
+    namespace_names(&client).await?;
+    ensure!(
+        ControlPlane::start_detached(&dir).await.is_err(),
+        "a second control plane started in the same folder"
+    );
+
+    let mut stopped = testenv::detached::stop(&dir)?;
+    stopped.sort();
+    let mut expected = pids.clone();
+    expected.sort();
+    ensure!(stopped == expected, "stopped {stopped:?}, started {pids:?}");
+    for (name, pid) in pids {
+        // This test process started them, so they stay zombies until it exits.
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        ensure!(
+            state.is_empty() || state.contains(") Z "),
+            "{name} (pid {pid}) still runs: {state}"
+        );
+    }
+    ensure!(!dir.exists(), "{} was not removed", dir.display());
+    ensure!(
+        testenv::detached::stop(&dir)?.is_empty(),
+        "stopping twice stopped something"
+    );
+    Ok(())
+}
