@@ -1,6 +1,7 @@
-//! Developer commands: `cargo xtask controlplane ...` and `cargo xtask test`.
+//! Developer commands: `cargo xtask demo`, `cargo xtask test` and `cargo xtask controlplane ...`.
 
 mod controlplane;
+mod demo;
 mod test;
 
 use std::process::ExitCode;
@@ -22,8 +23,16 @@ enum Command {
     /// Build, start, stop and inspect the local Kubernetes control plane.
     #[command(subcommand)]
     Controlplane(controlplane::Command),
-    /// Run the whole test suite: formatting, lints, control plane binaries, then `cargo test`.
+    /// Run the whole test suite: formatting, lints, control plane binaries, `cargo test`, and
+    /// the demo.
     Test,
+    /// Run the local demo: control plane, Imburse sandbox, operator and the examples, until
+    /// Ctrl-C.
+    Demo {
+        /// Stop as soon as the example keys are Ready instead of waiting for Ctrl-C.
+        #[arg(long)]
+        exit_when_ready: bool,
+    },
 }
 
 #[tokio::main]
@@ -31,6 +40,7 @@ async fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Controlplane(command) => controlplane::run(command).await,
         Command::Test => test::run(),
+        Command::Demo { exit_when_ready } => demo::run(exit_when_ready).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

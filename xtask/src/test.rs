@@ -35,6 +35,12 @@ pub fn run() -> Result<()> {
             .args(["test", "--workspace"])
             .env(versions::CACHE_DIR_ENV, &cache_root),
     )?;
+    step(
+        "demo",
+        Command::new(&cargo)
+            .args(["xtask", "demo", "--exit-when-ready"])
+            .env(versions::CACHE_DIR_ENV, &cache_root),
+    )?;
     println!("==> all steps passed");
     Ok(())
 }
