@@ -28,6 +28,8 @@ const CONTROLLER_MANAGER_READY_TIMEOUT: Duration = Duration::from_secs(120);
 const TEMP_DIR_PREFIX: &str = "tko-controlplane-";
 /// Holds the pid of the process that owns a temporary control plane folder.
 const OWNER_FILE: &str = "owner.pid";
+/// How the Go components and etcd report a port that is already bound.
+const PORT_CLASH: &str = "address already in use";
 const POLL: Duration = Duration::from_millis(250);
 /// Lifetime of the tokens that [`ControlPlane::service_account_kubeconfig`] requests.
 const SERVICE_ACCOUNT_TOKEN_SECONDS: i64 = 24 * 60 * 60;
@@ -64,13 +66,16 @@ impl ControlPlane {
     /// by the next `start` on the machine.
     pub async fn start() -> Result<ControlPlane> {
         remove_abandoned_temp_dirs();
-        let temp_dir = tempfile::Builder::new()
-            .prefix(TEMP_DIR_PREFIX)
-            .tempdir()
-            .context("creating the control plane's temporary folder")?;
-        let dir = temp_dir.path().to_path_buf();
-        fs::write(dir.join(OWNER_FILE), std::process::id().to_string())?;
-        Self::launch(dir, Lifetime::Owned, Some(temp_dir)).await
+        retry_on_port_clash(|| async {
+            let temp_dir = tempfile::Builder::new()
+                .prefix(TEMP_DIR_PREFIX)
+                .tempdir()
+                .context("creating the control plane's temporary folder")?;
+            let dir = temp_dir.path().to_path_buf();
+            fs::write(dir.join(OWNER_FILE), std::process::id().to_string())?;
+            Self::launch(dir, Lifetime::Owned, Some(temp_dir)).await
+        })
+        .await
     }
 
     /// Starts a control plane in `dir` whose processes outlive this one: each runs in its own
@@ -83,11 +88,14 @@ impl ControlPlane {
                 dir.display()
             );
         }
-        if dir.exists() {
-            fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))?;
-        }
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut plane = Self::launch(dir.to_path_buf(), Lifetime::Detached, None).await?;
+        let mut plane = retry_on_port_clash(|| async {
+            if dir.exists() {
+                fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))?;
+            }
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            Self::launch(dir.to_path_buf(), Lifetime::Detached, None).await
+        })
+        .await?;
         plane.leave_running = true;
         Ok(plane)
     }
@@ -373,6 +381,26 @@ impl std::fmt::Debug for ControlPlane {
             .field("lifetime", &self.lifetime)
             .field("pids", &self.pids())
             .finish()
+    }
+}
+
+/// Runs `launch` again, with fresh ports, when a component failed because another process took
+/// one of its ports between [`Ports::pick`] and the component binding it.
+async fn retry_on_port_clash<F, Fut>(mut launch: F) -> Result<ControlPlane>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<ControlPlane>>,
+{
+    const ATTEMPTS: usize = 3;
+    let mut attempt = 1;
+    loop {
+        match launch().await {
+            Err(err) if attempt < ATTEMPTS && format!("{err:#}").contains(PORT_CLASH) => {
+                eprintln!("control plane: a port was taken while starting; retrying");
+                attempt += 1;
+            }
+            result => return result,
+        }
     }
 }
 
