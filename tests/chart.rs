@@ -1,0 +1,690 @@
+//! The Helm chart: it lints, renders, installs into a real kube-apiserver, and its RBAC is
+//! enough for the operator's whole job and no more. The operator runs as a local process with
+//! the environment of the chart's Deployment and the token of the chart's ServiceAccount, so
+//! every request it makes is authorized exactly as in a cluster.
+
+mod support;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    ffi::OsStr,
+    io,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use imburse_sandbox::{Config, Sandbox};
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        authorization::v1::{
+            ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+        },
+        core::v1::Secret,
+        events::v1::Event,
+    },
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, DynamicObject, GroupVersionKind, ListParams, PostParams},
+    runtime::{conditions, wait::await_condition},
+};
+use libtest_mimic::{Arguments, Trial};
+use serde_json::json;
+use support::{WAIT, create_namespace, create_secret, poll, ready, wait_for};
+use tempfile::TempDir;
+use tenant_key_operator::crd::{ClusterImburseAccount, ImburseAccount, TenantSecurityKey};
+use testenv::{ControlPlane, Operator, versions::Component};
+
+/// The release is named after the chart, so its objects carry the plain name.
+const RELEASE: &str = "tenant-key-operator";
+const RELEASE_NAMESPACE: &str = "tenant-key-operator";
+/// Name the downward API gives the operator's pod in place of a scheduled pod's.
+const POD_NAME: &str = "tenant-key-operator-0";
+
+type TestFn = fn() -> Result<()>;
+
+fn main() -> std::process::ExitCode {
+    let args = Arguments::from_args();
+    let tests: Vec<(&str, TestFn)> = vec![
+        ("chart_lints", chart_lints),
+        (
+            "chart_crds_are_the_generated_ones",
+            chart_crds_are_the_generated_ones,
+        ),
+        ("service_monitor_is_optional", service_monitor_is_optional),
+        (
+            "operator_runs_under_the_chart_rbac",
+            operator_runs_under_the_chart_rbac,
+        ),
+    ];
+    let trials = tests
+        .into_iter()
+        .map(|(name, test)| Trial::test(name, move || test().map_err(|e| format!("{e:#}").into())))
+        .collect();
+    libtest_mimic::run(&args, trials).exit_code()
+}
+
+fn repository() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn chart_dir() -> PathBuf {
+    repository().join("charts/tenant-key-operator")
+}
+
+/// The pinned helm binary, with its configuration, cache and data in a folder of its own.
+struct Helm {
+    binary: PathBuf,
+    home: TempDir,
+}
+
+impl Helm {
+    fn new() -> Result<Helm> {
+        testenv::build::ensure(Component::Helm, &mut io::stderr())?;
+        Ok(Helm {
+            binary: Component::Helm.binary_path("helm"),
+            home: tempfile::Builder::new().prefix("tko-helm-").tempdir()?,
+        })
+    }
+
+    /// Runs helm and returns its standard output; fails with its standard error.
+    fn run<S: AsRef<OsStr>>(&self, args: &[S]) -> Result<String> {
+        let home = self.home.path();
+        let output = Command::new(&self.binary)
+            .args(args)
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data"))
+            .output()
+            .with_context(|| format!("running {}", self.binary.display()))?;
+        let shown: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy()).collect();
+        ensure!(
+            output.status.success(),
+            "helm {} failed ({}):\n{}{}",
+            shown.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8(output.stdout)?)
+    }
+
+    fn template(&self, values: &[&str]) -> Result<Vec<serde_json::Value>> {
+        let chart = chart_dir();
+        let mut args = vec![
+            OsStr::new("template").to_owned(),
+            RELEASE.into(),
+            chart.into_os_string(),
+            "--namespace".into(),
+            RELEASE_NAMESPACE.into(),
+        ];
+        for value in values {
+            args.extend(["--set".into(), (*value).into()]);
+        }
+        documents(&self.run(&args)?)
+    }
+}
+
+/// The non-empty documents of a multi-document YAML stream.
+fn documents(yaml: &str) -> Result<Vec<serde_json::Value>> {
+    use serde::Deserialize as _;
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|doc| Ok(serde_json::Value::deserialize(doc)?))
+        .filter(|doc| !matches!(doc, Ok(serde_json::Value::Null)))
+        .collect()
+}
+
+fn kinds(documents: &[serde_json::Value]) -> BTreeSet<String> {
+    documents
+        .iter()
+        .filter_map(|d| d["kind"].as_str().map(Into::into))
+        .collect()
+}
+
+fn chart_lints() -> Result<()> {
+    let helm = Helm::new()?;
+    let chart = chart_dir();
+    helm.run(&[
+        OsStr::new("lint"),
+        OsStr::new("--strict"),
+        chart.as_os_str(),
+    ])?;
+    helm.run(&[
+        OsStr::new("lint"),
+        OsStr::new("--strict"),
+        OsStr::new("--set"),
+        OsStr::new("serviceMonitor.enabled=true,rbac.create=false,serviceAccount.create=false,serviceAccount.name=existing"),
+        chart.as_os_str(),
+    ])?;
+    Ok(())
+}
+
+/// The chart ships the CRDs that `tenant-key-operator crd` generates, byte for byte.
+fn chart_crds_are_the_generated_ones() -> Result<()> {
+    let read = |dir: &Path| -> Result<BTreeMap<String, Vec<u8>>> {
+        let mut files = BTreeMap::new();
+        for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = entry?.path();
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            files.insert(name, std::fs::read(&path)?);
+        }
+        Ok(files)
+    };
+    let generated = read(&repository().join("crds"))?;
+    let shipped = read(&chart_dir().join("crds"))?;
+    ensure!(!generated.is_empty(), "no CRDs in crds/");
+    ensure!(
+        generated.keys().eq(shipped.keys()),
+        "the chart ships {:?}, the generator writes {:?}",
+        shipped.keys().collect::<Vec<_>>(),
+        generated.keys().collect::<Vec<_>>()
+    );
+    for (name, text) in &generated {
+        ensure!(
+            shipped[name] == *text,
+            "the chart's crds/{name} differs from crds/{name}"
+        );
+    }
+    Ok(())
+}
+
+fn service_monitor_is_optional() -> Result<()> {
+    let helm = Helm::new()?;
+    let default = kinds(&helm.template(&[])?);
+    let expected: BTreeSet<String> = [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+        "Service",
+        "ServiceAccount",
+    ]
+    .map(Into::into)
+    .into();
+    ensure!(default == expected, "default objects: {default:?}");
+    let monitored = helm.template(&["serviceMonitor.enabled=true"])?;
+    let monitor = monitored
+        .iter()
+        .find(|d| d["kind"] == "ServiceMonitor")
+        .context("no ServiceMonitor with serviceMonitor.enabled=true")?;
+    let service = monitored
+        .iter()
+        .find(|d| d["kind"] == "Service")
+        .context("no Service")?;
+    ensure!(monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]);
+    ensure!(monitor["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]);
+    Ok(())
+}
+
+/// Installs the chart, runs the operator as the chart's Deployment would, and follows one key
+/// per account kind from creation to revocation.
+fn operator_runs_under_the_chart_rbac() -> Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let helm = Helm::new()?;
+        let control_plane = ControlPlane::start().await?;
+        let admin = control_plane.client().await?;
+        // One tenant per account: one key with each account kind.
+        let config = Config::generate(2, 1);
+        let sandbox = Sandbox::start(config.clone()).await?;
+
+        let installed = install(&helm, &control_plane, &admin).await?;
+        let deployment: Deployment = Api::namespaced(admin.clone(), RELEASE_NAMESPACE)
+            .get(&installed.deployment)
+            .await?;
+        let pod = deployment
+            .spec
+            .and_then(|s| s.template.spec)
+            .context("the Deployment has no pod template")?;
+        let service_account = pod
+            .service_account_name
+            .clone()
+            .context("the pod template names no ServiceAccount")?;
+        let container = pod.containers.first().context("no container")?;
+        let env = container_env(container)?;
+        every_variable_is_read(&env)?;
+
+        let kubeconfig = control_plane
+            .service_account_kubeconfig(RELEASE_NAMESPACE, &service_account)
+            .await?;
+        let operator_client = testenv::client_from_kubeconfig(&kubeconfig).await?;
+        denied(&operator_client).await?;
+
+        let logs = tempfile::Builder::new().prefix("tko-chart-").tempdir()?;
+        let launcher = launcher(logs.path(), &env)?;
+        let operator = Operator::start(
+            "operator",
+            &launcher,
+            &kubeconfig,
+            logs.path(),
+            &[
+                // The pod's port 8080 may be taken on this machine.
+                "--listen-address",
+                "127.0.0.1:0",
+                "--log-filter",
+                "debug,hyper=info,hyper_util=info,tower=info,h2=info,rustls=info,reqwest=info",
+            ],
+        )?;
+
+        let world = World {
+            admin: admin.clone(),
+            sandbox: &sandbox,
+            config: &config,
+        };
+        let lifecycle = world.key_lifecycles().await;
+        let log = std::fs::read_to_string(operator.log_path())?;
+        drop(operator);
+        lifecycle.with_context(|| format!("operator log:\n{}", tail(&log, 60)))?;
+        ensure!(
+            log.contains("serving metrics"),
+            "the operator log is empty or incomplete:\n{}",
+            tail(&log, 20)
+        );
+        let forbidden: Vec<&str> = log
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().contains("forbidden"))
+            .collect();
+        ensure!(
+            forbidden.is_empty(),
+            "the operator was refused by RBAC:\n{}",
+            forbidden.join("\n")
+        );
+        Ok(())
+    })
+}
+
+struct Installed {
+    deployment: String,
+}
+
+/// `helm install` with the admin kubeconfig, then checks that the API server holds every object
+/// of the release and that the CRDs are established.
+async fn install(helm: &Helm, control_plane: &ControlPlane, admin: &Client) -> Result<Installed> {
+    let kubeconfig = control_plane.kubeconfig_path().as_os_str();
+    let chart = chart_dir();
+    // No --wait: without a kubelet the operator's pod never runs.
+    helm.run(&[
+        OsStr::new("install"),
+        OsStr::new(RELEASE),
+        chart.as_os_str(),
+        OsStr::new("--namespace"),
+        OsStr::new(RELEASE_NAMESPACE),
+        OsStr::new("--create-namespace"),
+        OsStr::new("--kubeconfig"),
+        kubeconfig,
+    ])?;
+    let releases: serde_json::Value = serde_json::from_str(&helm.run(&[
+        OsStr::new("list"),
+        OsStr::new("--namespace"),
+        OsStr::new(RELEASE_NAMESPACE),
+        OsStr::new("--output"),
+        OsStr::new("json"),
+        OsStr::new("--kubeconfig"),
+        kubeconfig,
+    ])?)?;
+    ensure!(
+        releases[0]["name"] == RELEASE && releases[0]["status"] == "deployed",
+        "helm list: {releases}"
+    );
+
+    let manifest = documents(&helm.run(&[
+        OsStr::new("get"),
+        OsStr::new("manifest"),
+        OsStr::new(RELEASE),
+        OsStr::new("--namespace"),
+        OsStr::new(RELEASE_NAMESPACE),
+        OsStr::new("--kubeconfig"),
+        kubeconfig,
+    ])?)?;
+    let mut deployment = None;
+    for document in &manifest {
+        let object: DynamicObject = serde_json::from_value(document.clone())?;
+        let types = object
+            .types
+            .clone()
+            .context("an object without apiVersion and kind")?;
+        let gvk = GroupVersionKind::try_from(&types)?;
+        let (resource, capabilities) = kube::discovery::pinned_kind(admin, &gvk).await?;
+        let api: Api<DynamicObject> = match capabilities.scope {
+            kube::discovery::Scope::Namespaced => {
+                let namespace = object.namespace().with_context(|| {
+                    format!("{} {} has no namespace", types.kind, object.name_any())
+                })?;
+                Api::namespaced_with(admin.clone(), &namespace, &resource)
+            }
+            kube::discovery::Scope::Cluster => Api::all_with(admin.clone(), &resource),
+        };
+        api.get(&object.name_any()).await.with_context(|| {
+            format!(
+                "{} {} is not on the API server",
+                types.kind,
+                object.name_any()
+            )
+        })?;
+        if types.kind == "Deployment" {
+            deployment = Some(object.name_any());
+        }
+    }
+    ensure!(
+        kinds(&manifest).len() == 5,
+        "the release holds {:?}",
+        kinds(&manifest)
+    );
+
+    let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
+    for file in std::fs::read_dir(chart_dir().join("crds"))? {
+        let crd: CustomResourceDefinition =
+            serde_yaml::from_str(&std::fs::read_to_string(file?.path())?)?;
+        let name = crd.name_any();
+        tokio::time::timeout(
+            WAIT,
+            await_condition(crds.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .with_context(|| format!("CRD {name} was not established"))??;
+    }
+    Ok(Installed {
+        deployment: deployment.context("the release has no Deployment")?,
+    })
+}
+
+/// The container's environment as the kubelet would resolve it for a pod of the release.
+fn container_env(
+    container: &k8s_openapi::api::core::v1::Container,
+) -> Result<Vec<(String, String)>> {
+    let mut resolved = Vec::new();
+    for var in container.env.iter().flatten() {
+        let value = match (&var.value, &var.value_from) {
+            (Some(value), None) => value.clone(),
+            (None, Some(from)) => match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
+                Some("metadata.name") => POD_NAME.into(),
+                Some("metadata.namespace") => RELEASE_NAMESPACE.into(),
+                other => bail!("{} comes from an unexpected source {other:?}", var.name),
+            },
+            _ => bail!("{} has no value", var.name),
+        };
+        resolved.push((var.name.clone(), value));
+    }
+    Ok(resolved)
+}
+
+/// Every variable the chart sets is one the operator reads: a misspelt name would be ignored
+/// silently. POD_NAME is read directly, the others through the command line.
+fn every_variable_is_read(env: &[(String, String)]) -> Result<()> {
+    let output = Command::new(env!("CARGO_BIN_EXE_tenant-key-operator"))
+        .args(["run", "--help"])
+        .env_clear()
+        .output()?;
+    let help = String::from_utf8(output.stdout)?;
+    for (name, _) in env {
+        ensure!(
+            name == "POD_NAME" || help.contains(&format!("[env: {name}=")),
+            "the chart sets {name}, which `tenant-key-operator run` does not read:\n{help}"
+        );
+    }
+    Ok(())
+}
+
+/// A script that runs the operator with exactly `env`, as the container would.
+fn launcher(dir: &Path, env: &[(String, String)]) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let assignments: Vec<String> = env
+        .iter()
+        .map(|(name, value)| format!("{name}={}", quote(value)))
+        .collect();
+    let script = format!(
+        "#!/bin/sh\nexec env -i {} {} \"$@\"\n",
+        assignments.join(" "),
+        quote(env!("CARGO_BIN_EXE_tenant-key-operator"))
+    );
+    let path = dir.join("launch-operator.sh");
+    std::fs::write(&path, script)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(path)
+}
+
+/// Requests the ServiceAccount must not be allowed, so the operator cannot have run with more
+/// than the chart grants.
+async fn denied(client: &Client) -> Result<()> {
+    let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    for (group, resource, verb) in [
+        ("", "secrets", "update"),
+        ("", "configmaps", "get"),
+        ("", "pods", "list"),
+        ("", "namespaces", "list"),
+        ("", "events", "create"),
+        ("imbursepayments.com", "tenantsecuritykeys", "create"),
+        ("imbursepayments.com", "tenantsecuritykeys", "delete"),
+        ("imbursepayments.com", "imburseaccounts", "patch"),
+        ("imbursepayments.com", "clusterimburseaccounts", "delete"),
+        ("rbac.authorization.k8s.io", "clusterroles", "bind"),
+    ] {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some(group.into()),
+                    resource: Some(resource.into()),
+                    verb: Some(verb.into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let answer = reviews.create(&PostParams::default(), &review).await?;
+        ensure!(
+            !answer.status.is_some_and(|s| s.allowed),
+            "the chart's ServiceAccount may {verb} {resource}"
+        );
+    }
+    Ok(())
+}
+
+fn verified(conditions: Option<&Vec<tenant_key_operator::crd::Condition>>) -> bool {
+    ready(conditions) == Some(("True", "CredentialsVerified"))
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// What the test creates as an administrator, and the sandbox the keys live at.
+struct World<'a> {
+    admin: Client,
+    sandbox: &'a Sandbox,
+    config: &'a Config,
+}
+
+impl World<'_> {
+    fn tenant(&self, account: usize) -> String {
+        let account = &self.config.accounts[account].account_id;
+        self.config
+            .tenants_of(account)
+            .next()
+            .map(|t| t.tenant_id.clone())
+            .unwrap_or_default()
+    }
+
+    async fn credentials(&self, namespace: &str, name: &str, account: usize) -> Result<()> {
+        let account = &self.config.accounts[account];
+        let data = BTreeMap::from([
+            ("publicKey".to_owned(), account.public_key.clone()),
+            (
+                "privateKey".to_owned(),
+                secrecy::ExposeSecret::expose_secret(&account.private_key).to_owned(),
+            ),
+        ]);
+        create_secret(&self.admin, namespace, name, data).await
+    }
+
+    /// A ClusterImburseAccount (credentials in the release namespace, which the chart makes
+    /// the operator's) for namespaces labelled `team=payments`, and an ImburseAccount of its
+    /// own in namespace `orders`; one key with each, Ready, then deleted and revoked.
+    async fn key_lifecycles(&self) -> Result<()> {
+        self.credentials(RELEASE_NAMESPACE, "shared-credentials", 0)
+            .await?;
+        let cluster_account: ClusterImburseAccount = serde_json::from_value(json!({
+            "apiVersion": "imbursepayments.com/v1alpha1",
+            "kind": "ClusterImburseAccount",
+            "metadata": { "name": "shared" },
+            "spec": {
+                "baseUrl": self.sandbox.base_url(),
+                "credentialsSecretRef": { "name": "shared-credentials" },
+                "allowedNamespaces": { "selector": { "matchLabels": { "team": "payments" } } },
+            },
+        }))?;
+        let cluster_accounts: Api<ClusterImburseAccount> = Api::all(self.admin.clone());
+        cluster_accounts
+            .create(&PostParams::default(), &cluster_account)
+            .await?;
+        create_namespace(
+            &self.admin,
+            "payments",
+            BTreeMap::from([("team".into(), "payments".into())]),
+        )
+        .await?;
+
+        create_namespace(&self.admin, "orders", BTreeMap::new()).await?;
+        self.credentials("orders", "imburse-credentials", 1).await?;
+        let account: ImburseAccount = serde_json::from_value(json!({
+            "apiVersion": "imbursepayments.com/v1alpha1",
+            "kind": "ImburseAccount",
+            "metadata": { "name": "imburse", "namespace": "orders" },
+            "spec": {
+                "baseUrl": self.sandbox.base_url(),
+                "credentialsSecretRef": { "name": "imburse-credentials" },
+            },
+        }))?;
+        let accounts: Api<ImburseAccount> = Api::namespaced(self.admin.clone(), "orders");
+        accounts.create(&PostParams::default(), &account).await?;
+
+        wait_for(&cluster_accounts, "shared", |a| {
+            verified(a.status.as_ref().map(|s| &s.conditions))
+        })
+        .await?;
+        wait_for(&accounts, "imburse", |a| {
+            verified(a.status.as_ref().map(|s| &s.conditions))
+        })
+        .await?;
+
+        let keys = [
+            (
+                "payments",
+                "ClusterImburseAccount",
+                "shared",
+                self.tenant(0),
+            ),
+            ("orders", "ImburseAccount", "imburse", self.tenant(1)),
+        ];
+        for (namespace, kind, account, tenant) in &keys {
+            let key: TenantSecurityKey = serde_json::from_value(json!({
+                "apiVersion": "imbursepayments.com/v1alpha1",
+                "kind": "TenantSecurityKey",
+                "metadata": { "name": "api", "namespace": namespace },
+                "spec": {
+                    "accountRef": { "kind": kind, "name": account },
+                    "tenantId": tenant,
+                    "roles": ["tenant-admin"],
+                },
+            }))?;
+            Api::<TenantSecurityKey>::namespaced(self.admin.clone(), namespace)
+                .create(&PostParams::default(), &key)
+                .await?;
+        }
+        for (namespace, _, _, tenant) in &keys {
+            self.key_ready(namespace, tenant).await?;
+        }
+        for (namespace, _, _, tenant) in &keys {
+            self.key_revoked(namespace, tenant).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the key `api` is Ready, its Secret holds the key pair the sandbox knows,
+    /// and an Event reports it.
+    async fn key_ready(&self, namespace: &str, tenant: &str) -> Result<()> {
+        let keys: Api<TenantSecurityKey> = Api::namespaced(self.admin.clone(), namespace);
+        let key = wait_for(&keys, "api", |k| {
+            let status = k.status.as_ref();
+            status.and_then(|s| s.observed_generation) == k.metadata.generation
+                && ready(status.map(|s| &s.conditions)) == Some(("True", "KeyReady"))
+        })
+        .await
+        .with_context(|| format!("key {namespace}/api"))?;
+        let public_key = key
+            .status
+            .and_then(|s| s.public_key)
+            .context("Ready without a public key")?;
+        let secret = Api::<Secret>::namespaced(self.admin.clone(), namespace)
+            .get("api")
+            .await?;
+        let stored = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get("publicKey"))
+            .map(|v| String::from_utf8_lossy(&v.0).into_owned());
+        ensure!(
+            stored.as_deref() == Some(public_key.as_str()),
+            "Secret {namespace}/api holds {stored:?}, the status says {public_key}"
+        );
+        ensure!(
+            self.sandbox_keys(tenant).await? == [public_key],
+            "the sandbox does not hold exactly the key of {namespace}/api"
+        );
+        let events: Api<Event> = Api::namespaced(self.admin.clone(), namespace);
+        poll(
+            || async {
+                Ok(events
+                    .list(&ListParams::default())
+                    .await?
+                    .iter()
+                    .any(|e| e.reason.as_deref() == Some("KeyCreated")))
+            },
+            &format!("a KeyCreated Event in {namespace}"),
+        )
+        .await
+    }
+
+    /// Deletes the key `api` and waits until it is gone, revoked and its Secret deleted.
+    async fn key_revoked(&self, namespace: &str, tenant: &str) -> Result<()> {
+        let keys: Api<TenantSecurityKey> = Api::namespaced(self.admin.clone(), namespace);
+        keys.delete("api", &DeleteParams::default()).await?;
+        poll(
+            || async { Ok(keys.get_opt("api").await?.is_none()) },
+            &format!("{namespace}/api to be deleted"),
+        )
+        .await?;
+        ensure!(
+            self.sandbox_keys(tenant).await?.is_empty(),
+            "the key of {namespace}/api was not revoked"
+        );
+        let secrets: Api<Secret> = Api::namespaced(self.admin.clone(), namespace);
+        ensure!(
+            secrets.get_opt("api").await?.is_none(),
+            "Secret {namespace}/api was left behind"
+        );
+        Ok(())
+    }
+
+    async fn sandbox_keys(&self, tenant: &str) -> Result<Vec<String>> {
+        Ok(self
+            .sandbox
+            .admin()
+            .keys(Some(tenant))
+            .await?
+            .into_iter()
+            .map(|k| k.public_key)
+            .collect())
+    }
+}
