@@ -259,6 +259,7 @@ async fn retry_after_is_honoured_for_idempotent_calls() {
         .unwrap();
     let started = Instant::now();
     account.list_keys(&env.tenant()).await.unwrap();
+    // A lower bound the protocol imposes (two Retry-After: 1 answers), not a speed claim.
     assert!(
         started.elapsed() >= Duration::from_secs(2),
         "{:?}",
@@ -277,9 +278,8 @@ async fn retry_after_is_honoured_for_idempotent_calls() {
         })
         .await
         .unwrap();
-    let started = Instant::now();
     let err = account.list_keys(&env.tenant()).await.unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(env.count(Operation::ListKeys, 429).await, 3, "retried despite the cap");
     assert!(err.is_transient());
     assert_eq!(err.retry_after(), Some(Duration::from_secs(60)));
 }
