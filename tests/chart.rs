@@ -557,17 +557,9 @@ impl World<'_> {
 
         create_namespace(&self.admin, "orders", BTreeMap::new()).await?;
         self.credentials("orders", "imburse-credentials", 1).await?;
-        let account: ImburseAccount = serde_json::from_value(json!({
-            "apiVersion": "imbursepayments.com/v1alpha1",
-            "kind": "ImburseAccount",
-            "metadata": { "name": "imburse", "namespace": "orders" },
-            "spec": {
-                "baseUrl": self.sandbox.base_url(),
-                "credentialsSecretRef": { "name": "imburse-credentials" },
-            },
-        }))?;
+        self.create_account("orders", "imburse", "imburse-credentials")
+            .await?;
         let accounts: Api<ImburseAccount> = Api::namespaced(self.admin.clone(), "orders");
-        accounts.create(&PostParams::default(), &account).await?;
 
         wait_for(&cluster_accounts, "shared", |a| {
             verified(a.status.as_ref().map(|s| &s.conditions))
@@ -588,18 +580,7 @@ impl World<'_> {
             ("orders", "ImburseAccount", "imburse", self.tenant(1)),
         ];
         for (namespace, kind, account, tenant) in &keys {
-            let key: TenantSecurityKey = serde_json::from_value(json!({
-                "apiVersion": "imbursepayments.com/v1alpha1",
-                "kind": "TenantSecurityKey",
-                "metadata": { "name": "api", "namespace": namespace },
-                "spec": {
-                    "accountRef": { "kind": kind, "name": account },
-                    "tenantId": tenant,
-                    "roles": ["tenant-admin"],
-                },
-            }))?;
-            Api::<TenantSecurityKey>::namespaced(self.admin.clone(), namespace)
-                .create(&PostParams::default(), &key)
+            self.create_key(namespace, "api", kind, account, tenant)
                 .await?;
         }
         for (namespace, _, _, tenant) in &keys {
@@ -608,6 +589,80 @@ impl World<'_> {
         for (namespace, _, _, tenant) in &keys {
             self.key_revoked(namespace, tenant).await?;
         }
+        self.repeated_warning_is_a_series().await
+    }
+
+    async fn create_account(&self, namespace: &str, name: &str, secret: &str) -> Result<()> {
+        let account: ImburseAccount = serde_json::from_value(json!({
+            "apiVersion": "imbursepayments.com/v1alpha1",
+            "kind": "ImburseAccount",
+            "metadata": { "name": name, "namespace": namespace },
+            "spec": {
+                "baseUrl": self.sandbox.base_url(),
+                "credentialsSecretRef": { "name": secret },
+            },
+        }))?;
+        Api::<ImburseAccount>::namespaced(self.admin.clone(), namespace)
+            .create(&PostParams::default(), &account)
+            .await?;
+        Ok(())
+    }
+
+    async fn create_key(
+        &self,
+        namespace: &str,
+        name: &str,
+        account_kind: &str,
+        account: &str,
+        tenant: &str,
+    ) -> Result<()> {
+        let key: TenantSecurityKey = serde_json::from_value(json!({
+            "apiVersion": "imbursepayments.com/v1alpha1",
+            "kind": "TenantSecurityKey",
+            "metadata": { "name": name, "namespace": namespace },
+            "spec": {
+                "accountRef": { "kind": account_kind, "name": account },
+                "tenantId": tenant,
+                "roles": ["tenant-admin"],
+            },
+        }))?;
+        Api::<TenantSecurityKey>::namespaced(self.admin.clone(), namespace)
+            .create(&PostParams::default(), &key)
+            .await?;
+        Ok(())
+    }
+
+    /// A key whose account never becomes Ready fails transiently on every retry, and the
+    /// repeated Warning is patched into one Event with a series.
+    async fn repeated_warning_is_a_series(&self) -> Result<()> {
+        self.create_account("orders", "unverified", "absent")
+            .await?;
+        let tenant = self.tenant(1);
+        self.create_key("orders", "waiting", "ImburseAccount", "unverified", &tenant)
+            .await?;
+        let events: Api<Event> = Api::namespaced(self.admin.clone(), "orders");
+        poll(
+            || async {
+                Ok(events.list(&ListParams::default()).await?.iter().any(|e| {
+                    e.reason.as_deref() == Some("AccountNotReady")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("waiting")
+                        && e.series.as_ref().is_some_and(|s| s.count >= 2)
+                }))
+            },
+            "a repeated AccountNotReady Event about orders/waiting",
+        )
+        .await?;
+        let keys: Api<TenantSecurityKey> = Api::namespaced(self.admin.clone(), "orders");
+        keys.delete("waiting", &DeleteParams::default()).await?;
+        poll(
+            || async { Ok(keys.get_opt("waiting").await?.is_none()) },
+            "orders/waiting to be deleted",
+        )
+        .await?;
+        ensure!(
+            self.sandbox_keys(&tenant).await?.is_empty(),
+            "a key was created for an account that is not Ready"
+        );
         Ok(())
     }
 
