@@ -144,6 +144,19 @@ fn kinds(documents: &[serde_json::Value]) -> BTreeSet<String> {
         .collect()
 }
 
+/// The kinds of the objects a default install creates (the CRDs aside).
+fn default_kinds() -> BTreeSet<String> {
+    [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+        "Service",
+        "ServiceAccount",
+    ]
+    .map(Into::into)
+    .into()
+}
+
 fn chart_lints() -> Result<()> {
     let helm = Helm::new()?;
     let chart = chart_dir();
@@ -198,16 +211,7 @@ fn chart_crds_are_the_generated_ones() -> Result<()> {
 fn service_monitor_is_optional() -> Result<()> {
     let helm = Helm::new()?;
     let default = kinds(&helm.template(&[])?);
-    let expected: BTreeSet<String> = [
-        "ClusterRole",
-        "ClusterRoleBinding",
-        "Deployment",
-        "Service",
-        "ServiceAccount",
-    ]
-    .map(Into::into)
-    .into();
-    ensure!(default == expected, "default objects: {default:?}");
+    ensure!(default == default_kinds(), "default objects: {default:?}");
     let monitored = helm.template(&["serviceMonitor.enabled=true"])?;
     let monitor = monitored
         .iter()
@@ -237,9 +241,9 @@ fn operator_runs_under_the_chart_rbac() -> Result<()> {
         let config = Config::generate(2, 1);
         let sandbox = Sandbox::start(config.clone()).await?;
 
-        let installed = install(&helm, &control_plane, &admin).await?;
+        let deployment = install(&helm, &control_plane, &admin).await?;
         let deployment: Deployment = Api::namespaced(admin.clone(), RELEASE_NAMESPACE)
-            .get(&installed.deployment)
+            .get(&deployment)
             .await?;
         let pod = deployment
             .spec
@@ -281,8 +285,10 @@ fn operator_runs_under_the_chart_rbac() -> Result<()> {
             config: &config,
         };
         let lifecycle = world.key_lifecycles().await;
-        let log = std::fs::read_to_string(operator.log_path())?;
+        // Stopped first, so that the log includes the shutdown.
+        let log_path = operator.log_path().to_owned();
         drop(operator);
+        let log = std::fs::read_to_string(log_path)?;
         lifecycle.with_context(|| format!("operator log:\n{}", tail(&log, 60)))?;
         ensure!(
             log.contains("serving metrics"),
@@ -302,13 +308,9 @@ fn operator_runs_under_the_chart_rbac() -> Result<()> {
     })
 }
 
-struct Installed {
-    deployment: String,
-}
-
 /// `helm install` with the admin kubeconfig, then checks that the API server holds every object
-/// of the release and that the CRDs are established.
-async fn install(helm: &Helm, control_plane: &ControlPlane, admin: &Client) -> Result<Installed> {
+/// of the release and that the CRDs are established. Returns the name of the Deployment.
+async fn install(helm: &Helm, control_plane: &ControlPlane, admin: &Client) -> Result<String> {
     let kubeconfig = control_plane.kubeconfig_path().as_os_str();
     let chart = chart_dir();
     // No --wait: without a kubelet the operator's pod never runs.
@@ -375,7 +377,7 @@ async fn install(helm: &Helm, control_plane: &ControlPlane, admin: &Client) -> R
         }
     }
     ensure!(
-        kinds(&manifest).len() == 5,
+        kinds(&manifest) == default_kinds(),
         "the release holds {:?}",
         kinds(&manifest)
     );
@@ -392,9 +394,7 @@ async fn install(helm: &Helm, control_plane: &ControlPlane, admin: &Client) -> R
         .await
         .with_context(|| format!("CRD {name} was not established"))??;
     }
-    Ok(Installed {
-        deployment: deployment.context("the release has no Deployment")?,
-    })
+    deployment.context("the release has no Deployment")
 }
 
 /// The container's environment as the kubelet would resolve it for a pod of the release.
