@@ -279,7 +279,11 @@ async fn retry_after_is_honoured_for_idempotent_calls() {
         .await
         .unwrap();
     let err = account.list_keys(&env.tenant()).await.unwrap_err();
-    assert_eq!(env.count(Operation::ListKeys, 429).await, 3, "retried despite the cap");
+    assert_eq!(
+        env.count(Operation::ListKeys, 429).await,
+        3,
+        "retried despite the cap"
+    );
     assert!(err.is_transient());
     assert_eq!(err.retry_after(), Some(Duration::from_secs(60)));
 }
