@@ -733,13 +733,6 @@ impl World<'_> {
     }
 
     async fn sandbox_keys(&self, tenant: &str) -> Result<Vec<String>> {
-        Ok(self
-            .sandbox
-            .admin()
-            .keys(Some(tenant))
-            .await?
-            .into_iter()
-            .map(|k| k.public_key)
-            .collect())
+        support::tenant_keys(self.sandbox, tenant).await
     }
 }

@@ -254,14 +254,7 @@ impl Env {
 
     /// Public keys of the tenant's keys at the sandbox.
     pub async fn sandbox_keys(&self, tenant: &str) -> Result<Vec<String>> {
-        Ok(self
-            .sandbox
-            .admin()
-            .keys(Some(tenant))
-            .await?
-            .into_iter()
-            .map(|k| k.public_key)
-            .collect())
+        tenant_keys(&self.sandbox, tenant).await
     }
 
     /// Reasons of the Events about an object.
@@ -308,6 +301,17 @@ impl Env {
             .await?;
         Ok(())
     }
+}
+
+/// Public keys of the tenant's keys at the sandbox.
+pub async fn tenant_keys(sandbox: &Sandbox, tenant: &str) -> Result<Vec<String>> {
+    Ok(sandbox
+        .admin()
+        .keys(Some(tenant))
+        .await?
+        .into_iter()
+        .map(|k| k.public_key)
+        .collect())
 }
 
 /// Ready condition's status and reason.
