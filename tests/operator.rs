@@ -468,6 +468,7 @@ fn invalid_credentials_are_reported(env: &Env) -> Result<()> {
         env.create_key(ns, "waiting", &env.tenant(0, 9), json!({}))
             .await?;
         env.wait_reason(ns, "waiting", "AccountNotReady").await?;
+        env.wait_event(ns, "waiting", "AccountNotReady").await?;
         // Fixing the credentials Secret re-triggers the account and then the key.
         let private_key =
             secrecy::ExposeSecret::expose_secret(&env.account(0).private_key).to_owned();

@@ -506,7 +506,7 @@ impl<'a> Run<'a> {
         self.try_write_secret(&material, &attempt).await?;
         self.event(
             false,
-            "SecretUpdated",
+            "SecretWritten",
             "WriteSecret",
             format!("updated Secret {}", self.desired.secret_name),
         )
