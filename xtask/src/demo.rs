@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeMap,
     io::Write,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -14,6 +14,8 @@ use imburse_sandbox::{Config, Sandbox};
 use kube::{Api, api::ListParams};
 use tenant_key_operator::crd::TenantSecurityKey;
 use testenv::{ControlPlane, Operator};
+
+use crate::workspace::{self, step};
 
 /// The examples in the order they are applied.
 const EXAMPLES: [&str; 5] = [
@@ -29,10 +31,9 @@ const DEMO_NAMESPACE: &str = "payments";
 /// Runs the demo; with `exit_when_ready` it stops as soon as the keys are Ready instead of
 /// waiting for Ctrl-C (used by the test suite to prove the demo works).
 pub async fn run(exit_when_ready: bool) -> Result<()> {
-    let root = workspace_root();
+    let root = workspace::root();
     step("building the operator");
-    cargo(&root, &["build", "--quiet", "--bin", "tenant-key-operator"])?;
-    let operator_binary = target_dir(&root).join("debug/tenant-key-operator");
+    let operator_binary = workspace::build_operator("debug")?;
 
     step("starting etcd, kube-apiserver and kube-controller-manager");
     let plane = ControlPlane::start().await?;
@@ -45,7 +46,7 @@ pub async fn run(exit_when_ready: bool) -> Result<()> {
     let sandbox = Sandbox::start(config.clone()).await?;
 
     step("starting the operator");
-    let metrics = free_port()?;
+    let metrics = workspace::free_port()?;
     let listen = format!("127.0.0.1:{metrics}");
     let operator = Operator::start(
         "operator",
@@ -120,10 +121,6 @@ pub async fn run(exit_when_ready: bool) -> Result<()> {
     Ok(())
 }
 
-fn step(what: &str) {
-    println!("==> {what}");
-}
-
 fn print_hints(kubeconfig: &Path, listen: &str, log: &Path) {
     println!(
         "\nThe demo runs until Ctrl-C. In another terminal:\n\
@@ -185,26 +182,6 @@ fn is_ready(key: &TenantSecurityKey) -> bool {
     })
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
-
-fn target_dir(root: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
-}
-
-fn cargo(root: &Path, args: &[&str]) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo).args(args).current_dir(root).status()?;
-    if !status.success() {
-        bail!("cargo {} failed ({status})", args.join(" "));
-    }
-    Ok(())
-}
-
 fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Result<()> {
     let mut child = Command::new("kubectl")
         .arg("--kubeconfig")
@@ -225,10 +202,4 @@ fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Result<()> 
         bail!("kubectl {} failed ({status})", args.join(" "));
     }
     Ok(())
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }

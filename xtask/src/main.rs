@@ -1,8 +1,11 @@
-//! Developer commands: `cargo xtask demo`, `cargo xtask test` and `cargo xtask controlplane ...`.
+//! Developer commands: `cargo xtask demo`, `cargo xtask test`, `cargo xtask bench` and
+//! `cargo xtask controlplane ...`.
 
+mod bench;
 mod controlplane;
 mod demo;
 mod test;
+mod workspace;
 
 use std::process::ExitCode;
 
@@ -28,6 +31,9 @@ enum Command {
     Test,
     /// Run the local demo: control plane, Imburse sandbox, operator and the examples, until
     /// Ctrl-C.
+    /// Measure time to Ready, Imburse calls and Kubernetes writes per key, activity at rest and
+    /// memory, against the sandbox with injected latency; figures go to a JSON file.
+    Bench(bench::Args),
     Demo {
         /// Stop as soon as the example keys are Ready instead of waiting for Ctrl-C.
         #[arg(long)]
@@ -41,6 +47,7 @@ async fn main() -> ExitCode {
         Command::Controlplane(command) => controlplane::run(command).await,
         Command::Test => test::run(),
         Command::Demo { exit_when_ready } => demo::run(exit_when_ready).await,
+        Command::Bench(args) => bench::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

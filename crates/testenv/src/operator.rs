@@ -83,6 +83,11 @@ impl Operator {
         &self.process.log
     }
 
+    /// Process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
     /// Kills the operator with SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         self.process.kill();
