@@ -139,6 +139,22 @@ pub enum Step {
     Settled,
 }
 
+impl Step {
+    /// Whether the step creates or revokes keys at Imburse. Such a step must be decided on the
+    /// latest version of the resource, not on a cache that may lag behind the operator's own
+    /// writes: a stale status could forget a key that exists.
+    pub fn changes_imburse(&self) -> bool {
+        matches!(
+            self,
+            Self::BeginCreate(_)
+                | Self::CleanupOrphans
+                | Self::Create
+                | Self::RevokeRetired(_)
+                | Self::RevokeCurrent
+        )
+    }
+}
+
 /// Decides the next step. Pure: no I/O, no clock.
 pub fn next_step(o: &Observed) -> Step {
     if o.deleting {
@@ -299,6 +315,29 @@ mod tests {
             secret: SecretState::Missing,
             ..ready()
         }
+    }
+
+    #[test]
+    fn only_key_changing_steps_need_a_fresh_resource() {
+        let changing = [
+            Step::BeginCreate(CreateReason::NoKey),
+            Step::CleanupOrphans,
+            Step::Create,
+            Step::RevokeRetired(retired("k", true)),
+            Step::RevokeCurrent,
+        ];
+        assert!(changing.iter().all(Step::changes_imburse));
+        let local = [
+            Step::AdoptFromSecret,
+            Step::RewriteSecret,
+            Step::AddFinalizer,
+            Step::DeleteSecret,
+            Step::ReleaseSecret,
+            Step::RemoveFinalizer,
+            Step::SecretConflict,
+            Step::Settled,
+        ];
+        assert!(!local.iter().any(Step::changes_imburse));
     }
 
     #[test]

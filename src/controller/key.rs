@@ -116,6 +116,10 @@ struct Run<'a> {
     secret: Option<Secret>,
     account: Option<ResolvedAccount>,
     released: bool,
+    /// The resource was confirmed current against the API server during this reconcile.
+    confirmed_fresh: bool,
+    /// The cached resource was older than the API server's: decide again on the new one.
+    stale: bool,
 }
 
 impl<'a> Run<'a> {
@@ -146,6 +150,8 @@ impl<'a> Run<'a> {
             secret: None,
             account: None,
             released: false,
+            confirmed_fresh: false,
+            stale: false,
         }
     }
 
@@ -168,6 +174,13 @@ impl<'a> Run<'a> {
         for _ in 0..MAX_STEPS {
             let step = decision::next_step(&self.observed());
             tracing::debug!(?step, "next step");
+            if step.changes_imburse() && !self.confirmed_fresh {
+                if !self.is_fresh().await? {
+                    self.stale = true;
+                    return Ok(());
+                }
+                self.confirmed_fresh = true;
+            }
             match step {
                 Step::Settled => return Ok(()),
                 Step::BeginCreate(reason) => self.begin_create(reason).await?,
@@ -192,6 +205,13 @@ impl<'a> Run<'a> {
         }
         tracing::warn!("reconcile did not settle within {MAX_STEPS} steps");
         Ok(())
+    }
+
+    /// Whether the cached resource is the API server's latest version. Read only before a step
+    /// that changes keys at Imburse, so a resource at rest costs no read.
+    async fn is_fresh(&self) -> Result<bool> {
+        let live = self.keys.get_opt(&self.name).await?;
+        Ok(live.is_some_and(|live| live.resource_version() == self.tsk.resource_version()))
     }
 
     fn key_context(&self) -> Option<KeyContext<'_>> {
@@ -632,6 +652,10 @@ impl<'a> Run<'a> {
         // A resource whose finalizer is gone (or going) has no status left to report.
         if self.released || (self.deleting && result.is_ok()) {
             return Ok(Action::await_change());
+        }
+        if self.stale && result.is_ok() {
+            tracing::debug!("cache behind the API server; deciding again shortly");
+            return Ok(Action::requeue(Duration::from_millis(500)));
         }
         let generation = self.tsk.meta().generation;
         let message;
