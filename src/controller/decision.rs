@@ -140,15 +140,18 @@ pub enum Step {
 }
 
 impl Step {
-    /// Whether the step creates or revokes keys at Imburse. Such a step must be decided on the
-    /// latest version of the resource, not on a cache that may lag behind the operator's own
-    /// writes: a stale status could forget a key that exists.
-    pub fn changes_imburse(&self) -> bool {
+    /// Whether the step must be decided on the latest version of the resource rather than on
+    /// a cache that may lag behind the operator's own writes. Steps that create or revoke keys
+    /// at Imburse need it because a stale status could forget a key that exists; adopting a
+    /// Secret needs it because a lagging cache looks exactly like a crash after the Secret
+    /// write, and adopting again would rewrite the status for nothing.
+    pub fn needs_latest_resource(&self) -> bool {
         matches!(
             self,
             Self::BeginCreate(_)
                 | Self::CleanupOrphans
                 | Self::Create
+                | Self::AdoptFromSecret
                 | Self::RevokeRetired(_)
                 | Self::RevokeCurrent
         )
@@ -318,17 +321,17 @@ mod tests {
     }
 
     #[test]
-    fn only_key_changing_steps_need_a_fresh_resource() {
+    fn key_changing_and_adopting_steps_need_the_latest_resource() {
         let changing = [
             Step::BeginCreate(CreateReason::NoKey),
             Step::CleanupOrphans,
             Step::Create,
+            Step::AdoptFromSecret,
             Step::RevokeRetired(retired("k", true)),
             Step::RevokeCurrent,
         ];
-        assert!(changing.iter().all(Step::changes_imburse));
+        assert!(changing.iter().all(Step::needs_latest_resource));
         let local = [
-            Step::AdoptFromSecret,
             Step::RewriteSecret,
             Step::AddFinalizer,
             Step::DeleteSecret,
@@ -337,7 +340,7 @@ mod tests {
             Step::SecretConflict,
             Step::Settled,
         ];
-        assert!(!local.iter().any(Step::changes_imburse));
+        assert!(!local.iter().any(Step::needs_latest_resource));
     }
 
     #[test]

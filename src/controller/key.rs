@@ -174,7 +174,7 @@ impl<'a> Run<'a> {
         for _ in 0..MAX_STEPS {
             let step = decision::next_step(&self.observed());
             tracing::debug!(?step, "next step");
-            if step.changes_imburse() && !self.confirmed_fresh {
+            if step.needs_latest_resource() && !self.confirmed_fresh {
                 if !self.is_fresh().await? {
                     self.stale = true;
                     return Ok(());
@@ -208,7 +208,7 @@ impl<'a> Run<'a> {
     }
 
     /// Whether the cached resource is the API server's latest version. Read only before a step
-    /// that changes keys at Imburse, so a resource at rest costs no read.
+    /// that needs it (see [`Step::needs_latest_resource`]), so a resource at rest costs no read.
     async fn is_fresh(&self) -> Result<bool> {
         let live = self.keys.get_opt(&self.name).await?;
         Ok(live.is_some_and(|live| live.resource_version() == self.tsk.resource_version()))

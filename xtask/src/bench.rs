@@ -106,7 +106,7 @@ pub async fn run(args: Args) -> Result<()> {
     wait_all_ready(&keys, args.keys).await?;
     let to_ready = started.elapsed();
     let stats = admin.stats().await?;
-    let writes = kube_writes(&listen).await? - writes_before;
+    let writes = writes_since(&writes_before, kube_writes(&listen).await?);
 
     step(&format!(
         "watching the operator at rest for {} s",
@@ -116,7 +116,9 @@ pub async fn run(args: Args) -> Result<()> {
     let writes_at_rest_before = kube_writes(&listen).await?;
     tokio::time::sleep(Duration::from_secs(args.rest_seconds)).await;
     let rest = admin.stats().await?;
-    let writes_at_rest = kube_writes(&listen).await? - writes_at_rest_before;
+    let writes_at_rest: u64 = writes_since(&writes_at_rest_before, kube_writes(&listen).await?)
+        .values()
+        .sum();
     let rss_kib = operator.pid().map(rss_kib).transpose()?.unwrap_or(0);
 
     let n = args.keys as f64;
@@ -135,7 +137,8 @@ pub async fn run(args: Args) -> Result<()> {
         "createsPerKey": stats.total(Operation::CreateKey) as f64 / n,
         "tokenCallsPerKey": stats.total(Operation::Token) as f64 / n,
         "listCallsPerKey": stats.total(Operation::ListKeys) as f64 / n,
-        "kubeWritesPerKey": writes / n,
+        "kubeWritesPerKey": writes.values().sum::<u64>() as f64 / n,
+        "kubeWrites": writes,
         "imburseCallsAtRest": calls_at_rest,
         "kubeWritesAtRest": writes_at_rest,
         "operatorRssMiB": rss_kib as f64 / 1024.0,
@@ -253,17 +256,35 @@ async fn wait_all_ready(keys: &Api<TenantSecurityKey>, expected: usize) -> Resul
     }
 }
 
-/// Sum of `tenant_key_operator_kube_writes_total` over all labels.
-async fn kube_writes(listen: &str) -> Result<f64> {
+/// `tenant_key_operator_kube_writes_total` by label set.
+async fn kube_writes(listen: &str) -> Result<BTreeMap<String, u64>> {
     let body = reqwest::get(format!("http://{listen}/metrics"))
         .await?
         .text()
         .await?;
     Ok(body
         .lines()
-        .filter(|l| l.starts_with("tenant_key_operator_kube_writes_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
+        .filter_map(|l| l.strip_prefix("tenant_key_operator_kube_writes_total"))
+        .filter_map(|l| {
+            let (labels, value) = l.rsplit_once(' ')?;
+            // Counters are whole numbers, exposed in float notation.
+            Some((labels.to_owned(), value.parse::<f64>().ok()? as u64))
+        })
+        .collect())
+}
+
+/// Writes since `before`, by label set.
+fn writes_since(
+    before: &BTreeMap<String, u64>,
+    now: BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    now.into_iter()
+        .map(|(labels, n)| {
+            let delta = n.saturating_sub(before.get(&labels).copied().unwrap_or(0));
+            (labels, delta)
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect()
 }
 
 fn rss_kib(pid: u32) -> Result<u64> {
