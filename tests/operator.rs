@@ -23,7 +23,7 @@ type TestFn = fn(&Env) -> Result<()>;
 fn main() -> std::process::ExitCode {
     let args = Arguments::from_args();
     // Account 0 may manage keys; account 1 may only read them.
-    let mut config = Config::generate(2, 16); // one tenant per test
+    let mut config = Config::generate(2, 20); // one tenant per test
     config.accounts[1].roles = vec!["account-tenant-read".into()];
     let env = match Env::start(config) {
         Ok(env) => Arc::new(env),
@@ -58,6 +58,10 @@ fn main() -> std::process::ExitCode {
         (
             "editing_the_secret_replaces_the_key",
             editing_the_secret_replaces_the_key,
+        ),
+        (
+            "renaming_the_secret_moves_the_key",
+            renaming_the_secret_moves_the_key,
         ),
         (
             "permanent_errors_are_reported",
@@ -356,6 +360,35 @@ fn editing_the_secret_replaces_the_key(env: &Env) -> Result<()> {
             Ok(())
         })
         .await
+    })
+}
+
+fn renaming_the_secret_moves_the_key(env: &Env) -> Result<()> {
+    env.block_on(async {
+        let ns = "secret-renamed";
+        env.namespace_with_account(ns, 0).await?;
+        let tenant = env.tenant(0, 16);
+        env.create_key(ns, "moving", &tenant, json!({})).await?;
+        env.wait_ready(ns, "moving").await?;
+        let patch = json!({"spec": {"secret": {"name": "moved"}}});
+        env.keys(ns)
+            .patch("moving", &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        let key = env.wait_ready(ns, "moving").await?;
+        let status = key.status.context("status")?;
+        ensure!(status.secret_name.as_deref() == Some("moved"));
+        let public_key = status.public_key.context("publicKey")?;
+        ensure!(secret_key_pair(&env.secrets(ns).get("moved").await?)?.public_key == public_key);
+        support::poll(
+            || async { Ok(env.secrets(ns).get_opt("moving").await?.is_none()) },
+            "the old Secret to be deleted",
+        )
+        .await?;
+        ensure!(
+            env.sandbox_keys(&tenant).await? == std::slice::from_ref(&public_key),
+            "old key not revoked"
+        );
+        Ok(())
     })
 }
 

@@ -86,6 +86,8 @@ pub struct Observed {
     pub pending: Option<Pending>,
     pub secret: SecretState,
     pub retired: Vec<Retired>,
+    /// An owned Secret remains under a name the spec no longer uses; it holds an old key.
+    pub stale_secret: bool,
 }
 
 /// Why the key has to be (re)created.
@@ -121,6 +123,8 @@ pub enum Step {
     AdoptFromSecret,
     /// Make the Secret's metadata and layout match the spec again (same key).
     RewriteSecret,
+    /// Delete the owned Secret left under the previous `secret.name`.
+    DeleteStaleSecret,
     /// Add the finalizer that protects an existing key.
     AddFinalizer,
     /// Revoke a replaced key.
@@ -203,6 +207,9 @@ pub fn next_step(o: &Observed) -> Step {
     }
     if !o.has_finalizer {
         return Step::AddFinalizer;
+    }
+    if o.stale_secret {
+        return Step::DeleteStaleSecret;
     }
     if let Some(retired) = o.retired.iter().find(|r| r.due) {
         return Step::RevokeRetired(retired.clone());
@@ -307,6 +314,7 @@ mod tests {
             pending: None,
             secret: owned("fp1", "a1"),
             retired: vec![],
+            stale_secret: false,
         }
     }
 
@@ -333,6 +341,7 @@ mod tests {
         assert!(changing.iter().all(Step::needs_latest_resource));
         let local = [
             Step::RewriteSecret,
+            Step::DeleteStaleSecret,
             Step::AddFinalizer,
             Step::DeleteSecret,
             Step::ReleaseSecret,
@@ -477,6 +486,25 @@ mod tests {
             next_step(&emptied),
             Step::BeginCreate(CreateReason::SecretDamaged)
         );
+    }
+
+    /// A renamed Secret gets a new key first; the old Secret goes once the new one is good.
+    #[test]
+    fn secret_rename_replaces_the_key_then_removes_the_old_secret() {
+        let renamed = Observed {
+            secret: SecretState::Missing,
+            stale_secret: true,
+            ..ready()
+        };
+        assert_eq!(
+            next_step(&renamed),
+            Step::BeginCreate(CreateReason::SecretMissing)
+        );
+        let switched = Observed {
+            stale_secret: true,
+            ..ready()
+        };
+        assert_eq!(next_step(&switched), Step::DeleteStaleSecret);
     }
 
     #[test]

@@ -114,6 +114,8 @@ struct Run<'a> {
     has_finalizer: bool,
     pending: Option<Pending>,
     secret: Option<Secret>,
+    /// An owned Secret under the previously recorded name, when the spec renamed it.
+    stale_secret: Option<Secret>,
     account: Option<ResolvedAccount>,
     released: bool,
     /// The resource was confirmed current against the API server during this reconcile.
@@ -148,6 +150,7 @@ impl<'a> Run<'a> {
             has_finalizer: tsk.finalizers().iter().any(|f| f == FINALIZER),
             pending,
             secret: None,
+            stale_secret: None,
             account: None,
             released: false,
             confirmed_fresh: false,
@@ -171,6 +174,16 @@ impl<'a> Run<'a> {
                 Some(account::resolve(self.ctx, &namespace, &self.desired.account).await?);
         }
         self.secret = self.secrets.get_opt(self.secret_name()).await?;
+        if let Some(recorded) = self.status.secret_name.as_deref()
+            && !self.deleting
+            && recorded != self.desired.secret_name
+        {
+            self.stale_secret = self
+                .secrets
+                .get_opt(recorded)
+                .await?
+                .filter(|s| secret::is_owned_by(s, self.tsk));
+        }
         for _ in 0..MAX_STEPS {
             let step = decision::next_step(&self.observed());
             tracing::debug!(?step, "next step");
@@ -191,7 +204,16 @@ impl<'a> Run<'a> {
                 Step::AddFinalizer => self.write_metadata(true).await?,
                 Step::RevokeRetired(retired) => self.revoke_retired(&retired).await?,
                 Step::RevokeCurrent => self.revoke_current().await?,
-                Step::DeleteSecret => self.delete_secret().await?,
+                Step::DeleteSecret => {
+                    if let Some(existing) = self.secret.take() {
+                        self.delete_secret(&existing).await?;
+                    }
+                }
+                Step::DeleteStaleSecret => {
+                    if let Some(existing) = self.stale_secret.take() {
+                        self.delete_secret(&existing).await?;
+                    }
+                }
                 Step::ReleaseSecret => self.release_secret().await?,
                 Step::RemoveFinalizer => {
                     self.write_metadata(false).await?;
@@ -247,6 +269,7 @@ impl<'a> Run<'a> {
             current,
             pending: self.pending.clone(),
             secret: secret::observe(self.tsk, self.secret.as_ref(), self.key_context().as_ref()),
+            stale_secret: self.stale_secret.is_some(),
             retired: s
                 .previous_keys
                 .iter()
@@ -460,7 +483,7 @@ impl<'a> Run<'a> {
             }
             // The type of a Secret is immutable: replace the object when it changes.
             if existing.type_ != desired.type_ {
-                self.delete_secret().await?;
+                self.delete_secret(existing).await?;
             }
         }
         self.ctx.metrics.kube_write("secrets", "apply");
@@ -575,10 +598,8 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    async fn delete_secret(&mut self) -> Result<()> {
-        let Some(existing) = self.secret.take() else {
-            return Ok(());
-        };
+    /// Deletes a Secret, only if it is still the object that was read (same uid).
+    async fn delete_secret(&self, existing: &Secret) -> Result<()> {
         let params = DeleteParams {
             preconditions: Some(Preconditions {
                 uid: existing.uid(),
@@ -592,15 +613,13 @@ impl<'a> Run<'a> {
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e.into()),
         }
-        if self.deleting {
-            self.event(
-                false,
-                "SecretDeleted",
-                "DeleteSecret",
-                format!("deleted Secret {}", existing.name_any()),
-            )
-            .await;
-        }
+        self.event(
+            false,
+            "SecretDeleted",
+            "DeleteSecret",
+            format!("deleted Secret {}", existing.name_any()),
+        )
+        .await;
         Ok(())
     }
 
