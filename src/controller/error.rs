@@ -31,7 +31,7 @@ pub enum Error {
     ListingUnsupported(String),
     #[error("Imburse API: {0}")]
     Imburse(#[from] imburse::Error),
-    #[error("Kubernetes API: {0}")]
+    #[error("Kubernetes API: {}", kube_message(.0))]
     Kube(#[from] kube::Error),
 }
 
@@ -138,9 +138,30 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The API server's own message and code, without the debug dump of its Status object.
+fn kube_message(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => format!("{} ({})", status.message, status.code),
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_server_errors_are_short() {
+        let status = kube::core::Status::failure("secrets \"x\" is forbidden", "Forbidden")
+            .with_code(403)
+            .boxed();
+        let e = Error::from(kube::Error::Api(status));
+        assert_eq!(
+            e.to_string(),
+            "Kubernetes API: secrets \"x\" is forbidden (403)"
+        );
+        assert!(!e.is_permanent());
+    }
 
     #[test]
     fn imburse_errors_map_to_documented_reasons() {
