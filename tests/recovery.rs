@@ -6,7 +6,7 @@ mod support;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result, ensure};
-use imburse_sandbox::{Config, Faults, RateLimitedFault};
+use imburse_sandbox::{Config, Faults};
 use libtest_mimic::{Arguments, Trial};
 use serde_json::json;
 use support::{Env, poll};
@@ -138,13 +138,7 @@ fn crash_between_create_and_secret_write(env: &Env) -> Result<()> {
 fn rate_limiting_is_reported_then_recovered(env: &Env) -> Result<()> {
     env.block_on(async {
         let tenant = env.tenant(0, 2);
-        let faults = Faults {
-            rate_limited: Some(RateLimitedFault {
-                count: 10_000,
-                retry_after_seconds: 1,
-            }),
-            ..Default::default()
-        };
+        let faults = Faults::rate_limited(10_000, 1);
         env.sandbox.admin().set_faults(&faults).await?;
         env.create_key(NS, "throttled", &tenant, json!({})).await?;
         env.wait_reason(NS, "throttled", "RateLimited").await?;

@@ -31,6 +31,17 @@ pub struct RateLimitedFault {
 }
 
 impl Faults {
+    /// No fault but a burst of `count` 429 answers carrying `Retry-After: retry_after_seconds`.
+    pub fn rate_limited(count: u32, retry_after_seconds: u64) -> Self {
+        Self {
+            rate_limited: Some(RateLimitedFault {
+                count,
+                retry_after_seconds,
+            }),
+            ..Self::default()
+        }
+    }
+
     /// Checks the values make sense.
     pub fn validate(&self) -> Result<(), String> {
         if !(0.0..=1.0).contains(&self.error_rate) {

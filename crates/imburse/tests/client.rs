@@ -7,7 +7,7 @@ use imburse::{
     AccountClient, AccountConfig, ApiGeneration, CallRecord, Client, ClientOptions, Error, NewKey,
     Operation, RateLimit, RetryPolicy, authenticate,
 };
-use imburse_sandbox::{Config, Faults, RateLimitedFault, Sandbox};
+use imburse_sandbox::{Config, Faults, Sandbox};
 
 const GENERATIONS: [ApiGeneration; 2] = [ApiGeneration::Seed, ApiGeneration::Current];
 
@@ -247,16 +247,7 @@ async fn retry_after_is_honoured_for_idempotent_calls() {
     let account = env.account(ApiGeneration::Current);
     account.verify_credentials().await.unwrap();
     let admin = env.sandbox.admin();
-    admin
-        .set_faults(&Faults {
-            rate_limited: Some(RateLimitedFault {
-                count: 2,
-                retry_after_seconds: 1,
-            }),
-            ..Faults::default()
-        })
-        .await
-        .unwrap();
+    admin.set_faults(&Faults::rate_limited(2, 1)).await.unwrap();
     let started = Instant::now();
     account.list_keys(&env.tenant()).await.unwrap();
     // A lower bound the protocol imposes (two Retry-After: 1 answers), not a speed claim.
@@ -269,13 +260,7 @@ async fn retry_after_is_honoured_for_idempotent_calls() {
 
     // A Retry-After beyond the policy's cap goes back to the caller at once.
     admin
-        .set_faults(&Faults {
-            rate_limited: Some(RateLimitedFault {
-                count: 1,
-                retry_after_seconds: 60,
-            }),
-            ..Faults::default()
-        })
+        .set_faults(&Faults::rate_limited(1, 60))
         .await
         .unwrap();
     let err = account.list_keys(&env.tenant()).await.unwrap_err();
@@ -294,16 +279,7 @@ async fn a_create_is_never_retried() {
     let account = env.account(ApiGeneration::Seed);
     account.verify_credentials().await.unwrap();
     let admin = env.sandbox.admin();
-    admin
-        .set_faults(&Faults {
-            rate_limited: Some(RateLimitedFault {
-                count: 1,
-                retry_after_seconds: 0,
-            }),
-            ..Faults::default()
-        })
-        .await
-        .unwrap();
+    admin.set_faults(&Faults::rate_limited(1, 0)).await.unwrap();
     let err = account
         .create_key(&env.tenant(), &new_key(None))
         .await
