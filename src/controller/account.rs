@@ -239,7 +239,7 @@ pub async fn reconcile<A: AccountResource>(account: Arc<A>, ctx: Arc<Context>) -
                 "CredentialsVerified",
                 "credentials verified".to_owned(),
             ),
-            Err(e) => (true, e.reason().as_str(), e.to_string()),
+            Err(e) => (true, e.reason().as_str(), e.event_note()),
         };
         if ready_reason(&previous) != ready_reason(&next) {
             status::publish(
@@ -258,11 +258,22 @@ pub async fn reconcile<A: AccountResource>(account: Arc<A>, ctx: Arc<Context>) -
         .observe_reconcile(A::KIND, label, started.elapsed());
     match result {
         Ok(()) => Ok(Action::await_change()),
-        Err(e) if e.is_permanent() => {
-            tracing::warn!(kind = A::KIND, %name, reason = e.reason().as_str(), error = %e, "account stalled");
-            Ok(Action::await_change())
+        Err(e) => {
+            tracing::warn!(
+                kind = A::KIND,
+                %name,
+                reason = e.reason().as_str(),
+                error = %e,
+                correlation_id = e.correlation_id(),
+                permanent = e.is_permanent(),
+                "account not ready"
+            );
+            if e.is_permanent() {
+                Ok(Action::await_change())
+            } else {
+                Err(e)
+            }
         }
-        Err(e) => Err(e),
     }
 }
 

@@ -130,6 +130,23 @@ impl Error {
         }
     }
 
+    /// Correlation id of the failed Imburse request, for logs and Events (never in status,
+    /// whose text must not change from one retry to the next).
+    pub fn correlation_id(&self) -> Option<&str> {
+        match self {
+            Self::Imburse(e) => e.correlation_id(),
+            _ => None,
+        }
+    }
+
+    /// The error as an Event note: the status message plus the correlation id, if any.
+    pub fn event_note(&self) -> String {
+        match self.correlation_id() {
+            Some(id) => format!("{self} (correlation id {id})"),
+            None => self.to_string(),
+        }
+    }
+
     /// Short label for metrics.
     pub fn metric_label(&self) -> &'static str {
         self.reason().as_str()
@@ -149,6 +166,29 @@ fn kube_message(error: &kube::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The status message of a repeated failure must not change between retries (a changing
+    /// status triggers the next reconcile at once); the correlation id goes to the Event.
+    #[test]
+    fn imburse_errors_read_the_same_on_every_retry() {
+        let failure = |id: &str| {
+            Error::from(imburse::Error::RateLimited {
+                retry_after: None,
+                details: imburse::ApiErrorDetails {
+                    error_code: Some("TOO_MANY_REQUESTS".into()),
+                    correlation_id: Some(id.into()),
+                },
+            })
+        };
+        assert_eq!(failure("a").to_string(), failure("b").to_string());
+        assert!(failure("a").to_string().contains("TOO_MANY_REQUESTS"));
+        assert!(failure("a").event_note().contains("correlation id a"));
+        let lost = Error::from(imburse::Error::CreateOutcomeUnknown {
+            correlation_id: "c".into(),
+        });
+        assert!(!lost.to_string().contains("correlation"));
+        assert!(lost.event_note().ends_with("(correlation id c)"));
+    }
 
     #[test]
     fn api_server_errors_are_short() {

@@ -712,10 +712,16 @@ impl<'a> Run<'a> {
                 .map_or_else(Action::await_change, Action::requeue)),
             Err(e) => {
                 let reason = e.reason().as_str();
-                tracing::warn!(reason, error = %e, permanent = e.is_permanent(), "reconcile failed");
+                tracing::warn!(
+                    reason,
+                    error = %e,
+                    correlation_id = e.correlation_id(),
+                    permanent = e.is_permanent(),
+                    "reconcile failed"
+                );
                 let changed = ready_reason(&previous) != Some(reason);
                 if changed || !e.is_permanent() {
-                    self.event(true, reason, "Reconcile", e.to_string()).await;
+                    self.event(true, reason, "Reconcile", e.event_note()).await;
                 }
                 if e.is_permanent() {
                     Ok(Action::await_change())

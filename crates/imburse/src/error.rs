@@ -17,13 +17,13 @@ pub struct ApiErrorDetails {
     pub correlation_id: Option<String>,
 }
 
+/// Shows the error code only: the correlation id differs on every request, and an error's
+/// text must stay the same across retries of the same failure (it ends up in status
+/// conditions). Callers log [`Error::correlation_id`] beside it.
 impl fmt::Display for ApiErrorDetails {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(code) = &self.error_code {
             write!(f, " [{code}]")?;
-        }
-        if let Some(id) = &self.correlation_id {
-            write!(f, " (correlation id {id})")?;
         }
         Ok(())
     }
@@ -31,7 +31,8 @@ impl fmt::Display for ApiErrorDetails {
 
 /// Everything that can go wrong talking to the Imburse API.
 ///
-/// `Display` messages are short and contain no key, token, signature or remote body.
+/// `Display` messages are short, the same for every occurrence of the same failure, and contain
+/// no key, token, signature, remote body or correlation id.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -90,9 +91,7 @@ pub enum Error {
     /// reset or closed after sending, timeout, unreadable success body). The key may or may not
     /// exist: the caller must reconcile by listing the tenant's keys. Never retried
     /// automatically, because a blind retry could create a second key.
-    #[error(
-        "outcome of the key creation is unknown (correlation id {correlation_id}); list the tenant's keys to reconcile"
-    )]
+    #[error("outcome of the key creation is unknown; list the tenant's keys to reconcile")]
     CreateOutcomeUnknown {
         /// The `X-Correlation-ID` this client sent with the create request.
         correlation_id: String,
