@@ -461,7 +461,7 @@ async fn denied(client: &Client) -> Result<()> {
         ("", "secrets", "update"),
         ("", "configmaps", "get"),
         ("", "pods", "list"),
-        ("", "namespaces", "list"),
+        ("", "namespaces", "delete"),
         ("", "events", "create"),
         ("imbursepayments.com", "tenantsecuritykeys", "create"),
         ("imbursepayments.com", "tenantsecuritykeys", "delete"),

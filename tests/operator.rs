@@ -557,6 +557,12 @@ fn cluster_account_honours_allowed_namespaces(env: &Env) -> Result<()> {
         env.wait_ready("by-label", "shared-key").await?;
         env.wait_reason("not-allowed", "shared-key", "NamespaceNotAllowed").await?;
         env.wait_event("not-allowed", "shared-key", "NamespaceNotAllowed").await?;
+        // Labelling the namespace lets it in: the key is re-evaluated without being touched.
+        let label = json!({"metadata": {"labels": {"imburse": "yes"}}});
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(env.client.clone())
+            .patch("not-allowed", &PatchParams::default(), &Patch::Merge(&label))
+            .await?;
+        env.wait_ready("not-allowed", "shared-key").await?;
         Ok(())
     })
 }

@@ -18,7 +18,7 @@ use std::{
 };
 
 use futures::{StreamExt, future};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
     Api, Client, Resource, ResourceExt,
     core::PartialObjectMeta,
@@ -184,7 +184,8 @@ pub async fn run(
 
     let keys = Controller::new(Api::<TenantSecurityKey>::all(client.clone()), watch.clone());
     let key_store = keys.store();
-    let (ns_store, cluster_store) = (key_store.clone(), key_store.clone());
+    let (ns_store, cluster_store, namespace_store) =
+        (key_store.clone(), key_store.clone(), key_store.clone());
     let ready = ctx.ready.clone();
     tokio::spawn(async move {
         if key_store.wait_until_ready().await.is_ok() {
@@ -225,6 +226,21 @@ pub async fn run(
                     &a.name_any(),
                     None,
                 )
+            },
+        )
+        // A namespace's labels decide whether a ClusterImburseAccount's selector allows it.
+        .watches(
+            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            watch.clone(),
+            move |ns| {
+                let name = ns.name_any();
+                namespace_store
+                    .state()
+                    .iter()
+                    .filter(|k| k.spec.account_ref.kind == AccountKind::ClusterImburseAccount)
+                    .filter(|k| k.namespace().as_deref() == Some(name.as_str()))
+                    .map(|k| ObjectRef::from_obj(k.as_ref()))
+                    .collect::<Vec<_>>()
             },
         )
         .with_config(controller_config(&ctx.settings))
