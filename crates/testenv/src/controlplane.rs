@@ -165,6 +165,10 @@ impl ControlPlane {
                 "--allow-privileged=true".into(),
                 // No controller creates `default` ServiceAccounts here.
                 "--disable-admission-plugins=ServiceAccount".into(),
+                // As on clusters that enforce it (OpenShift among them), so that RBAC proofs
+                // hold there too: blockOwnerDeletion would need `update` on the owner's
+                // finalizers.
+                "--enable-admission-plugins=OwnerReferencesPermissionEnforcement".into(),
                 "--authorization-mode=RBAC".into(),
                 // The `kubernetes` Service cannot point at a loopback address, and no pod needs it.
                 "--endpoint-reconciler-type=none".into(),
