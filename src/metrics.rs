@@ -22,7 +22,7 @@ pub struct ImburseLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WriteLabels {
-    pub resource: &'static str,
+    pub resource: String,
     pub verb: &'static str,
 }
 
@@ -114,9 +114,12 @@ impl Metrics {
             .inc();
     }
 
-    pub fn kube_write(&self, resource: &'static str, verb: &'static str) {
+    pub fn kube_write(&self, resource: &str, verb: &'static str) {
         self.kube_writes
-            .get_or_create(&WriteLabels { resource, verb })
+            .get_or_create(&WriteLabels {
+                resource: resource.to_owned(),
+                verb,
+            })
             .inc();
     }
 }

@@ -35,7 +35,6 @@ pub struct CurrentKey {
     pub tenant_id: String,
     pub account: AccountRef,
     pub roles: Vec<String>,
-    pub secret_name: String,
     pub fingerprint: String,
 }
 
@@ -273,7 +272,6 @@ mod tests {
             tenant_id: "t1".into(),
             account: account("acc"),
             roles: vec!["tenant-admin".into()],
-            secret_name: "key".into(),
             fingerprint: "fp1".into(),
         }
     }

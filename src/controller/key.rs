@@ -254,7 +254,6 @@ impl<'a> Run<'a> {
                     tenant_id: tenant_id.clone(),
                     account: account.clone(),
                     roles: s.roles.clone(),
-                    secret_name: s.secret_name.clone().unwrap_or_default(),
                     fingerprint: fingerprint.clone(),
                 })
             }
@@ -359,10 +358,14 @@ impl<'a> Run<'a> {
         let Some(pending) = self.pending.clone() else {
             return Ok(());
         };
-        let client = match (&self.account, self.status.account_ref.as_ref()) {
-            (Some(_), _) => self.imburse().await?,
-            (None, Some(recorded)) => self.imburse_for(recorded).await?,
-            (None, None) => self.imburse_for(&self.desired.account).await?,
+        // While deleting no account is resolved: use the one the keys were made with.
+        let client = match &self.account {
+            Some(_) => self.imburse().await?,
+            None => {
+                let recorded = self.status.account_ref.as_ref();
+                self.imburse_for(recorded.unwrap_or(&self.desired.account))
+                    .await?
+            }
         };
         if !client.supports_listing() {
             return Err(Error::ListingUnsupported(pending.key_name));
@@ -396,10 +399,15 @@ impl<'a> Run<'a> {
             )
             .await;
         }
-        if let Some(p) = self.pending.as_mut() {
-            p.clean = true;
-        }
+        self.set_attempt_clean(true);
         Ok(())
+    }
+
+    /// Records whether keys of the open attempt could exist at Imburse unknown to the status.
+    fn set_attempt_clean(&mut self, clean: bool) {
+        if let Some(p) = self.pending.as_mut() {
+            p.clean = clean;
+        }
     }
 
     async fn create(&mut self) -> Result<()> {
@@ -415,9 +423,7 @@ impl<'a> Run<'a> {
             Ok(created) => created,
             Err(e) => {
                 // The key may exist even though the call failed; only a listing can tell.
-                if let Some(p) = self.pending.as_mut() {
-                    p.clean = false;
-                }
+                self.set_attempt_clean(false);
                 return Err(e.into());
             }
         };
@@ -429,9 +435,7 @@ impl<'a> Run<'a> {
         tracing::info!(public_key = %material.public_key, "created key");
         if let Err(e) = self.write_secret(&material, &pending.attempt).await {
             // The private key is lost with this process; the next attempt revokes the key.
-            if let Some(p) = self.pending.as_mut() {
-                p.clean = false;
-            }
+            self.set_attempt_clean(false);
             return Err(e);
         }
         self.event(

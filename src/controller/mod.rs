@@ -152,21 +152,22 @@ where
     result
 }
 
-/// TenantSecurityKeys that refer to an account of `kind` named `name` (in `namespace` for a
-/// namespaced account).
-fn keys_using(
+/// The TenantSecurityKeys in the cache that `select` picks, as controller triggers.
+fn keys_where(
     store: &Store<TenantSecurityKey>,
-    kind: AccountKind,
-    name: &str,
-    namespace: Option<&str>,
+    select: impl Fn(&TenantSecurityKey) -> bool,
 ) -> Vec<ObjectRef<TenantSecurityKey>> {
     store
         .state()
         .iter()
-        .filter(|k| k.spec.account_ref.kind == kind && k.spec.account_ref.name == name)
-        .filter(|k| namespace.is_none() || k.namespace().as_deref() == namespace)
+        .filter(|k| select(k))
         .map(|k| ObjectRef::from_obj(k.as_ref()))
         .collect()
+}
+
+/// Whether a key refers to the account of `kind` named `name`.
+fn uses_account(key: &TenantSecurityKey, kind: AccountKind, name: &str) -> bool {
+    key.spec.account_ref.kind == kind && key.spec.account_ref.name == name
 }
 
 fn controller_config(settings: &Settings) -> ControllerConfig {
@@ -208,24 +209,19 @@ pub async fn run(
             Api::<ImburseAccount>::all(client.clone()),
             watch.clone(),
             move |a| {
-                keys_using(
-                    &ns_store,
-                    AccountKind::ImburseAccount,
-                    &a.name_any(),
-                    a.namespace().as_deref(),
-                )
+                keys_where(&ns_store, |k| {
+                    uses_account(k, AccountKind::ImburseAccount, &a.name_any())
+                        && k.namespace() == a.namespace()
+                })
             },
         )
         .watches(
             Api::<ClusterImburseAccount>::all(client.clone()),
             watch.clone(),
             move |a| {
-                keys_using(
-                    &cluster_store,
-                    AccountKind::ClusterImburseAccount,
-                    &a.name_any(),
-                    None,
-                )
+                keys_where(&cluster_store, |k| {
+                    uses_account(k, AccountKind::ClusterImburseAccount, &a.name_any())
+                })
             },
         )
         // A namespace's labels decide whether a ClusterImburseAccount's selector allows it.
@@ -233,14 +229,10 @@ pub async fn run(
             Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
             watch.clone(),
             move |ns| {
-                let name = ns.name_any();
-                namespace_store
-                    .state()
-                    .iter()
-                    .filter(|k| k.spec.account_ref.kind == AccountKind::ClusterImburseAccount)
-                    .filter(|k| k.namespace().as_deref() == Some(name.as_str()))
-                    .map(|k| ObjectRef::from_obj(k.as_ref()))
-                    .collect::<Vec<_>>()
+                keys_where(&namespace_store, |k| {
+                    k.spec.account_ref.kind == AccountKind::ClusterImburseAccount
+                        && k.namespace().as_deref() == Some(ns.name_any().as_str())
+                })
             },
         )
         .with_config(controller_config(&ctx.settings))

@@ -76,20 +76,11 @@ where
         "kind": K::kind(&()),
         "status": status,
     });
-    ctx.metrics.kube_write(static_kind::<K>(), "status");
+    ctx.metrics.kube_write(&K::plural(&()), "status");
     let params = PatchParams::apply(FIELD_MANAGER).force();
     Ok(api
         .patch_status(name, &params, &Patch::Apply(&patch))
         .await?)
-}
-
-fn static_kind<K: Resource<DynamicType = ()>>() -> &'static str {
-    match K::kind(&()).as_ref() {
-        "TenantSecurityKey" => "tenantsecuritykeys",
-        "ImburseAccount" => "imburseaccounts",
-        "ClusterImburseAccount" => "clusterimburseaccounts",
-        _ => "other",
-    }
 }
 
 /// Publishes an Event about `obj`. Failing to publish never fails a reconcile.
