@@ -73,6 +73,11 @@ struct RunArgs {
     /// Timeout of one Imburse request, in seconds.
     #[arg(long, env = "IMBURSE_TIMEOUT_SECONDS", default_value_t = 30)]
     imburse_timeout_seconds: u64,
+    /// Seconds before an account whose credentials Imburse refused (401 or 403) is verified
+    /// again, doubled per refusal up to an hour: a refusal may be of the moment (clock skew),
+    /// and nothing in the cluster changes when Imburse recovers.
+    #[arg(long, env = "CREDENTIALS_RETRY_SECONDS", default_value_t = 120)]
+    credentials_retry_seconds: u64,
     /// Kubeconfig to use instead of the in-cluster configuration or $KUBECONFIG.
     #[arg(long)]
     kubeconfig: Option<std::path::PathBuf>,
@@ -186,6 +191,7 @@ async fn run_async(args: RunArgs) -> Result<(), BoxError> {
         concurrency: args.concurrency,
         backoff_base: Duration::from_secs(1),
         backoff_cap: Duration::from_secs(300),
+        stalled_retry: Duration::from_secs(args.credentials_retry_seconds.max(1)),
     };
     let ready = Arc::new(AtomicBool::new(false));
     let ctx = Arc::new(Context::new(

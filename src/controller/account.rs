@@ -4,17 +4,21 @@
 use std::{fmt::Debug, sync::Arc, time::Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::{Api, Resource, ResourceExt, runtime::controller::Action};
+use kube::{
+    Api, Resource, ResourceExt,
+    runtime::{controller::Action, events::EventType},
+};
 use serde::{Serialize, de::DeserializeOwned};
 
 use super::{
     Context,
-    error::{Error, Result},
+    error::{Error, Reason, Result},
+    finalizer,
     status::{self, Outcome},
 };
 use crate::crd::{
     AccountKind, AccountRef, AccountSpec, AccountStatus, ApiGeneration, ClusterImburseAccount,
-    ImburseAccount,
+    Endpoint, ImburseAccount,
 };
 
 /// Behaviour shared by `ImburseAccount` and `ClusterImburseAccount`.
@@ -22,6 +26,7 @@ pub trait AccountResource:
     Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug + Send + Sync + 'static
 {
     const KIND: &'static str;
+    const ACCOUNT_KIND: AccountKind;
     fn account_spec(&self) -> &AccountSpec;
     fn account_status(&self) -> Option<&AccountStatus>;
     /// Namespace of the credentials Secret.
@@ -31,6 +36,7 @@ pub trait AccountResource:
 
 impl AccountResource for ImburseAccount {
     const KIND: &'static str = "ImburseAccount";
+    const ACCOUNT_KIND: AccountKind = AccountKind::ImburseAccount;
 
     fn account_spec(&self) -> &AccountSpec {
         &self.spec.account
@@ -54,6 +60,7 @@ impl AccountResource for ImburseAccount {
 
 impl AccountResource for ClusterImburseAccount {
     const KIND: &'static str = "ClusterImburseAccount";
+    const ACCOUNT_KIND: AccountKind = AccountKind::ClusterImburseAccount;
 
     fn account_spec(&self) -> &AccountSpec {
         &self.spec.account
@@ -72,13 +79,22 @@ impl AccountResource for ClusterImburseAccount {
     }
 }
 
+/// Finalizer on an account and on its credentials Secret while TenantSecurityKeys refer to
+/// the account: deleting a namespace deletes all three at once, and the keys can only be
+/// revoked while the account and its credentials are still there.
+pub const IN_USE_FINALIZER: &str = "imbursepayments.com/in-use";
+
 /// An account a key may use, with where its credentials are.
 pub struct ResolvedAccount {
     pub spec: AccountSpec,
     pub secret_namespace: String,
     kind: &'static str,
     name: String,
+    /// Set for namespaced accounts.
+    namespace: Option<String>,
     ready: bool,
+    /// The account carries [`IN_USE_FINALIZER`].
+    held: bool,
 }
 
 impl ResolvedAccount {
@@ -94,27 +110,81 @@ impl ResolvedAccount {
             secret_namespace: account.secret_namespace(ctx),
             kind: A::KIND,
             name: account.name_any(),
+            namespace: account.namespace(),
             ready,
+            held: account.finalizers().iter().any(|f| f == IN_USE_FINALIZER),
         }
+    }
+
+    /// Keeps the account and its credentials Secret from being deleted while keys need them.
+    pub async fn hold(&self, ctx: &Context) -> Result<()> {
+        if self.held {
+            return Ok(());
+        }
+        set_in_use(ctx, self.kind, &self.name, self.namespace.as_deref(), true).await?;
+        let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &self.secret_namespace);
+        ctx.metrics.kube_write("secrets", "patch");
+        finalizer::add(
+            &secrets,
+            &self.spec.credentials_secret_ref.name,
+            IN_USE_FINALIZER,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Where keys made with this account live now.
+    pub fn endpoint(&self) -> Endpoint {
+        endpoint_of(&self.spec)
     }
 
     /// Connects, refusing accounts whose credentials have not been verified yet.
     pub async fn connect(&self, ctx: &Context) -> Result<imburse::AccountClient> {
+        self.connect_at(ctx, &self.endpoint()).await
+    }
+
+    /// Connects with this account's credentials to where a key was made, which may be where
+    /// the account pointed before a change: a key can only be revoked where it lives.
+    pub async fn connect_at(
+        &self,
+        ctx: &Context,
+        endpoint: &Endpoint,
+    ) -> Result<imburse::AccountClient> {
         if !self.ready {
             return Err(Error::AccountNotReady {
                 kind: self.kind,
                 name: self.name.clone(),
             });
         }
-        connect(ctx, &self.spec, &self.secret_namespace).await
+        connect_to(ctx, &self.spec, &self.secret_namespace, endpoint).await
     }
 }
 
-/// Finds the account a key in `namespace` refers to and checks that the key may use it.
+/// The endpoint an account spec points at, normalised so that a trailing slash is no change.
+pub fn endpoint_of(spec: &AccountSpec) -> Endpoint {
+    Endpoint {
+        base_url: spec.effective_base_url().trim_end_matches('/').to_owned(),
+        api_generation: spec.effective_api_generation(),
+        account_id: spec.account_id.clone(),
+    }
+}
+
+/// What a key wants to do with an account: creating keys is checked against what the account
+/// allows; revoking is always allowed, since it only ever takes access away (a namespace that
+/// lost its permission must still be able to revoke the keys it made).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    Create,
+    Revoke,
+}
+
+/// Finds the account a key in `namespace` refers to and checks that the key may use it for
+/// `purpose`.
 pub async fn resolve(
     ctx: &Context,
     namespace: &str,
     account_ref: &AccountRef,
+    purpose: Purpose,
 ) -> Result<ResolvedAccount> {
     match account_ref.kind {
         AccountKind::ImburseAccount => {
@@ -130,7 +200,8 @@ pub async fn resolve(
                 .await?
                 .ok_or_else(|| not_found::<ClusterImburseAccount>(&account_ref.name, None))?;
             let allowed = &account.spec.allowed_namespaces;
-            let permitted = allowed.names.iter().any(|n| n == namespace)
+            let permitted = purpose == Purpose::Revoke
+                || allowed.names.iter().any(|n| n == namespace)
                 || (allowed.selector.is_some() && {
                     let ns = Api::<Namespace>::all(ctx.client.clone())
                         .get(namespace)
@@ -148,6 +219,103 @@ pub async fn resolve(
     }
 }
 
+/// Adds or removes [`IN_USE_FINALIZER`] on the account itself.
+async fn set_in_use(
+    ctx: &Context,
+    kind: &str,
+    name: &str,
+    namespace: Option<&str>,
+    held: bool,
+) -> Result<()> {
+    async fn apply<A: AccountResource>(
+        ctx: &Context,
+        name: &str,
+        namespace: Option<&str>,
+        held: bool,
+    ) -> Result<()> {
+        let api = A::api(ctx, namespace);
+        ctx.metrics.kube_write(&A::plural(&()), "patch");
+        if held {
+            finalizer::add(&api, name, IN_USE_FINALIZER).await?;
+        } else {
+            finalizer::remove(&api, name, IN_USE_FINALIZER).await?;
+        }
+        Ok(())
+    }
+    if kind == ImburseAccount::KIND {
+        apply::<ImburseAccount>(ctx, name, namespace, held).await
+    } else {
+        apply::<ClusterImburseAccount>(ctx, name, None, held).await
+    }
+}
+
+/// Whether any TenantSecurityKey in the cache refers to the account (`namespace` is set for
+/// namespaced accounts), other than the one with uid `except`.
+fn in_use(
+    ctx: &Context,
+    kind: AccountKind,
+    name: &str,
+    namespace: Option<&str>,
+    except: Option<&str>,
+) -> bool {
+    let Some(store) = ctx.key_store.get() else {
+        return true;
+    };
+    store.state().iter().any(|k| {
+        k.spec.account_ref.kind == kind
+            && k.spec.account_ref.name == name
+            && namespace.is_none_or(|ns| k.namespace().as_deref() == Some(ns))
+            && k.uid().as_deref() != except
+    })
+}
+
+/// Lets an account and its credentials go once no TenantSecurityKey refers to it; called when
+/// a key is gone (`released`, the uid of that key) and when an account is being deleted.
+/// Returns false while the account is still in use.
+pub async fn release_if_unused(
+    ctx: &Context,
+    key_namespace: &str,
+    account_ref: &AccountRef,
+    released: Option<&str>,
+) -> Result<bool> {
+    let (kind, namespace) = match account_ref.kind {
+        AccountKind::ImburseAccount => (ImburseAccount::KIND, Some(key_namespace)),
+        AccountKind::ClusterImburseAccount => (ClusterImburseAccount::KIND, None),
+    };
+    if in_use(
+        ctx,
+        account_ref.kind,
+        &account_ref.name,
+        namespace,
+        released,
+    ) {
+        return Ok(false);
+    }
+    let account = match account_ref.kind {
+        AccountKind::ImburseAccount => ImburseAccount::api(ctx, namespace)
+            .get_opt(&account_ref.name)
+            .await?
+            .map(|a| ResolvedAccount::from_resource(&a, ctx)),
+        AccountKind::ClusterImburseAccount => ClusterImburseAccount::api(ctx, None)
+            .get_opt(&account_ref.name)
+            .await?
+            .map(|a| ResolvedAccount::from_resource(&a, ctx)),
+    };
+    let Some(account) = account.filter(|a| a.held) else {
+        return Ok(true);
+    };
+    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &account.secret_namespace);
+    ctx.metrics.kube_write("secrets", "patch");
+    finalizer::remove(
+        &secrets,
+        &account.spec.credentials_secret_ref.name,
+        IN_USE_FINALIZER,
+    )
+    .await?;
+    set_in_use(ctx, kind, &account_ref.name, namespace, false).await?;
+    Ok(true)
+}
+
 fn not_found<A: AccountResource>(name: &str, namespace: Option<&str>) -> Error {
     Error::AccountNotFound {
         kind: A::KIND,
@@ -163,7 +331,16 @@ pub async fn connect(
     spec: &AccountSpec,
     secret_namespace: &str,
 ) -> Result<imburse::AccountClient> {
-    if spec.effective_api_generation() == ApiGeneration::Current && spec.account_id.is_none() {
+    connect_to(ctx, spec, secret_namespace, &endpoint_of(spec)).await
+}
+
+async fn connect_to(
+    ctx: &Context,
+    spec: &AccountSpec,
+    secret_namespace: &str,
+    endpoint: &Endpoint,
+) -> Result<imburse::AccountClient> {
+    if endpoint.api_generation == ApiGeneration::Current && endpoint.account_id.is_none() {
         return Err(Error::InvalidSpec(
             "accountId is required when apiGeneration is current".into(),
         ));
@@ -202,9 +379,9 @@ pub async fn connect(
         ))
     })?;
     Ok(ctx.imburse.account(imburse::AccountConfig {
-        base_url: spec.effective_base_url().to_owned(),
-        generation: spec.effective_api_generation().into(),
-        account_id: spec.account_id.clone(),
+        base_url: endpoint.base_url.clone(),
+        generation: endpoint.api_generation.into(),
+        account_id: endpoint.account_id.clone(),
         credentials,
     })?)
 }
@@ -212,6 +389,24 @@ pub async fn connect(
 /// Reconciles either account kind: verifies the credentials and reports the result.
 pub async fn reconcile<A: AccountResource>(account: Arc<A>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
+    if account.meta().deletion_timestamp.is_some() {
+        // Keys still using it keep it (and its credentials) until they are revoked; the last
+        // one to go lets it go. Its status stays as it was, so they can still use it.
+        let account_ref = AccountRef {
+            kind: A::ACCOUNT_KIND,
+            name: account.name_any(),
+        };
+        let namespace = account.namespace().unwrap_or_default();
+        // Keys deleted together (a namespace) may each still see the others in the cache when
+        // they go, so the account looks again until the cache shows none.
+        return Ok(
+            if release_if_unused(&ctx, &namespace, &account_ref, None).await? {
+                Action::await_change()
+            } else {
+                Action::requeue(std::time::Duration::from_secs(2))
+            },
+        );
+    }
     let result = verify(account.as_ref(), &ctx).await;
     let outcome = match &result {
         Ok(()) => Outcome::Ready {
@@ -232,20 +427,20 @@ pub async fn reconcile<A: AccountResource>(account: Arc<A>, ctx: Arc<Context>) -
     let name = account.name_any();
     if next != previous {
         let api = A::api(&ctx, account.namespace().as_deref());
-        status::apply_status(&ctx, &api, &name, &next).await?;
-        let (warning, reason, note) = match &result {
+        status::apply_status(&ctx, &api, &name, &next, None).await?;
+        let (type_, reason, note) = match &result {
             Ok(()) => (
-                false,
+                EventType::Normal,
                 "CredentialsVerified",
                 "credentials verified".to_owned(),
             ),
-            Err(e) => (true, e.reason().as_str(), e.event_note()),
+            Err(e) => (EventType::Warning, e.reason().as_str(), e.event_note()),
         };
         if ready_reason(&previous) != ready_reason(&next) {
             status::publish(
                 &ctx,
                 account.as_ref(),
-                warning,
+                type_,
                 reason,
                 "VerifyCredentials",
                 note,
@@ -268,10 +463,15 @@ pub async fn reconcile<A: AccountResource>(account: Arc<A>, ctx: Arc<Context>) -
                 permanent = e.is_permanent(),
                 "account not ready"
             );
-            if e.is_permanent() {
-                Ok(Action::await_change())
-            } else {
-                Err(e)
+            match e.reason() {
+                // Imburse refused the credentials: maybe for good, maybe a clock skew or a
+                // refusal of the moment. Nothing in the cluster changes when Imburse recovers,
+                // so look again, slowly.
+                Reason::CredentialsInvalid | Reason::Forbidden => {
+                    Ok(Action::requeue(ctx.stalled_retry(account.as_ref())))
+                }
+                _ if e.is_permanent() => Ok(Action::await_change()),
+                _ => Err(e),
             }
         }
     }

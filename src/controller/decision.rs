@@ -6,16 +6,22 @@
 //! state this function has to answer correctly, which the tests below enumerate.
 //!
 //! The create protocol, where the private key is only shown once:
-//! 1. [`Step::BeginCreate`] records the intent (an attempt id and the key name) on the resource.
+//! 1. [`Step::BeginCreate`] records the intent (an attempt id, the name marked with the
+//!    resource's uid and the attempt, and what is requested) on the resource, conditional on
+//!    the resource version the decision was made on.
 //! 2. [`Step::Create`] creates the key and writes it, with the attempt id, into the Secret.
-//! 3. The key is recorded in the status together with the attempt id, which closes the intent.
+//! 3. The key is recorded in the status together with the attempt id, which closes the intent;
+//!    the status write is conditional on the resource version after step 1.
 //!
-//! A crash after 2 leaves a Secret from the open attempt: [`Step::AdoptFromSecret`] records it.
-//! A crash or a lost response before 2 leaves a key nobody can use: before trying again,
-//! [`Step::CleanupOrphans`] revokes every key with the intent's name that the status does not
-//! know.
+//! A crash after 2 leaves a Secret from the open attempt: [`Step::AdoptFromSecret`] records
+//! what the intent requested. A crash or a lost response before 2 leaves a key nobody can use:
+//! [`Step::CleanupOrphans`] first supersedes the open attempt with a conditional write (so a
+//! second operator process still working on it can no longer record its key), then revokes
+//! every key marked for this resource that neither the status nor the Secret holds. The same
+//! sweep runs when the operator's metadata was wiped (`kubectl replace`) from a resource it
+//! had already worked on.
 
-use crate::crd::{AccountRef, DeletionPolicy};
+use crate::crd::{AccountRef, DeletionPolicy, Endpoint};
 
 /// What the spec asks for, after validation and defaulting.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,8 +30,9 @@ pub struct Desired {
     pub account: AccountRef,
     /// Sorted and free of duplicates, so that comparing with the recorded roles is exact.
     pub roles: Vec<String>,
-    pub key_name: String,
     pub secret_name: String,
+    /// Where the account points now; unknown while deleting (no account is resolved).
+    pub endpoint: Option<Endpoint>,
 }
 
 /// The key recorded in the status.
@@ -36,13 +43,15 @@ pub struct CurrentKey {
     pub account: AccountRef,
     pub roles: Vec<String>,
     pub fingerprint: String,
+    /// Absent for keys recorded before endpoints were: such a key lives where the account
+    /// points, and an upgrade must not read the missing record as a change.
+    pub endpoint: Option<Endpoint>,
 }
 
 /// A creation intent that the status has not closed yet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pending {
     pub attempt: String,
-    pub key_name: String,
     /// True when no key of this attempt can exist at Imburse besides the ones the status knows:
     /// the intent was recorded by this very reconcile, or its orphans were just revoked.
     pub clean: bool,
@@ -59,7 +68,7 @@ pub enum SecretState {
         fingerprint: Option<String>,
         /// Creation attempt that wrote it.
         attempt: Option<String>,
-        /// Whether type, labels, annotations and entry layout match the spec.
+        /// Whether type, labels, annotations, ownership form and entry layout match the spec.
         layout_matches: bool,
     },
 }
@@ -70,8 +79,12 @@ pub struct Retired {
     pub public_key: String,
     pub tenant_id: String,
     pub account: AccountRef,
+    pub endpoint: Option<Endpoint>,
     /// False while a grace period still protects it.
     pub due: bool,
+    /// Imburse refused its revocation for good: the status says so and a person has to act,
+    /// so the operator stops trying.
+    pub refused: bool,
 }
 
 /// Everything the decision depends on.
@@ -87,6 +100,9 @@ pub struct Observed {
     pub retired: Vec<Retired>,
     /// An owned Secret remains under a name the spec no longer uses; it holds an old key.
     pub stale_secret: bool,
+    /// The operator's metadata is gone from a resource it already worked on (a replace wiped
+    /// finalizer and intent): keys of an attempt it no longer knows may exist.
+    pub sweep_needed: bool,
 }
 
 /// Why the key has to be (re)created.
@@ -94,6 +110,7 @@ pub struct Observed {
 pub enum CreateReason {
     NoKey,
     SpecChanged,
+    EndpointChanged,
     SecretMissing,
     SecretDamaged,
 }
@@ -103,6 +120,9 @@ impl CreateReason {
         match self {
             Self::NoKey => "no key exists yet",
             Self::SpecChanged => "tenant, account or roles changed",
+            Self::EndpointChanged => {
+                "the account now points at another Imburse endpoint or account"
+            }
             Self::SecretMissing => "the Secret was deleted",
             Self::SecretDamaged => "the Secret no longer holds the recorded key",
         }
@@ -114,7 +134,8 @@ impl CreateReason {
 pub enum Step {
     /// Record the creation intent (and the finalizer) on the resource.
     BeginCreate(CreateReason),
-    /// Revoke keys named like the open intent that the status does not know.
+    /// Supersede an interrupted attempt, then revoke the keys marked for this resource that
+    /// nothing records.
     CleanupOrphans,
     /// Create the key at Imburse and write it into the Secret.
     Create,
@@ -132,7 +153,7 @@ pub enum Step {
     RevokeCurrent,
     /// Deletion with `Delete`: remove the Secret.
     DeleteSecret,
-    /// Deletion with `Retain`: drop the owner reference so the Secret survives.
+    /// Deletion with `Retain`: drop the operator's ownership so the Secret survives.
     ReleaseSecret,
     /// Deletion is complete: let the resource go.
     RemoveFinalizer,
@@ -178,6 +199,9 @@ pub fn next_step(o: &Observed) -> Step {
             Step::CleanupOrphans
         };
     }
+    if o.sweep_needed {
+        return Step::CleanupOrphans;
+    }
     let Some(current) = &o.current else {
         return Step::BeginCreate(CreateReason::NoKey);
     };
@@ -186,6 +210,11 @@ pub fn next_step(o: &Observed) -> Step {
         || current.roles != o.desired.roles
     {
         return Step::BeginCreate(CreateReason::SpecChanged);
+    }
+    if let (Some(recorded), Some(now)) = (&current.endpoint, &o.desired.endpoint)
+        && recorded != now
+    {
+        return Step::BeginCreate(CreateReason::EndpointChanged);
     }
     match &o.secret {
         SecretState::Missing | SecretState::NotOwned => {
@@ -210,7 +239,7 @@ pub fn next_step(o: &Observed) -> Step {
     if o.stale_secret {
         return Step::DeleteStaleSecret;
     }
-    if let Some(retired) = o.retired.iter().find(|r| r.due) {
+    if let Some(retired) = o.retired.iter().find(|r| r.due && !r.refused) {
         return Step::RevokeRetired(retired.clone());
     }
     Step::Settled
@@ -224,8 +253,9 @@ fn next_deletion_step(o: &Observed) -> Step {
     if o.pending.as_ref().is_some_and(|p| !p.clean) {
         return Step::CleanupOrphans;
     }
-    // Replaced keys are in no Secret any more; the grace period ends with the resource.
-    if let Some(retired) = o.retired.first() {
+    // Replaced keys are in no Secret any more; the grace period ends with the resource. Keys
+    // Imburse refused to revoke for good are reported, and do not hold the resource forever.
+    if let Some(retired) = o.retired.iter().find(|r| !r.refused) {
         return Step::RevokeRetired(retired.clone());
     }
     let owned = matches!(o.secret, SecretState::Owned { .. });
@@ -247,7 +277,15 @@ fn secret_from_attempt(secret: &SecretState, attempt: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::AccountKind;
+    use crate::crd::{AccountKind, ApiGeneration};
+
+    fn endpoint(base_url: &str) -> Endpoint {
+        Endpoint {
+            base_url: base_url.into(),
+            api_generation: ApiGeneration::Seed,
+            account_id: None,
+        }
+    }
 
     fn account(name: &str) -> AccountRef {
         AccountRef {
@@ -261,8 +299,8 @@ mod tests {
             tenant_id: "t1".into(),
             account: account("acc"),
             roles: vec!["tenant-admin".into()],
-            key_name: "ns/key".into(),
             secret_name: "key".into(),
+            endpoint: Some(endpoint("https://api.imbursepayments.com")),
         }
     }
 
@@ -273,6 +311,7 @@ mod tests {
             account: account("acc"),
             roles: vec!["tenant-admin".into()],
             fingerprint: "fp1".into(),
+            endpoint: Some(endpoint("https://api.imbursepayments.com")),
         }
     }
 
@@ -287,7 +326,6 @@ mod tests {
     fn pending(attempt: &str, clean: bool) -> Pending {
         Pending {
             attempt: attempt.into(),
-            key_name: "ns/key".into(),
             clean,
         }
     }
@@ -297,7 +335,9 @@ mod tests {
             public_key: public_key.into(),
             tenant_id: "t1".into(),
             account: account("acc"),
+            endpoint: None,
             due,
+            refused: false,
         }
     }
 
@@ -313,6 +353,7 @@ mod tests {
             secret: owned("fp1", "a1"),
             retired: vec![],
             stale_secret: false,
+            sweep_needed: false,
         }
     }
 
@@ -444,10 +485,76 @@ mod tests {
     }
 
     #[test]
-    fn key_name_change_alone_keeps_the_key() {
-        let mut o = ready();
-        o.desired.key_name = "renamed".into();
+    fn endpoint_change_replaces_the_key() {
+        for change in [
+            |e: &mut Endpoint| e.base_url = "https://sandbox-api.imbursepayments.com".into(),
+            |e: &mut Endpoint| e.api_generation = ApiGeneration::Current,
+            |e: &mut Endpoint| e.account_id = Some("acc-2".into()),
+        ] {
+            let mut o = ready();
+            change(o.desired.endpoint.as_mut().unwrap());
+            assert_eq!(
+                next_step(&o),
+                Step::BeginCreate(CreateReason::EndpointChanged)
+            );
+        }
+    }
+
+    /// Keys recorded before endpoints were have none: an upgrade must not replace them, and
+    /// while deleting no endpoint is resolved.
+    #[test]
+    fn unknown_endpoints_are_no_change() {
+        let mut legacy = ready();
+        legacy.current.as_mut().unwrap().endpoint = None;
+        assert_eq!(next_step(&legacy), Step::Settled);
+        let mut unresolved = ready();
+        unresolved.desired.endpoint = None;
+        assert_eq!(next_step(&unresolved), Step::Settled);
+    }
+
+    /// A replace wiped finalizer and intent: sweep before anything else, then restore.
+    #[test]
+    fn wiped_metadata_sweeps_then_restores_the_finalizer() {
+        let mut o = Observed {
+            has_finalizer: false,
+            sweep_needed: true,
+            ..ready()
+        };
+        assert_eq!(next_step(&o), Step::CleanupOrphans);
+        o.sweep_needed = false;
+        assert_eq!(next_step(&o), Step::AddFinalizer);
+        let first_create = Observed {
+            sweep_needed: true,
+            ..fresh()
+        };
+        assert_eq!(next_step(&first_create), Step::CleanupOrphans);
+    }
+
+    #[test]
+    fn refused_revocations_are_not_retried() {
+        let refused = Retired {
+            refused: true,
+            ..retired("old", true)
+        };
+        let o = Observed {
+            retired: vec![refused.clone()],
+            ..ready()
+        };
         assert_eq!(next_step(&o), Step::Settled);
+        let deleting = Observed {
+            retired: vec![refused, retired("other", false)],
+            ..deleting(DeletionPolicy::Delete)
+        };
+        assert_eq!(
+            next_step(&deleting),
+            Step::RevokeRetired(retired("other", false))
+        );
+    }
+
+    #[test]
+    fn key_name_change_alone_keeps_the_key() {
+        // The human name is not part of the decision at all: only what identifies the key.
+        assert_eq!(next_step(&ready()), Step::Settled);
     }
 
     #[test]
@@ -656,15 +763,25 @@ mod tests {
                     o.has_finalizer = true;
                     o.pending = Some(pending("a9", true));
                 }
-                Step::CleanupOrphans => o.pending.as_mut().unwrap().clean = true,
-                Step::Create => o.secret = owned("fp9", "a9"),
+                // The open attempt is superseded by a new one, recorded clean.
+                Step::CleanupOrphans => {
+                    let p = o.pending.as_mut().unwrap();
+                    p.attempt.push('+');
+                    p.clean = true;
+                }
+                Step::Create => {
+                    let attempt = o.pending.as_ref().unwrap().attempt.clone();
+                    o.secret = owned("fp9", &attempt);
+                }
                 Step::AdoptFromSecret => {
                     if let Some(old) = o.current.take() {
                         o.retired.push(Retired {
                             public_key: old.public_key,
                             tenant_id: old.tenant_id,
                             account: old.account,
+                            endpoint: old.endpoint,
                             due: true,
+                            refused: false,
                         });
                     }
                     o.current = Some(CurrentKey {

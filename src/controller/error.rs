@@ -25,6 +25,8 @@ pub enum Error {
     CredentialsInvalid(String),
     #[error("Secret {0:?} exists and is not owned by this TenantSecurityKey")]
     SecretConflict(String),
+    #[error("the API server refuses Secret {name:?}: {message}")]
+    SecretRejected { name: String, message: String },
     #[error(
         "the account's API generation cannot list tenant keys, so a possibly created key cannot be found; check the tenant's keys at Imburse and delete any named {0:?}"
     )]
@@ -50,6 +52,7 @@ pub enum Reason {
     ImburseUnavailable,
     ImburseRejected,
     SecretConflict,
+    SecretRejected,
     ListingUnsupported,
     KubernetesError,
 }
@@ -69,8 +72,36 @@ impl Reason {
             Self::ImburseUnavailable => "ImburseUnavailable",
             Self::ImburseRejected => "ImburseRejected",
             Self::SecretConflict => "SecretConflict",
+            Self::SecretRejected => "SecretRejected",
             Self::ListingUnsupported => "ListingUnsupported",
             Self::KubernetesError => "KubernetesError",
+        }
+    }
+
+    /// Whether retrying without a change to some watched object cannot help. Such failures
+    /// stall the resource until the resource, its account or a Secret changes.
+    ///
+    /// This is the one classification of failures. The Imburse client's own
+    /// `is_transient` answers a narrower question, whether the same HTTP call may be repeated
+    /// at once: it does not repeat a 404 for a key, a 409 or an unexpected status, yet those
+    /// are no user error, so a reconcile, which decides afresh, retries them with backoff.
+    pub fn is_permanent(self) -> bool {
+        match self {
+            Self::InvalidSpec
+            | Self::AccountNotFound
+            | Self::NamespaceNotAllowed
+            | Self::CredentialsSecretNotFound
+            | Self::CredentialsInvalid
+            | Self::Forbidden
+            | Self::TenantNotFound
+            | Self::ImburseRejected
+            | Self::SecretConflict
+            | Self::SecretRejected
+            | Self::ListingUnsupported => true,
+            Self::AccountNotReady
+            | Self::RateLimited
+            | Self::ImburseUnavailable
+            | Self::KubernetesError => false,
         }
     }
 }
@@ -85,6 +116,7 @@ impl Error {
             Self::CredentialsSecretNotFound { .. } => Reason::CredentialsSecretNotFound,
             Self::CredentialsInvalid(_) => Reason::CredentialsInvalid,
             Self::SecretConflict(_) => Reason::SecretConflict,
+            Self::SecretRejected { .. } => Reason::SecretRejected,
             Self::ListingUnsupported(_) => Reason::ListingUnsupported,
             Self::Kube(_) => Reason::KubernetesError,
             Self::Imburse(e) => match e {
@@ -99,27 +131,9 @@ impl Error {
         }
     }
 
-    /// Whether retrying without a change to some watched object cannot help. Such errors stall
-    /// the resource until the resource, its account or a Secret changes.
+    /// See [`Reason::is_permanent`].
     pub fn is_permanent(&self) -> bool {
-        match self {
-            Self::InvalidSpec(_)
-            | Self::AccountNotFound { .. }
-            | Self::NamespaceNotAllowed { .. }
-            | Self::CredentialsSecretNotFound { .. }
-            | Self::CredentialsInvalid(_)
-            | Self::SecretConflict(_)
-            | Self::ListingUnsupported(_) => true,
-            Self::AccountNotReady { .. } | Self::Kube(_) => false,
-            Self::Imburse(e) => matches!(
-                e,
-                imburse::Error::Unauthorized(_)
-                    | imburse::Error::Forbidden(_)
-                    | imburse::Error::TenantNotFound(_)
-                    | imburse::Error::BadRequest(_)
-                    | imburse::Error::InvalidConfig(_)
-            ),
-        }
+        self.reason().is_permanent()
     }
 
     /// The delay the remote side asked for, if any.

@@ -3,6 +3,8 @@
 pub mod account;
 pub mod decision;
 pub mod error;
+mod finalizer;
+pub mod intent;
 pub mod key;
 pub mod secret;
 pub mod status;
@@ -11,7 +13,7 @@ use std::{
     collections::HashMap,
     future::Future,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -53,6 +55,9 @@ pub struct Settings {
     pub backoff_base: Duration,
     /// Longest delay after a transient failure.
     pub backoff_cap: Duration,
+    /// First delay before an account whose credentials Imburse refused is verified again;
+    /// doubled per consecutive refusal up to an hour.
+    pub stalled_retry: Duration,
 }
 
 /// Identifies an object across kinds: kind, namespace, name.
@@ -69,6 +74,8 @@ pub struct Context {
     ready: Arc<AtomicBool>,
     /// Consecutive transient failures per object, for per-object exponential backoff.
     failures: Mutex<HashMap<ObjectKey, u32>>,
+    /// The TenantSecurityKey cache, set once the controller runs: which keys use an account.
+    key_store: OnceLock<Store<TenantSecurityKey>>,
 }
 
 impl Context {
@@ -91,6 +98,7 @@ impl Context {
             settings,
             ready,
             failures: Mutex::default(),
+            key_store: OnceLock::new(),
         }
     }
 
@@ -101,21 +109,36 @@ impl Context {
     /// Delay before retrying `obj` after a transient error: exponential per object, capped,
     /// with jitter so that objects failing together do not retry together.
     fn backoff<K: Resource<DynamicType = ()>>(&self, obj: &K, error: &Error) -> Duration {
+        let jittered = self.exponential(obj, self.settings.backoff_base, self.settings.backoff_cap);
+        error
+            .retry_after()
+            .map_or(jittered, |after| after.max(jittered))
+    }
+
+    /// Delay before verifying again an account whose credentials Imburse refused.
+    fn stalled_retry<K: Resource<DynamicType = ()>>(&self, obj: &K) -> Duration {
+        let cap = Duration::from_secs(3600).max(self.settings.stalled_retry);
+        self.exponential(obj, self.settings.stalled_retry, cap)
+    }
+
+    /// `base` doubled per consecutive failure of `obj`, capped, with jitter so that objects
+    /// failing together do not retry together.
+    fn exponential<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        base: Duration,
+        cap: Duration,
+    ) -> Duration {
         let failures = {
             let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
             let n = map.entry(Self::failure_key(obj)).or_insert(0);
             *n = n.saturating_add(1);
             *n
         };
-        let exp = self
-            .settings
-            .backoff_base
+        let exp = base
             .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
-            .min(self.settings.backoff_cap);
-        let jittered = exp.mul_f64(rand::random_range(0.5..=1.0));
-        error
-            .retry_after()
-            .map_or(jittered, |after| after.max(jittered))
+            .min(cap);
+        exp.mul_f64(rand::random_range(0.5..=1.0))
     }
 
     fn succeeded<K: Resource<DynamicType = ()>>(&self, obj: &K) {
@@ -185,6 +208,8 @@ pub async fn run(
 
     let keys = Controller::new(Api::<TenantSecurityKey>::all(client.clone()), watch.clone());
     let key_store = keys.store();
+    // Set once per process; a second `run` would find the same kind of store in place.
+    let _ = ctx.key_store.set(key_store.clone());
     let (ns_store, cluster_store, namespace_store) =
         (key_store.clone(), key_store.clone(), key_store.clone());
     let ready = ctx.ready.clone();
@@ -200,10 +225,16 @@ pub async fn run(
         secret::MANAGED_BY_LABEL,
         secret::MANAGED_BY_VALUE
     ));
+    // Mapped by the owner label rather than owner references: a Secret kept with `Retain` has
+    // no owner reference.
     let keys = keys
-        .owns(
+        .watches(
             Api::<PartialObjectMeta<Secret>>::all(client.clone()),
             owned_secrets,
+            |s| {
+                let owner = s.labels().get(secret::OWNER_LABEL)?;
+                Some(ObjectRef::new(owner).within(&s.namespace()?))
+            },
         )
         .watches(
             Api::<ImburseAccount>::all(client.clone()),

@@ -9,7 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
 use super::decision::SecretState;
-use crate::crd::{SecretKeyNames, TenantSecurityKey};
+use crate::crd::{DeletionPolicy, SecretKeyNames, TenantSecurityKey, is_allowed_secret_type};
 
 /// Label on every Secret the operator writes; the operator watches only Secrets carrying it.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -20,6 +20,10 @@ pub const OWNER_LABEL: &str = "imbursepayments.com/tenant-security-key";
 pub const FINGERPRINT_ANNOTATION: &str = "imbursepayments.com/key-fingerprint";
 /// Annotation with the creation attempt that wrote the key, to recover after a crash.
 pub const ATTEMPT_ANNOTATION: &str = "imbursepayments.com/create-attempt";
+/// Annotation naming (by uid) the TenantSecurityKey that owns a Secret kept with `Retain`.
+/// Such a Secret has no owner reference: the garbage collector must never race the operator
+/// for it (a foreground deletion of the resource deletes every dependent at once).
+pub const OWNER_UID_ANNOTATION: &str = "imbursepayments.com/owner-uid";
 
 /// A key pair in memory. The private key is never logged or printed.
 pub struct KeyMaterial {
@@ -110,12 +114,18 @@ pub fn validate(tsk: &TenantSecurityKey) -> Result<(), String> {
         if template.labels.keys().any(reserved) {
             return Err("secret.labels may not set the operator's own labels".into());
         }
-        if template
-            .annotations
-            .keys()
-            .any(|k| k == FINGERPRINT_ANNOTATION || k == ATTEMPT_ANNOTATION)
-        {
+        if template.annotations.keys().any(|k| {
+            k == FINGERPRINT_ANNOTATION || k == ATTEMPT_ANNOTATION || k == OWNER_UID_ANNOTATION
+        }) {
             return Err("secret.annotations may not set the operator's own annotations".into());
+        }
+        if let Some(type_) = template.type_.as_deref()
+            && !type_.is_empty()
+            && !is_allowed_secret_type(type_)
+        {
+            return Err(format!(
+                "secret.type {type_:?} is not allowed: use Opaque or a custom type with a domain prefix outside kubernetes.io and k8s.io"
+            ));
         }
     }
     Ok(())
@@ -130,12 +140,19 @@ pub fn secret_name(tsk: &TenantSecurityKey) -> String {
         .unwrap_or_else(|| tsk.name_any())
 }
 
+/// The Secret type; an empty value (an unset Helm value) means the default, as the API server
+/// itself stores an empty type as `Opaque`.
 fn secret_type(tsk: &TenantSecurityKey) -> String {
     tsk.spec
         .secret
         .as_ref()
         .and_then(|s| s.type_.clone())
+        .filter(|t| !t.is_empty())
         .unwrap_or_else(|| "Opaque".into())
+}
+
+fn retained(tsk: &TenantSecurityKey) -> bool {
+    tsk.spec.deletion_policy == Some(DeletionPolicy::Retain)
 }
 
 fn desired_labels(tsk: &TenantSecurityKey) -> BTreeMap<String, String> {
@@ -192,13 +209,23 @@ pub fn build(
     let mut annotations = template_annotations(tsk);
     annotations.insert(FINGERPRINT_ANNOTATION.into(), key.fingerprint());
     annotations.insert(ATTEMPT_ANNOTATION.into(), attempt.into());
+    // `Delete` lets the garbage collector clean up after a force-removed finalizer; `Retain`
+    // must never be collected, so it is owned by annotation only.
+    let owner_references = if retained(tsk) {
+        if let Some(uid) = tsk.uid() {
+            annotations.insert(OWNER_UID_ANNOTATION.into(), uid);
+        }
+        None
+    } else {
+        tsk.controller_owner_ref(&()).map(|r| vec![r])
+    };
     Secret {
         metadata: ObjectMeta {
             name: Some(secret_name(tsk)),
             namespace: tsk.namespace(),
             labels: Some(desired_labels(tsk)),
             annotations: Some(annotations),
-            owner_references: tsk.controller_owner_ref(&()).map(|r| vec![r]),
+            owner_references,
             ..Default::default()
         },
         type_: Some(secret_type(tsk)),
@@ -225,13 +252,30 @@ pub fn material(tsk: &TenantSecurityKey, secret: &Secret) -> Option<KeyMaterial>
     })
 }
 
-/// Whether the TenantSecurityKey is the Secret's controller.
-pub fn is_owned_by(secret: &Secret, tsk: &TenantSecurityKey) -> bool {
+/// Key material that satisfies every check the API server makes, for a dry run of the write
+/// before a real key is created.
+pub fn placeholder() -> KeyMaterial {
+    KeyMaterial {
+        public_key: "00000000-0000-0000-0000-000000000000".into(),
+        private_key: SecretString::from("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+    }
+}
+
+fn controlled_by(secret: &Secret, tsk: &TenantSecurityKey) -> bool {
     let uid = tsk.uid();
     secret
         .owner_references()
         .iter()
         .any(|r| r.controller == Some(true) && Some(&r.uid) == uid.as_ref())
+}
+
+/// Whether the Secret belongs to the TenantSecurityKey: it is the Secret's controller, or (for
+/// `Retain`) the Secret names its uid.
+pub fn is_owned_by(secret: &Secret, tsk: &TenantSecurityKey) -> bool {
+    controlled_by(secret, tsk)
+        || tsk
+            .uid()
+            .is_some_and(|uid| secret.annotations().get(OWNER_UID_ANNOTATION) == Some(&uid))
 }
 
 /// Reads what the reconciler needs to know about the target Secret. Without a context (while
@@ -256,8 +300,10 @@ pub fn observe(
             .iter()
             .all(|(k, v)| entry(secret, k) == Some(v.as_str()))
     });
-    let layout_matches = secret.type_.clone().unwrap_or_else(|| "Opaque".into())
-        == secret_type(tsk)
+    // The ownership form follows the deletion policy (see `build`).
+    let ownership_matches = controlled_by(secret, tsk) != retained(tsk);
+    let layout_matches = ownership_matches
+        && secret.type_.clone().unwrap_or_else(|| "Opaque".into()) == secret_type(tsk)
         && contains_all(secret.labels(), desired_labels(tsk))
         && contains_all(secret.annotations(), template_annotations(tsk))
         && context_matches;

@@ -62,20 +62,27 @@ pub fn now() -> Time {
 }
 
 /// Writes `status` with server-side apply: fields the operator stops setting are removed.
+/// With a `resource_version` the write only succeeds on that version of the object (a
+/// conflict otherwise), for statuses that record a key decided on that version.
 pub async fn apply_status<K>(
     ctx: &Context,
     api: &Api<K>,
     name: &str,
     status: &impl Serialize,
+    resource_version: Option<&str>,
 ) -> Result<K, Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
 {
-    let patch = serde_json::json!({
+    let mut patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
+        "metadata": { "name": name },
         "status": status,
     });
+    if let Some(version) = resource_version {
+        patch["metadata"]["resourceVersion"] = version.into();
+    }
     ctx.metrics.kube_write(&K::plural(&()), "status");
     let params = PatchParams::apply(FIELD_MANAGER).force();
     Ok(api
@@ -87,17 +94,13 @@ where
 pub async fn publish<K: Resource<DynamicType = ()>>(
     ctx: &Context,
     obj: &K,
-    warning: bool,
+    type_: EventType,
     reason: &str,
     action: &str,
     note: String,
 ) {
     let event = Event {
-        type_: if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
+        type_,
         reason: reason.into(),
         note: Some(note),
         action: action.into(),

@@ -17,8 +17,8 @@ pub use account::{
 };
 pub use conditions::{Condition, ConditionStatus, set_condition};
 pub use tenant_security_key::{
-    AccountKind, AccountRef, DeletionPolicy, PreviousKey, SecretKeyNames, SecretTemplate,
-    TenantSecurityKey, TenantSecurityKeySpec, TenantSecurityKeyStatus,
+    AccountKind, AccountRef, DeletionPolicy, Endpoint, PreviousKey, SecretKeyNames, SecretTemplate,
+    TenantSecurityKey, TenantSecurityKeySpec, TenantSecurityKeyStatus, is_allowed_secret_type,
 };
 
 use kube::CustomResourceExt;

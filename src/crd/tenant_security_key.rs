@@ -7,7 +7,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::Condition;
+use super::{ApiGeneration, Condition};
 
 /// Kind of account a key is created with.
 #[derive(
@@ -64,14 +64,17 @@ pub struct SecretKeyNames {
 }
 
 /// The Secret the key material is written to.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretTemplate {
     /// Name of the Secret, in the resource's namespace (default: the resource's name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Secret type (default `Opaque`).
+    /// Secret type: `Opaque` (the default) or a custom type with a domain prefix, such as
+    /// `example.com/imburse-key`. Types the API server gives a meaning to (`kubernetes.io/...`)
+    /// are refused: the operator must not mint anything but a key.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(SECRET_TYPE_RULE).message("secret.type must be Opaque or a custom type with a domain prefix outside kubernetes.io and k8s.io"))]
     pub type_: Option<String>,
     /// Extra labels on the Secret.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -82,6 +85,53 @@ pub struct SecretTemplate {
     /// Names of the entries inside the Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<SecretKeyNames>,
+}
+
+/// CEL form of [`is_allowed_secret_type`], so the API server refuses what the operator would.
+const SECRET_TYPE_RULE: &str = r"self == 'Opaque' || (self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$') && !self.matches('^([^/]*\\.)?(kubernetes|k8s)\\.io/'))";
+
+/// Whether the operator may write a Secret of this type: `Opaque`, or `<domain>/<name>` with a
+/// dotted domain that is not the API server's own (`kubernetes.io`, `k8s.io` and their
+/// subdomains), whose types carry meanings (service account tokens, TLS, registry auth) that
+/// key material cannot satisfy or that would make the API server mint something else.
+pub fn is_allowed_secret_type(value: &str) -> bool {
+    if value == "Opaque" {
+        return true;
+    }
+    let Some((domain, name)) = value.split_once('/') else {
+        return false;
+    };
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let reserved = ["kubernetes.io", "k8s.io"]
+        .iter()
+        .any(|r| domain == *r || domain.ends_with(&format!(".{r}")));
+    let name_ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    domain.contains('.') && domain.split('.').all(label) && name_ok && !reserved
+}
+
+/// Where a key lives at Imburse: the API endpoint and account it was created with. A key can
+/// only be used and revoked there, so a change of any of these replaces the key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    /// Base URL of the Imburse API, without a trailing slash.
+    pub base_url: String,
+    /// API generation spoken there.
+    pub api_generation: ApiGeneration,
+    /// Imburse account id, when the account declares one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
 }
 
 /// A Tenant Security Key that the operator creates at Imburse and stores in a Secret.
@@ -139,9 +189,18 @@ pub struct PreviousKey {
     pub tenant_id: String,
     /// Account the replaced key was created with.
     pub account_ref: AccountRef,
+    /// Where the replaced key lives; absent for keys recorded before endpoints were recorded,
+    /// which live where the account points.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<Endpoint>,
     /// When the key may be revoked; revoked as soon as possible when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoke_after: Option<Time>,
+    /// Why the key could not be revoked where it lives. Set when Imburse refused for good
+    /// (e.g. the account's credentials no longer work at that endpoint): revoke it by hand,
+    /// then remove the entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_error: Option<String>,
 }
 
 /// Observed state of a TenantSecurityKey. Everything needed to continue after a restart is
@@ -177,6 +236,9 @@ pub struct TenantSecurityKeyStatus {
     /// Account the current key was created with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_ref: Option<AccountRef>,
+    /// Imburse endpoint and account the current key was created at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<Endpoint>,
     /// Roles of the current key, sorted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<String>,

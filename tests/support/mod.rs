@@ -60,20 +60,8 @@ impl Env {
             BTreeMap::new(),
         ))?;
         let logs = tempfile::Builder::new().prefix("tko-operator-").tempdir()?;
-        let operator = Operator::start(
-            "operator",
-            Path::new(env!("CARGO_BIN_EXE_tenant-key-operator")),
-            control_plane.kubeconfig_path(),
-            logs.path(),
-            &[
-                "--listen-address",
-                "127.0.0.1:0",
-                "--namespace",
-                &operator_namespace,
-                "--log-filter",
-                "debug,kube=info,hyper=info,hyper_util=info,tower=info,h2=info,rustls=info,reqwest=info",
-            ],
-        )?;
+        let operator =
+            start_operator("operator", &control_plane, logs.path(), &operator_namespace)?;
         Ok(Env {
             runtime,
             control_plane,
@@ -84,6 +72,11 @@ impl Env {
             operator_namespace,
             _logs: logs,
         })
+    }
+
+    /// Starts one more operator process against the same cluster, logging into `dir`.
+    pub fn start_operator(&self, name: &'static str, dir: &Path) -> Result<Operator> {
+        start_operator(name, &self.control_plane, dir, &self.operator_namespace)
     }
 
     pub fn block_on<T>(&self, f: impl Future<Output = T>) -> T {
@@ -301,6 +294,32 @@ impl Env {
             .await?;
         Ok(())
     }
+}
+
+/// Runs the operator binary as the tests do: debug logs, a free metrics port, and accounts
+/// whose credentials Imburse refused verified again after two seconds.
+fn start_operator(
+    name: &'static str,
+    control_plane: &ControlPlane,
+    dir: &Path,
+    namespace: &str,
+) -> Result<Operator> {
+    Operator::start(
+        name,
+        Path::new(env!("CARGO_BIN_EXE_tenant-key-operator")),
+        control_plane.kubeconfig_path(),
+        dir,
+        &[
+            "--listen-address",
+            "127.0.0.1:0",
+            "--namespace",
+            namespace,
+            "--credentials-retry-seconds",
+            "2",
+            "--log-filter",
+            "debug,kube=info,hyper=info,hyper_util=info,tower=info,h2=info,rustls=info,reqwest=info",
+        ],
+    )
 }
 
 /// Public keys of the tenant's keys at the sandbox.

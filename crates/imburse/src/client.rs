@@ -507,7 +507,12 @@ fn status_error(
     body: &[u8],
     sent_correlation_id: &str,
 ) -> Error {
-    let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
+    let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
+    // Imburse's own refusals carry its error body; a 404 without one comes from something
+    // else on the way (a proxy, a wrong base URL or API generation), which proves nothing
+    // about the tenant or the key.
+    let documented = parsed.as_ref().is_some_and(|b| !b.errors.is_empty());
+    let parsed = parsed.unwrap_or_default();
     let first = parsed.errors.into_iter().next();
     let echoed = first
         .as_ref()
@@ -522,21 +527,20 @@ fn status_error(
                 .unwrap_or_else(|| sent_correlation_id.to_owned()),
         ),
     };
+    let tenant_missing = details
+        .error_code
+        .as_deref()
+        .is_some_and(|code| code.eq_ignore_ascii_case("TENANT_NOT_FOUND"));
     match status.as_u16() {
         400 => Error::BadRequest(details),
         401 => Error::Unauthorized(details),
         403 => Error::Forbidden(details),
         // A 404 from the token endpoint means a wrong base URL or API generation.
-        404 if operation == Operation::Token => Error::UnexpectedStatus {
+        404 if operation == Operation::Token || !documented => Error::UnexpectedStatus {
             status: 404,
             details,
         },
-        404 if matches!(operation, Operation::GetKey | Operation::DeleteKey)
-            && !details
-                .error_code
-                .as_deref()
-                .is_some_and(|code| code.eq_ignore_ascii_case("TENANT_NOT_FOUND")) =>
-        {
+        404 if matches!(operation, Operation::GetKey | Operation::DeleteKey) && !tenant_missing => {
             Error::NotFound(details)
         }
         404 => Error::TenantNotFound(details),
@@ -724,5 +728,65 @@ impl AccountClient {
                 body.to_vec(),
             )
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_for(operation: Operation, status: u16, body: &str) -> Error {
+        status_error(
+            operation,
+            StatusCode::from_u16(status).unwrap(),
+            None,
+            body.as_bytes(),
+            "sent",
+        )
+    }
+
+    /// Only Imburse's documented error body makes a 404 say something about a key or tenant:
+    /// a revocation must not count as done because some route does not exist.
+    #[test]
+    fn a_404_needs_the_documented_body() {
+        let documented =
+            |code: &str| format!(r#"{{"correlationId":"c","errors":[{{"errorCode":"{code}"}}]}}"#);
+        assert!(matches!(
+            error_for(
+                Operation::DeleteKey,
+                404,
+                &documented("TENANT_KEY_NOT_FOUND")
+            ),
+            Error::NotFound(_)
+        ));
+        assert!(matches!(
+            error_for(Operation::DeleteKey, 404, &documented("TENANT_NOT_FOUND")),
+            Error::TenantNotFound(_)
+        ));
+        assert!(matches!(
+            error_for(Operation::ListKeys, 404, &documented("TENANT_NOT_FOUND")),
+            Error::TenantNotFound(_)
+        ));
+        for body in [
+            "",
+            "Not Found",
+            "<html>404</html>",
+            "{}",
+            r#"{"errors":[]}"#,
+        ] {
+            for operation in [
+                Operation::DeleteKey,
+                Operation::ListKeys,
+                Operation::CreateKey,
+            ] {
+                assert!(
+                    matches!(
+                        error_for(operation, 404, body),
+                        Error::UnexpectedStatus { status: 404, .. }
+                    ),
+                    "{operation} with body {body:?}"
+                );
+            }
+        }
     }
 }

@@ -1,0 +1,170 @@
+//! The creation intent recorded on a TenantSecurityKey before a key is created, and the name
+//! the key gets at Imburse.
+//!
+//! The private key is shown once, so a key whose creation was interrupted must be found and
+//! revoked later. Two things make that exact:
+//! - the key's name at Imburse carries a marker with the resource's uid and the attempt id, so
+//!   the operator only ever revokes keys it made for this very resource (never a key made by
+//!   hand, by another resource with the same name, or by another cluster);
+//! - the intent records what the attempt asked for (tenant, roles, account, endpoint), so a
+//!   key recovered from its Secret after a crash is recorded as what it is, not as whatever
+//!   the spec says by then.
+
+use serde::{Deserialize, Serialize};
+
+use crate::crd::{AccountRef, Endpoint};
+
+/// Annotation holding the open intent. Its value is JSON ([`Intent`]); values written by
+/// earlier versions read `<attempt>:<key name>`.
+pub const ANNOTATION: &str = "imbursepayments.com/create-pending";
+
+/// Separates the human part of a key name from the operator's marker.
+const MARKER: &str = " #tko:";
+
+/// What one creation attempt asked Imburse for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Intent {
+    /// Random id of the attempt; the Secret written by it carries the same id.
+    pub attempt: String,
+    /// The exact name sent to Imburse.
+    pub name: String,
+    pub tenant_id: String,
+    /// Sorted, without duplicates.
+    pub roles: Vec<String>,
+    pub account_ref: AccountRef,
+    pub endpoint: Endpoint,
+}
+
+/// An intent as found on a resource.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    Current(Intent),
+    /// Written by an earlier version: only the attempt and a key name that does not identify
+    /// the resource, so keys found under that name are reported, never revoked.
+    Legacy {
+        attempt: String,
+        name: String,
+    },
+}
+
+impl Recorded {
+    pub fn parse(value: &str) -> Option<Self> {
+        if value.trim_start().starts_with('{') {
+            return serde_json::from_str(value).ok().map(Self::Current);
+        }
+        let (attempt, name) = value.split_once(':')?;
+        (!attempt.is_empty()).then(|| Self::Legacy {
+            attempt: attempt.into(),
+            name: name.into(),
+        })
+    }
+
+    pub fn attempt(&self) -> &str {
+        match self {
+            Self::Current(intent) => &intent.attempt,
+            Self::Legacy { attempt, .. } => attempt,
+        }
+    }
+}
+
+impl Intent {
+    pub fn to_annotation(&self) -> String {
+        serde_json::to_string(self).expect("an intent is plain strings and lists")
+    }
+}
+
+/// A fresh attempt id: 16 hex characters are plenty to tell attempts of one resource apart.
+pub fn new_attempt() -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    id[..16].to_owned()
+}
+
+/// The name a key gets at Imburse: the human name, then a marker naming the resource (by
+/// uid) and the attempt.
+pub fn key_name(human: &str, uid: &str, attempt: &str) -> String {
+    format!("{human}{MARKER}{uid}:{attempt}")
+}
+
+/// The human part of a key name (the whole name when it has no marker).
+pub fn human_name(name: &str) -> &str {
+    name.rsplit_once(MARKER).map_or(name, |(human, _)| human)
+}
+
+/// Whether Imburse's key name marks the key as made for the resource with this uid.
+pub fn made_for(name: &str, uid: &str) -> bool {
+    name.rsplit_once(MARKER)
+        .and_then(|(_, marker)| marker.split_once(':'))
+        .is_some_and(|(owner, attempt)| owner == uid && !attempt.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{AccountKind, ApiGeneration};
+
+    fn intent() -> Intent {
+        Intent {
+            attempt: "0123456789abcdef".into(),
+            name: key_name("team-a/pay", "uid-1", "0123456789abcdef"),
+            tenant_id: "t1".into(),
+            roles: vec!["tenant-admin".into()],
+            account_ref: AccountRef {
+                kind: AccountKind::ImburseAccount,
+                name: "acc".into(),
+            },
+            endpoint: Endpoint {
+                base_url: "https://api.imbursepayments.com".into(),
+                api_generation: ApiGeneration::Seed,
+                account_id: None,
+            },
+        }
+    }
+
+    #[test]
+    fn intent_round_trips_through_the_annotation() {
+        let value = intent().to_annotation();
+        assert_eq!(Recorded::parse(&value), Some(Recorded::Current(intent())));
+    }
+
+    #[test]
+    fn legacy_values_are_read() {
+        assert_eq!(
+            Recorded::parse("a1b2:team-a/pay"),
+            Some(Recorded::Legacy {
+                attempt: "a1b2".into(),
+                name: "team-a/pay".into()
+            })
+        );
+        // A legacy name may itself contain colons.
+        assert_eq!(
+            Recorded::parse("a1:x:y").map(|r| r.attempt().to_owned()),
+            Some("a1".into())
+        );
+        assert_eq!(Recorded::parse(":name"), None);
+        assert_eq!(Recorded::parse("{not json"), None);
+        assert_eq!(Recorded::parse("garbage"), None);
+    }
+
+    #[test]
+    fn key_names_identify_resource_and_attempt() {
+        let name = key_name("Admin Key", "uid-1", "a1");
+        assert_eq!(human_name(&name), "Admin Key");
+        assert!(made_for(&name, "uid-1"));
+        assert!(!made_for(&name, "uid-2"));
+        // A key made by hand, or by an earlier version, is never taken for one of ours.
+        assert!(!made_for("Admin Key", "uid-1"));
+        assert!(!made_for("team-a/pay", "uid-1"));
+        // A human name that imitates the marker still needs the real uid.
+        let nested = key_name("x #tko:uid-2:a0", "uid-1", "a1");
+        assert!(made_for(&nested, "uid-1"));
+        assert!(!made_for(&nested, "uid-2"));
+        assert!(!made_for("x #tko:uid-1:", "uid-1"));
+    }
+
+    #[test]
+    fn attempts_are_distinct() {
+        assert_ne!(new_attempt(), new_attempt());
+        assert_eq!(new_attempt().len(), 16);
+    }
+}

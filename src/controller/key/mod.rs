@@ -1,0 +1,281 @@
+//! The TenantSecurityKey reconciler, read as a pipeline:
+//! - [`observe`]: what the resource, its Secret and its intent say, and whether the cached
+//!   resource is the API server's latest version;
+//! - [`decision::next_step`] picks one step; [`steps`] has one executor per step;
+//! - [`report`]: status, Events and when to look again.
+
+mod observe;
+mod report;
+mod steps;
+
+use std::{sync::Arc, time::Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, ResourceExt, runtime::controller::Action};
+
+use super::{
+    Context,
+    account::ResolvedAccount,
+    decision::{self, Desired, Step},
+    error::{Error, Result},
+    intent::Recorded,
+    secret,
+};
+use crate::crd::{TenantSecurityKey, TenantSecurityKeyStatus};
+
+/// Finalizer that keeps a resource until its key is revoked (or released with `Retain`).
+pub const FINALIZER: &str = "imbursepayments.com/revoke-key";
+
+const KIND: &str = "TenantSecurityKey";
+/// Upper bound of steps in one reconcile; a healthy create or replacement needs about five.
+const MAX_STEPS: usize = 16;
+
+/// The defaulted spec. Validation is separate so that deletion works even for invalid specs.
+pub fn desired(tsk: &TenantSecurityKey) -> Desired {
+    let mut roles = tsk.spec.roles.clone();
+    roles.sort();
+    roles.dedup();
+    Desired {
+        tenant_id: tsk.spec.tenant_id.clone(),
+        account: tsk.spec.account_ref.clone(),
+        roles,
+        secret_name: secret::secret_name(tsk),
+        endpoint: None,
+    }
+}
+
+/// The human part of the key's name at Imburse (default `<namespace>/<name>`).
+fn human_name(tsk: &TenantSecurityKey) -> String {
+    tsk.spec
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{}/{}", tsk.namespace().unwrap_or_default(), tsk.name_any()))
+}
+
+/// Checks what the CRD schema cannot (or what an older CRD may not have enforced).
+pub fn validate(tsk: &TenantSecurityKey) -> std::result::Result<(), String> {
+    let spec = &tsk.spec;
+    if spec.roles.is_empty() || spec.roles.iter().any(|r| r.trim().is_empty()) {
+        return Err("roles must name at least one role and no empty role".into());
+    }
+    if !is_uuid(&spec.tenant_id) {
+        return Err("tenantId must be a UUID".into());
+    }
+    if spec.account_ref.name.is_empty() {
+        return Err("accountRef.name must not be empty".into());
+    }
+    if spec.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+        return Err("name must not be empty when set".into());
+    }
+    let secret_name = secret::secret_name(tsk);
+    let dns_label = secret_name.len() <= 253
+        && !secret_name.is_empty()
+        && secret_name.split('.').all(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !p.starts_with('-')
+                && !p.ends_with('-')
+        });
+    if !dns_label {
+        return Err(format!(
+            "secret.name {secret_name:?} is not a valid Secret name"
+        ));
+    }
+    secret::validate(tsk)
+}
+
+fn is_uuid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, len)| g.len() == len && g.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// Entry point for the controller.
+pub async fn reconcile(tsk: Arc<TenantSecurityKey>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let mut run = Run::new(&tsk, &ctx);
+    let result = run.drive().await;
+    let label = result.as_ref().map_or_else(|e| e.metric_label(), |()| "ok");
+    let action = run.finish(result).await;
+    ctx.metrics
+        .observe_reconcile(KIND, label, started.elapsed());
+    action
+}
+
+/// One reconcile of one resource: its working picture of the world.
+struct Run<'a> {
+    ctx: &'a Context,
+    tsk: &'a TenantSecurityKey,
+    name: String,
+    uid: String,
+    keys: Api<TenantSecurityKey>,
+    secrets: Api<Secret>,
+    desired: Desired,
+    deleting: bool,
+    status: TenantSecurityKeyStatus,
+    has_finalizer: bool,
+    /// The open creation intent, if the status has not closed it.
+    intent: Option<Recorded>,
+    /// No key of the open attempt can exist that the status does not know.
+    clean: bool,
+    /// Keys of an attempt nobody remembers may exist (see `Observed::sweep_needed`).
+    sweep_needed: bool,
+    secret: Option<Secret>,
+    /// An owned Secret under the previously recorded name, when the spec renamed it.
+    stale_secret: Option<Secret>,
+    account: Option<ResolvedAccount>,
+    /// The account's client, connected once per reconcile.
+    imburse: Option<imburse::AccountClient>,
+    /// Latest known resource version of the resource, the precondition of key-changing writes.
+    resource_version: Option<String>,
+    /// A key-changing step ran: the status write must be conditional on `resource_version`.
+    guarded: bool,
+    released: bool,
+    /// The resource was confirmed current against the API server during this reconcile.
+    confirmed_fresh: bool,
+    /// The cached resource was older than the API server's: decide again on the new one.
+    stale: bool,
+}
+
+impl Run<'_> {
+    async fn drive(&mut self) -> Result<()> {
+        self.prepare().await?;
+        for _ in 0..MAX_STEPS {
+            let step = decision::next_step(&self.observed());
+            tracing::debug!(?step, "next step");
+            if step.needs_latest_resource() && !self.confirmed_fresh {
+                if !self.is_fresh().await? {
+                    self.stale = true;
+                    return Ok(());
+                }
+                self.confirmed_fresh = true;
+            }
+            match step {
+                Step::Settled => return Ok(()),
+                Step::BeginCreate(reason) => self.begin_create(reason).await?,
+                Step::CleanupOrphans => self.cleanup_orphans().await?,
+                Step::Create => self.create().await?,
+                Step::AdoptFromSecret => self.adopt_from_secret(),
+                Step::RewriteSecret => self.rewrite_secret().await?,
+                Step::AddFinalizer => self.write_metadata(true).await?,
+                Step::RevokeRetired(retired) => self.revoke_retired(&retired).await?,
+                Step::RevokeCurrent => self.revoke_current().await?,
+                Step::DeleteSecret => {
+                    if let Some(existing) = self.secret.take() {
+                        self.delete_secret(&existing).await?;
+                    }
+                }
+                Step::DeleteStaleSecret => {
+                    if let Some(existing) = self.stale_secret.take() {
+                        self.delete_secret(&existing).await?;
+                    }
+                }
+                Step::ReleaseSecret => self.release_secret().await?,
+                Step::RemoveFinalizer => {
+                    self.remove_finalizer().await?;
+                    self.released = true;
+                    return Ok(());
+                }
+                Step::SecretConflict => {
+                    return Err(Error::SecretConflict(self.desired.secret_name.clone()));
+                }
+            }
+        }
+        tracing::warn!("reconcile did not settle within {MAX_STEPS} steps");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{AccountKind, AccountRef, SecretTemplate, TenantSecurityKeySpec};
+
+    fn tsk(spec: impl FnOnce(&mut TenantSecurityKeySpec)) -> TenantSecurityKey {
+        let mut s = TenantSecurityKeySpec {
+            account_ref: AccountRef {
+                kind: AccountKind::ImburseAccount,
+                name: "acc".into(),
+            },
+            tenant_id: "88fdb12a-14dc-419c-b74c-422e2c25cfe7".into(),
+            roles: vec![
+                "tenant-admin".into(),
+                "tenant-app-read".into(),
+                "tenant-admin".into(),
+            ],
+            name: None,
+            secret: None,
+            deletion_policy: None,
+        };
+        spec(&mut s);
+        let mut t = TenantSecurityKey::new("pay", s);
+        t.metadata.namespace = Some("team-a".into());
+        t
+    }
+
+    #[test]
+    fn defaults_are_applied_in_code() {
+        let t = tsk(|_| {});
+        let d = desired(&t);
+        assert_eq!(human_name(&t), "team-a/pay");
+        assert_eq!(d.secret_name, "pay");
+        assert_eq!(d.roles, ["tenant-admin", "tenant-app-read"]);
+    }
+
+    #[test]
+    fn invalid_specs_are_explained() {
+        let cases: [fn(&mut TenantSecurityKeySpec); 8] = [
+            |s| s.roles.clear(),
+            |s| s.roles = vec![" ".into()],
+            |s| s.tenant_id = "not-a-uuid".into(),
+            |s| s.name = Some(String::new()),
+            |s| {
+                s.secret = Some(SecretTemplate {
+                    name: Some("Bad_Name".into()),
+                    ..Default::default()
+                })
+            },
+            |s| {
+                s.secret = Some(SecretTemplate {
+                    type_: Some("kubernetes.io/service-account-token".into()),
+                    ..Default::default()
+                })
+            },
+            |s| {
+                s.secret = Some(SecretTemplate {
+                    type_: Some("bootstrap.kubernetes.io/token".into()),
+                    ..Default::default()
+                })
+            },
+            |s| {
+                s.secret = Some(SecretTemplate {
+                    type_: Some("no-domain".into()),
+                    ..Default::default()
+                })
+            },
+        ];
+        for case in cases {
+            assert!(validate(&tsk(case)).is_err());
+        }
+        assert!(validate(&tsk(|_| {})).is_ok());
+        // An empty type (an unset Helm value stored by an older schema) means the default.
+        let empty_type = tsk(|s| {
+            s.secret = Some(SecretTemplate {
+                type_: Some(String::new()),
+                ..Default::default()
+            })
+        });
+        assert!(validate(&empty_type).is_ok());
+        let custom = tsk(|s| {
+            s.secret = Some(SecretTemplate {
+                type_: Some("example.com/imburse-key".into()),
+                ..Default::default()
+            })
+        });
+        assert!(validate(&custom).is_ok());
+    }
+}

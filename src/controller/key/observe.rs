@@ -1,0 +1,155 @@
+//! Observing: the cached resource, the Secrets it manages, its account, and how fresh it is.
+
+use kube::{Api, Resource, ResourceExt};
+
+use super::{FINALIZER, Run, desired, validate};
+use crate::controller::{
+    Context,
+    account::{self, Purpose},
+    decision::{CurrentKey, Observed, Pending, Retired},
+    error::{Error, Result},
+    intent::{self, Recorded},
+    secret::{self, KeyContext},
+};
+use crate::crd::TenantSecurityKey;
+
+impl<'a> Run<'a> {
+    pub(super) fn new(tsk: &'a TenantSecurityKey, ctx: &'a Context) -> Self {
+        let namespace = tsk.namespace().unwrap_or_default();
+        let status = tsk.status.clone().unwrap_or_default();
+        let intent = tsk
+            .annotations()
+            .get(intent::ANNOTATION)
+            .and_then(|v| Recorded::parse(v))
+            .filter(|r| status.attempt.as_deref() != Some(r.attempt()));
+        let has_finalizer = tsk.finalizers().iter().any(|f| f == FINALIZER);
+        // A resource the operator already reported on, without its finalizer: a replace wiped
+        // the operator's metadata, and with it possibly an open intent.
+        let sweep_needed = !has_finalizer && tsk.status.is_some();
+        Self {
+            ctx,
+            tsk,
+            name: tsk.name_any(),
+            uid: tsk.uid().unwrap_or_default(),
+            keys: Api::namespaced(ctx.client.clone(), &namespace),
+            secrets: Api::namespaced(ctx.client.clone(), &namespace),
+            desired: desired(tsk),
+            deleting: tsk.meta().deletion_timestamp.is_some(),
+            status,
+            has_finalizer,
+            intent,
+            clean: false,
+            sweep_needed,
+            secret: None,
+            stale_secret: None,
+            account: None,
+            imburse: None,
+            resource_version: tsk.resource_version(),
+            guarded: false,
+            released: false,
+            confirmed_fresh: false,
+            stale: false,
+        }
+    }
+
+    /// Reads what every decision needs: the account (unless deleting) and the Secrets.
+    pub(super) async fn prepare(&mut self) -> Result<()> {
+        if !self.deleting {
+            validate(self.tsk).map_err(Error::InvalidSpec)?;
+            let namespace = self.tsk.namespace().unwrap_or_default();
+            let account =
+                account::resolve(self.ctx, &namespace, &self.desired.account, Purpose::Create)
+                    .await?;
+            account.hold(self.ctx).await?;
+            self.desired.endpoint = Some(account.endpoint());
+            self.account = Some(account);
+        }
+        self.secret = self.secrets.get_opt(self.secret_name()).await?;
+        if let Some(recorded) = self.status.secret_name.as_deref()
+            && !self.deleting
+            && recorded != self.desired.secret_name
+        {
+            self.stale_secret = self
+                .secrets
+                .get_opt(recorded)
+                .await?
+                .filter(|s| secret::is_owned_by(s, self.tsk));
+        }
+        Ok(())
+    }
+
+    /// The Secret this resource manages: the recorded one while deleting, else the target.
+    pub(super) fn secret_name(&self) -> &str {
+        match (&self.status.secret_name, self.deleting) {
+            (Some(recorded), true) => recorded,
+            _ => &self.desired.secret_name,
+        }
+    }
+
+    /// Whether the cached resource is the API server's latest version. Read only before a step
+    /// that needs it (see [`crate::controller::decision::Step::needs_latest_resource`]), so a
+    /// resource at rest costs no read.
+    pub(super) async fn is_fresh(&mut self) -> Result<bool> {
+        let live = self.keys.get_opt(&self.name).await?;
+        let fresh = live
+            .as_ref()
+            .is_some_and(|live| live.resource_version() == self.tsk.resource_version());
+        if fresh {
+            self.resource_version = live.and_then(|l| l.resource_version());
+        }
+        Ok(fresh)
+    }
+
+    pub(super) fn key_context(&self) -> Option<KeyContext<'_>> {
+        let account = self.account.as_ref()?;
+        Some(KeyContext {
+            tenant_id: &self.desired.tenant_id,
+            account_id: account.spec.account_id.as_deref(),
+            base_url: account.spec.effective_base_url(),
+        })
+    }
+
+    pub(super) fn observed(&self) -> Observed {
+        let s = &self.status;
+        let current = match (&s.public_key, &s.tenant_id, &s.account_ref, &s.fingerprint) {
+            (Some(public_key), Some(tenant_id), Some(account), Some(fingerprint)) => {
+                Some(CurrentKey {
+                    public_key: public_key.clone(),
+                    tenant_id: tenant_id.clone(),
+                    account: account.clone(),
+                    roles: s.roles.clone(),
+                    fingerprint: fingerprint.clone(),
+                    endpoint: s.endpoint.clone(),
+                })
+            }
+            _ => None,
+        };
+        let now = k8s_openapi::jiff::Timestamp::now();
+        Observed {
+            deleting: self.deleting,
+            deletion_policy: self.tsk.spec.deletion_policy.unwrap_or_default(),
+            has_finalizer: self.has_finalizer,
+            desired: self.desired.clone(),
+            current,
+            pending: self.intent.as_ref().map(|i| Pending {
+                attempt: i.attempt().to_owned(),
+                clean: self.clean,
+            }),
+            secret: secret::observe(self.tsk, self.secret.as_ref(), self.key_context().as_ref()),
+            stale_secret: self.stale_secret.is_some(),
+            sweep_needed: self.sweep_needed,
+            retired: s
+                .previous_keys
+                .iter()
+                .map(|p| Retired {
+                    public_key: p.public_key.clone(),
+                    tenant_id: p.tenant_id.clone(),
+                    account: p.account_ref.clone(),
+                    endpoint: p.endpoint.clone(),
+                    due: p.revoke_after.as_ref().is_none_or(|t| t.0 <= now),
+                    refused: p.revocation_error.is_some(),
+                })
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Reporting: status, Events, logs, and when to look again.
+
+use std::time::Duration;
+
+use kube::{Resource, runtime::controller::Action, runtime::events::EventType};
+
+use super::Run;
+use crate::controller::{
+    error::{Error, Result},
+    status::{self, Outcome},
+};
+use crate::crd::TenantSecurityKeyStatus;
+
+impl Run<'_> {
+    /// Reports the result and decides when to look again.
+    pub(super) async fn finish(mut self, result: Result<()>) -> Result<Action> {
+        // A resource whose finalizer is gone (or going) has no status left to report.
+        if self.released || (self.deleting && result.is_ok()) {
+            return Ok(Action::await_change());
+        }
+        if self.stale && result.is_ok() {
+            tracing::debug!("cache behind the API server; deciding again shortly");
+            return Ok(Action::requeue(Duration::from_millis(500)));
+        }
+        let generation = self.tsk.meta().generation;
+        let message;
+        let outcome = match &result {
+            Ok(()) => {
+                message = format!(
+                    "key {} is in Secret {}",
+                    self.status.public_key.as_deref().unwrap_or_default(),
+                    self.desired.secret_name
+                );
+                Outcome::Ready {
+                    reason: "KeyReady",
+                    message: &message,
+                }
+            }
+            Err(e) => Outcome::Failed(e),
+        };
+        let handled = result.as_ref().map_or_else(Error::is_permanent, |()| true);
+        if handled {
+            self.status.observed_generation = generation;
+        }
+        // Recorded before any endpoint was: the key lives where the account points.
+        if self.status.public_key.is_some() && self.status.endpoint.is_none() && result.is_ok() {
+            self.status.endpoint = self.desired.endpoint.clone();
+        }
+        let previous = self.tsk.status.clone().unwrap_or_default();
+        status::set_outcome(
+            &mut self.status.conditions,
+            &outcome,
+            generation,
+            &status::now(),
+        );
+        if self.status != previous {
+            // A status that records a key decision is written only on the version the
+            // decision was made on: another writer in between (a second operator process)
+            // makes it fail, and the next reconcile decides again.
+            let version = self
+                .guarded
+                .then_some(self.resource_version.as_deref())
+                .flatten();
+            status::apply_status(self.ctx, &self.keys, &self.name, &self.status, version).await?;
+        }
+        match result {
+            Ok(()) => Ok(self
+                .next_revocation()
+                .map_or_else(Action::await_change, Action::requeue)),
+            Err(e) => {
+                let reason = e.reason().as_str();
+                tracing::warn!(
+                    reason,
+                    error = %e,
+                    correlation_id = e.correlation_id(),
+                    permanent = e.is_permanent(),
+                    "reconcile failed"
+                );
+                let changed = ready_reason(&previous) != Some(reason);
+                if changed || !e.is_permanent() {
+                    self.event(EventType::Warning, reason, "Reconcile", e.event_note())
+                        .await;
+                }
+                if e.is_permanent() {
+                    Ok(Action::await_change())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Time until the next replaced key leaves its grace period.
+    fn next_revocation(&self) -> Option<Duration> {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        self.status
+            .previous_keys
+            .iter()
+            .filter(|p| p.revocation_error.is_none())
+            .filter_map(|p| p.revoke_after.as_ref())
+            .filter_map(|t| Duration::try_from(t.0.duration_since(now)).ok())
+            .min()
+    }
+}
+
+fn ready_reason(status: &TenantSecurityKeyStatus) -> Option<&str> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == crate::controller::status::READY)
+        .map(|c| c.reason.as_str())
+}

@@ -1,0 +1,713 @@
+//! One executor per [`Step`](crate::controller::decision::Step). Each changes the world by one
+//! step and updates the run's picture of it.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Resource, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions},
+    runtime::events::EventType,
+};
+use serde_json::json;
+
+use super::{FINALIZER, KIND, Run, human_name};
+use crate::controller::{
+    FIELD_MANAGER,
+    account::{self, Purpose},
+    decision::{CreateReason, Retired},
+    error::{Error, Result},
+    finalizer,
+    intent::{self, Intent, Recorded},
+    secret::{self, KeyMaterial},
+    status,
+};
+use crate::crd::{AccountRef, Endpoint, PreviousKey, TenantSecurityKey};
+
+/// Reads and writes of the Secret made to deliver a created key before giving the key up.
+const SECRET_WRITE_TRIES: u32 = 9;
+
+/// What became of a revocation.
+enum Revoked {
+    /// Revoked now, or already gone.
+    Done,
+    /// The tenant no longer exists, and its keys with it.
+    TenantGone,
+    /// Imburse refused for good where the key lives (the message says why).
+    Refused(String),
+}
+
+impl Run<'_> {
+    /// The account's client, connected once per reconcile.
+    async fn client(&mut self) -> Result<imburse::AccountClient> {
+        if let Some(client) = &self.imburse {
+            return Ok(client.clone());
+        }
+        let account = self
+            .account
+            .as_ref()
+            .ok_or_else(|| Error::InvalidSpec("no account resolved".into()))?;
+        let client = account.connect(self.ctx).await?;
+        self.imburse = Some(client.clone());
+        Ok(client)
+    }
+
+    /// A client for where a recorded key lives: its account (which the namespace may no longer
+    /// be allowed to create keys with) at its recorded endpoint, or where the account points
+    /// for keys recorded without one.
+    async fn client_for(
+        &mut self,
+        account_ref: &AccountRef,
+        endpoint: Option<&Endpoint>,
+    ) -> Result<(imburse::AccountClient, bool)> {
+        let namespace = self.tsk.namespace().unwrap_or_default();
+        let account = account::resolve(self.ctx, &namespace, account_ref, Purpose::Revoke).await?;
+        let now = account.endpoint();
+        let at = endpoint.unwrap_or(&now);
+        let moved = *at != now;
+        if !moved && account_ref == &self.desired.account && self.account.is_some() {
+            return Ok((self.client().await?, false));
+        }
+        Ok((account.connect_at(self.ctx, at).await?, moved))
+    }
+
+    /// Server-side applies the operator's metadata, conditional on the latest known resource
+    /// version: the finalizer (when `keep`) and the open intent. Fields omitted are released.
+    pub(super) async fn write_metadata(&mut self, keep: bool) -> Result<()> {
+        let mut metadata = json!({ "name": self.name });
+        if let Some(version) = &self.resource_version {
+            metadata["resourceVersion"] = version.clone().into();
+        }
+        if keep {
+            metadata["finalizers"] = json!([FINALIZER]);
+            if let Some(Recorded::Current(intent)) = &self.intent {
+                metadata["annotations"] = json!({ intent::ANNOTATION: intent.to_annotation() });
+            }
+        }
+        let patch = json!({
+            "apiVersion": TenantSecurityKey::api_version(&()),
+            "kind": KIND,
+            "metadata": metadata,
+        });
+        self.ctx.metrics.kube_write("tenantsecuritykeys", "apply");
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let written = self
+            .keys
+            .patch(&self.name, &params, &Patch::Apply(&patch))
+            .await?;
+        self.resource_version = written.resource_version();
+        self.has_finalizer = keep;
+        self.guarded = true;
+        Ok(())
+    }
+
+    /// Removes the finalizer (see [`finalizer::remove`]), then lets the account go if no other
+    /// key uses it.
+    pub(super) async fn remove_finalizer(&mut self) -> Result<()> {
+        self.ctx.metrics.kube_write("tenantsecuritykeys", "patch");
+        finalizer::remove(&self.keys, &self.name, FINALIZER).await?;
+        self.has_finalizer = false;
+        let namespace = self.tsk.namespace().unwrap_or_default();
+        let accounts = self
+            .status
+            .account_ref
+            .iter()
+            .chain(std::iter::once(&self.desired.account));
+        for account_ref in accounts {
+            account::release_if_unused(self.ctx, &namespace, account_ref, Some(&self.uid)).await?;
+        }
+        Ok(())
+    }
+
+    /// A new intent for what the spec asks now.
+    fn new_intent(&self) -> Result<Intent> {
+        let endpoint = self
+            .desired
+            .endpoint
+            .clone()
+            .ok_or_else(|| Error::InvalidSpec("no account resolved".into()))?;
+        let attempt = intent::new_attempt();
+        Ok(Intent {
+            name: intent::key_name(&human_name(self.tsk), &self.uid, &attempt),
+            attempt,
+            tenant_id: self.desired.tenant_id.clone(),
+            roles: self.desired.roles.clone(),
+            account_ref: self.desired.account.clone(),
+            endpoint,
+        })
+    }
+
+    pub(super) async fn begin_create(&mut self, reason: CreateReason) -> Result<()> {
+        // Fail on an unusable account or a Secret the API server would refuse before
+        // recording an intent, so that no key is made that could not be delivered.
+        self.client().await?;
+        self.dry_run_secret().await?;
+        self.intent = Some(Recorded::Current(self.new_intent()?));
+        self.write_metadata(true).await?;
+        self.clean = true;
+        tracing::info!(reason = reason.describe(), "creating key");
+        self.event(
+            EventType::Normal,
+            "CreatingKey",
+            "CreateKey",
+            format!("creating a key: {}", reason.describe()),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Supersedes an interrupted attempt (a conditional write, so that another operator
+    /// process still working on it can no longer record its key), then revokes the keys made
+    /// for this resource that neither the status nor the Secret holds.
+    pub(super) async fn cleanup_orphans(&mut self) -> Result<()> {
+        let legacy_name = match &self.intent {
+            Some(Recorded::Legacy { name, .. }) => Some(name.clone()),
+            _ => None,
+        };
+        let client = if self.deleting {
+            let account_ref = self
+                .status
+                .account_ref
+                .clone()
+                .unwrap_or_else(|| self.desired.account.clone());
+            let endpoint = match &self.intent {
+                Some(Recorded::Current(i)) => Some(i.endpoint.clone()),
+                _ => self.status.endpoint.clone(),
+            };
+            self.client_for(&account_ref, endpoint.as_ref()).await?.0
+        } else {
+            let client = self.client().await?;
+            if self.intent.is_some() {
+                self.intent = Some(Recorded::Current(self.new_intent()?));
+            }
+            self.write_metadata(true).await?;
+            client
+        };
+        if !client.supports_listing() {
+            return Err(Error::ListingUnsupported(human_name(self.tsk)));
+        }
+        let tenant_id = self.desired.tenant_id.clone();
+        let listed = match client.list_keys(&tenant_id).await {
+            Ok(keys) => keys,
+            Err(imburse::Error::TenantNotFound(_)) => {
+                self.tenant_gone("no key of an interrupted creation can remain")
+                    .await;
+                Vec::new()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let in_secret = self
+            .secret
+            .as_ref()
+            .filter(|s| secret::is_owned_by(s, self.tsk))
+            .and_then(|s| secret::material(self.tsk, s))
+            .map(|m| m.public_key);
+        let known: Vec<&str> = self
+            .status
+            .public_key
+            .iter()
+            .chain(self.status.previous_keys.iter().map(|p| &p.public_key))
+            .chain(in_secret.iter())
+            .map(String::as_str)
+            .collect();
+        for key in listed {
+            if known.contains(&key.public_key.as_str()) {
+                continue;
+            }
+            let name = key.name.as_deref().unwrap_or_default();
+            if intent::made_for(name, &self.uid) {
+                revoke(&client, &tenant_id, &key.public_key).await?;
+                self.ctx.metrics.keys_revoked.inc();
+                tracing::info!(public_key = %key.public_key, "deleted orphaned key");
+                self.event(
+                    EventType::Normal,
+                    "OrphanKeyDeleted",
+                    "CleanupOrphans",
+                    format!(
+                        "deleted key {} left by an interrupted creation",
+                        key.public_key
+                    ),
+                )
+                .await;
+            } else if legacy_name.as_deref() == Some(name) {
+                // An earlier version named keys without marking them, so this may as well be
+                // another resource's or a hand-made key: report it, never revoke it.
+                self.event(
+                    EventType::Warning,
+                    "PossibleOrphanKey",
+                    "CleanupOrphans",
+                    format!(
+                        "key {} named {name:?} may be left by an interrupted creation of an earlier operator version; it was not revoked because its name does not prove it belongs to this resource",
+                        key.public_key
+                    ),
+                )
+                .await;
+            }
+        }
+        self.clean = true;
+        self.sweep_needed = false;
+        Ok(())
+    }
+
+    pub(super) async fn create(&mut self) -> Result<()> {
+        let Some(Recorded::Current(intent)) = self.intent.clone() else {
+            return Ok(());
+        };
+        let client = self.client().await?;
+        let request = imburse::NewKey {
+            name: Some(intent.name.clone()),
+            roles: intent.roles.clone(),
+        };
+        let created = match client.create_key(&intent.tenant_id, &request).await {
+            Ok(created) => created,
+            Err(e) if is_definitive_refusal(&e) => {
+                // Imburse refused the request itself: no key exists, so the intent is closed
+                // and nothing has to be listed later (also not when the resource is deleted).
+                self.intent = None;
+                self.write_metadata(true).await?;
+                return Err(e.into());
+            }
+            Err(e) => {
+                // The key may exist even though the call failed; only a listing can tell.
+                self.clean = false;
+                return Err(e.into());
+            }
+        };
+        self.ctx.metrics.keys_created.inc();
+        let material = KeyMaterial {
+            public_key: created.public_key,
+            private_key: created.private_key,
+        };
+        tracing::info!(public_key = %material.public_key, "created key");
+        if let Err(e) = self.write_secret(&material, &intent.attempt).await {
+            // The private key dies with this reconcile: revoke the key at once rather than
+            // leave it to a later listing.
+            self.clean = revoke(&client, &intent.tenant_id, &material.public_key)
+                .await
+                .is_ok();
+            if self.clean && e.is_permanent() {
+                self.intent = None;
+                self.write_metadata(true).await?;
+            }
+            return Err(e);
+        }
+        self.event(
+            EventType::Normal,
+            "KeyCreated",
+            "CreateKey",
+            format!(
+                "created key {} and wrote Secret {}",
+                material.public_key, self.desired.secret_name
+            ),
+        )
+        .await;
+        self.record(&material, &intent);
+        Ok(())
+    }
+
+    /// Checks with a server-side dry run that the API server would take the Secret.
+    async fn dry_run_secret(&mut self) -> Result<()> {
+        let Some(ctx) = self.key_context() else {
+            return Ok(());
+        };
+        let placeholder = secret::build(self.tsk, &secret::placeholder(), &ctx, "dry-run");
+        // A type change replaces the Secret, which a dry run of an apply cannot express.
+        if self
+            .secret
+            .as_ref()
+            .is_some_and(|s| s.type_ != placeholder.type_)
+        {
+            return Ok(());
+        }
+        let params = PatchParams::apply(FIELD_MANAGER).force().dry_run();
+        self.ctx.metrics.kube_write("secrets", "dry-run");
+        match self
+            .secrets
+            .patch(
+                &self.desired.secret_name,
+                &params,
+                &Patch::Apply(&placeholder),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.secret_error(e)),
+        }
+    }
+
+    /// A refused Secret write as the error users see: permanent when the API server refused
+    /// the object itself (validation, admission, quota), transient otherwise.
+    fn secret_error(&self, error: kube::Error) -> Error {
+        match error {
+            kube::Error::Api(e) if matches!(e.code, 400 | 403 | 422) => Error::SecretRejected {
+                name: self.desired.secret_name.clone(),
+                message: e.message,
+            },
+            other => other.into(),
+        }
+    }
+
+    /// Writes the Secret, retrying briefly: the key in hand exists nowhere else. Between tries
+    /// the Secret is read again; without a successful read nothing is written.
+    async fn write_secret(&mut self, material: &KeyMaterial, attempt: &str) -> Result<()> {
+        let mut delay = Duration::from_millis(250);
+        let mut known = true;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let outcome = if known {
+                self.try_write_secret(material, attempt).await
+            } else {
+                self.secrets
+                    .get_opt(&self.desired.secret_name)
+                    .await
+                    .map(|found| self.secret = found)
+                    .map_err(Error::from)
+            };
+            match outcome {
+                Ok(()) if known => return Ok(()),
+                // Read again: write on that read at once.
+                Ok(()) => known = true,
+                Err(e) if e.is_permanent() || tries >= SECRET_WRITE_TRIES => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "writing the Secret failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    known = false;
+                }
+            }
+        }
+    }
+
+    /// One write of the Secret, never over a Secret whose ownership was not confirmed by the
+    /// read it is based on: a missing Secret is created (which fails if one appeared), an
+    /// owned one is applied on the version that was read.
+    async fn try_write_secret(&mut self, material: &KeyMaterial, attempt: &str) -> Result<()> {
+        let ctx = self
+            .key_context()
+            .ok_or_else(|| Error::InvalidSpec("no account resolved".into()))?;
+        let mut desired = secret::build(self.tsk, material, &ctx, attempt);
+        let mut existing = self.secret.clone();
+        if let Some(found) = &existing {
+            if !secret::is_owned_by(found, self.tsk) {
+                return Err(Error::SecretConflict(self.desired.secret_name.clone()));
+            }
+            // The type of a Secret is immutable: replace the object when it changes.
+            if found.type_ != desired.type_ {
+                self.delete_secret(found).await?;
+                existing = None;
+            }
+        }
+        let written = match existing {
+            None => {
+                self.ctx.metrics.kube_write("secrets", "create");
+                self.secrets
+                    .create(&PostParams::default(), &desired)
+                    .await
+                    .map_err(|e| self.secret_error(e))?
+            }
+            Some(found) => {
+                desired.metadata.resource_version = found.resource_version();
+                self.ctx.metrics.kube_write("secrets", "apply");
+                let params = PatchParams::apply(FIELD_MANAGER).force();
+                self.secrets
+                    .patch(&self.desired.secret_name, &params, &Patch::Apply(&desired))
+                    .await
+                    .map_err(|e| self.secret_error(e))?
+            }
+        };
+        self.secret = Some(written);
+        Ok(())
+    }
+
+    pub(super) fn adopt_from_secret(&mut self) {
+        let Some(material) = self
+            .secret
+            .as_ref()
+            .and_then(|s| secret::material(self.tsk, s))
+        else {
+            return;
+        };
+        let intent = match self.intent.clone() {
+            Some(Recorded::Current(intent)) => intent,
+            // An earlier version recorded no request: what the spec asks is the best guess.
+            Some(Recorded::Legacy { attempt, name }) => Intent {
+                attempt,
+                name,
+                tenant_id: self.desired.tenant_id.clone(),
+                roles: self.desired.roles.clone(),
+                account_ref: self.desired.account.clone(),
+                endpoint: match self.desired.endpoint.clone() {
+                    Some(endpoint) => endpoint,
+                    None => return,
+                },
+            },
+            None => return,
+        };
+        tracing::info!(public_key = %material.public_key, "recovered key from its Secret");
+        self.guarded = true;
+        self.record(&material, &intent);
+    }
+
+    /// Records a key as current, as the intent requested it; the key it replaces is queued
+    /// for revocation where it lives.
+    fn record(&mut self, material: &KeyMaterial, intent: &Intent) {
+        let s = &mut self.status;
+        if let (Some(old), Some(tenant_id), Some(account_ref)) = (
+            s.public_key.take(),
+            s.tenant_id.take(),
+            s.account_ref.take(),
+        ) && old != material.public_key
+        {
+            s.previous_keys.push(PreviousKey {
+                public_key: old,
+                tenant_id,
+                account_ref,
+                endpoint: s.endpoint.take(),
+                revoke_after: None,
+                revocation_error: None,
+            });
+        }
+        s.public_key = Some(material.public_key.clone());
+        s.key_name = Some(intent.name.clone());
+        s.secret_name = Some(self.desired.secret_name.clone());
+        s.created_at = Some(status::now());
+        s.fingerprint = Some(material.fingerprint());
+        s.tenant_id = Some(intent.tenant_id.clone());
+        s.account_ref = Some(intent.account_ref.clone());
+        s.endpoint = Some(intent.endpoint.clone());
+        s.roles = intent.roles.clone();
+        s.attempt = Some(intent.attempt.clone());
+        self.intent = None;
+    }
+
+    pub(super) async fn rewrite_secret(&mut self) -> Result<()> {
+        let (Some(material), Some(attempt)) = (
+            self.secret
+                .as_ref()
+                .and_then(|s| secret::material(self.tsk, s)),
+            self.status.attempt.clone(),
+        ) else {
+            return Ok(());
+        };
+        self.try_write_secret(&material, &attempt).await?;
+        self.event(
+            EventType::Normal,
+            "SecretWritten",
+            "WriteSecret",
+            format!("updated Secret {}", self.desired.secret_name),
+        )
+        .await;
+        Ok(())
+    }
+
+    pub(super) async fn revoke_retired(&mut self, retired: &Retired) -> Result<()> {
+        let outcome = self
+            .revoke_recorded(
+                &retired.account,
+                retired.endpoint.as_ref(),
+                &retired.tenant_id,
+                &retired.public_key,
+            )
+            .await?;
+        let entry = self
+            .status
+            .previous_keys
+            .iter_mut()
+            .find(|p| p.public_key == retired.public_key);
+        match outcome {
+            Revoked::Refused(message) => {
+                if let Some(entry) = entry {
+                    entry.revocation_error = Some(message);
+                }
+                if self.deleting {
+                    self.status
+                        .previous_keys
+                        .retain(|p| p.public_key != retired.public_key);
+                }
+            }
+            Revoked::Done | Revoked::TenantGone => {
+                self.status
+                    .previous_keys
+                    .retain(|p| p.public_key != retired.public_key);
+                tracing::info!(public_key = %retired.public_key, "revoked replaced key");
+                self.event(
+                    EventType::Normal,
+                    "KeyRevoked",
+                    "RevokeKey",
+                    format!("revoked replaced key {}", retired.public_key),
+                )
+                .await;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn revoke_current(&mut self) -> Result<()> {
+        let (Some(public_key), Some(tenant_id), Some(account_ref)) = (
+            self.status.public_key.clone(),
+            self.status.tenant_id.clone(),
+            self.status.account_ref.clone(),
+        ) else {
+            return Ok(());
+        };
+        let endpoint = self.status.endpoint.clone();
+        let outcome = self
+            .revoke_recorded(&account_ref, endpoint.as_ref(), &tenant_id, &public_key)
+            .await?;
+        self.status.public_key = None;
+        if matches!(outcome, Revoked::Done | Revoked::TenantGone) {
+            tracing::info!(%public_key, "revoked key");
+            self.event(
+                EventType::Normal,
+                "KeyRevoked",
+                "RevokeKey",
+                format!("revoked key {public_key}"),
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    /// Revokes a recorded key where it lives. A key whose tenant is gone is gone too. Where the
+    /// key lives elsewhere than the account points now, a definitive refusal there is reported
+    /// (Event, and the status entry) rather than retried forever.
+    async fn revoke_recorded(
+        &mut self,
+        account_ref: &AccountRef,
+        endpoint: Option<&Endpoint>,
+        tenant_id: &str,
+        public_key: &str,
+    ) -> Result<Revoked> {
+        let (client, moved) = self.client_for(account_ref, endpoint).await?;
+        match revoke(&client, tenant_id, public_key).await {
+            Ok(()) => {
+                self.ctx.metrics.keys_revoked.inc();
+                Ok(Revoked::Done)
+            }
+            Err(Error::Imburse(imburse::Error::TenantNotFound(_))) => {
+                self.tenant_gone(&format!("key {public_key} counts as revoked"))
+                    .await;
+                Ok(Revoked::TenantGone)
+            }
+            Err(e) if moved && e.is_permanent() => {
+                let at = endpoint.map_or("", |e| e.base_url.as_str());
+                let message = format!("could not revoke key {public_key} at {at}: {e}");
+                tracing::warn!(%public_key, error = %e, "key could not be revoked where it lives");
+                self.event(
+                    EventType::Warning,
+                    "KeyNotRevoked",
+                    "RevokeKey",
+                    format!("{message}; revoke it by hand"),
+                )
+                .await;
+                Ok(Revoked::Refused(message))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn tenant_gone(&self, consequence: &str) {
+        tracing::warn!(tenant_id = %self.desired.tenant_id, "tenant not found at Imburse");
+        self.event(
+            EventType::Warning,
+            "TenantGone",
+            "RevokeKey",
+            format!(
+                "tenant {} no longer exists at Imburse: {consequence}",
+                self.desired.tenant_id
+            ),
+        )
+        .await;
+    }
+
+    /// Deletes a Secret, only if it is still the object that was read (same uid and version).
+    pub(super) async fn delete_secret(&self, existing: &Secret) -> Result<()> {
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: existing.uid(),
+                resource_version: existing.resource_version(),
+            }),
+            ..Default::default()
+        };
+        self.ctx.metrics.kube_write("secrets", "delete");
+        match self.secrets.delete(&existing.name_any(), &params).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.event(
+            EventType::Normal,
+            "SecretDeleted",
+            "DeleteSecret",
+            format!("deleted Secret {}", existing.name_any()),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Drops every mark of the operator's ownership from the Secret, on the version that was
+    /// read, so that it survives the resource.
+    pub(super) async fn release_secret(&mut self) -> Result<()> {
+        let Some(existing) = self.secret.take() else {
+            return Ok(());
+        };
+        let uid = self.tsk.uid();
+        let owners: Vec<_> = existing
+            .owner_references()
+            .iter()
+            .filter(|r| Some(&r.uid) != uid.as_ref())
+            .cloned()
+            .collect();
+        let patch = json!({
+            "metadata": {
+                "resourceVersion": existing.resource_version(),
+                "ownerReferences": owners,
+                "annotations": { secret::OWNER_UID_ANNOTATION: null },
+            }
+        });
+        self.ctx.metrics.kube_write("secrets", "patch");
+        self.secrets
+            .patch(
+                &existing.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+        self.event(
+            EventType::Normal,
+            "SecretRetained",
+            "ReleaseSecret",
+            format!(
+                "kept Secret {} and its key (deletionPolicy Retain)",
+                existing.name_any()
+            ),
+        )
+        .await;
+        Ok(())
+    }
+
+    pub(super) async fn event(&self, type_: EventType, reason: &str, action: &str, note: String) {
+        status::publish(self.ctx, self.tsk, type_, reason, action, note).await;
+    }
+}
+
+/// Whether Imburse refused a create outright, so that no key was made.
+fn is_definitive_refusal(error: &imburse::Error) -> bool {
+    matches!(
+        error,
+        imburse::Error::BadRequest(_)
+            | imburse::Error::Unauthorized(_)
+            | imburse::Error::Forbidden(_)
+            | imburse::Error::TenantNotFound(_)
+            | imburse::Error::InvalidConfig(_)
+    )
+}
+
+/// Revokes a key; one that is already gone counts as revoked.
+async fn revoke(client: &imburse::AccountClient, tenant_id: &str, public_key: &str) -> Result<()> {
+    match client.delete_key(tenant_id, public_key).await {
+        Ok(()) | Err(imburse::Error::NotFound(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
