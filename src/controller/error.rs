@@ -136,6 +136,21 @@ impl Error {
         self.reason().is_permanent()
     }
 
+    /// A conflict found by the operator itself, reported like the API server's own.
+    pub fn conflict(message: &str) -> Self {
+        Self::Kube(kube::Error::Api(
+            kube::core::Status::failure(message, "Conflict")
+                .with_code(409)
+                .boxed(),
+        ))
+    }
+
+    /// Whether the API server refused a write made on an older version of the object: someone
+    /// else (a user, another operator process) changed it since it was read.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::Kube(kube::Error::Api(e)) if e.code == 409)
+    }
+
     /// The delay the remote side asked for, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

@@ -74,6 +74,7 @@ pub struct SecretTemplate {
     /// `example.com/imburse-key`. Types the API server gives a meaning to (`kubernetes.io/...`)
     /// are refused: the operator must not mint anything but a key.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     #[x_kube(validation = Rule::new(SECRET_TYPE_RULE).message("secret.type must be Opaque or a custom type with a domain prefix outside kubernetes.io and k8s.io"))]
     pub type_: Option<String>,
     /// Extra labels on the Secret.

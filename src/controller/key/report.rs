@@ -22,6 +22,14 @@ impl Run<'_> {
             tracing::debug!("cache behind the API server; deciding again shortly");
             return Ok(Action::requeue(Duration::from_millis(500)));
         }
+        // Someone else changed the resource since this reconcile read it: nothing went wrong,
+        // but everything decided here is void. Decide again on the new version.
+        if result.as_ref().is_err_and(Error::is_conflict) {
+            tracing::info!("the resource changed during the reconcile; deciding again");
+            return Ok(Action::requeue(Duration::from_millis(rand::random_range(
+                500..1500,
+            ))));
+        }
         let generation = self.tsk.meta().generation;
         let message;
         let outcome = match &result {

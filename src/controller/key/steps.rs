@@ -178,6 +178,7 @@ impl Run<'_> {
         } else {
             let client = self.client().await?;
             if self.intent.is_some() {
+                self.dry_run_secret().await?;
                 self.intent = Some(Recorded::Current(self.new_intent()?));
             }
             self.write_metadata(true).await?;
@@ -407,6 +408,7 @@ impl Run<'_> {
                     .map_err(|e| self.secret_error(e))?
             }
             Some(found) => {
+                self.ensure_latest_intent().await?;
                 desired.metadata.resource_version = found.resource_version();
                 self.ctx.metrics.kube_write("secrets", "apply");
                 let params = PatchParams::apply(FIELD_MANAGER).force();
@@ -418,6 +420,23 @@ impl Run<'_> {
         };
         self.secret = Some(written);
         Ok(())
+    }
+
+    /// Before a key of this reconcile replaces what a Secret holds: the resource must still be
+    /// at the version this reconcile wrote its intent on. Otherwise another process took the
+    /// resource over (superseding the attempt), and its key must not be overwritten.
+    async fn ensure_latest_intent(&self) -> Result<()> {
+        if !self.guarded {
+            return Ok(());
+        }
+        let live = self.keys.get_opt(&self.name).await?;
+        if live.and_then(|l| l.resource_version()) == self.resource_version {
+            Ok(())
+        } else {
+            Err(Error::conflict(
+                "the creation attempt was superseded before its Secret was written",
+            ))
+        }
     }
 
     pub(super) fn adopt_from_secret(&mut self) {
