@@ -82,20 +82,47 @@ pub struct ResolvedAccount {
 }
 
 impl ResolvedAccount {
-    fn from_resource<A: AccountResource>(account: &A, ctx: &Context) -> Self {
+    /// Refuses accounts whose base URL the operator does not allow, so that a key reports it
+    /// even while it needs no Imburse call.
+    fn from_resource<A: AccountResource>(account: &A, ctx: &Context) -> Result<Self> {
+        let spec = account.account_spec();
+        ctx.settings
+            .allowed_imburse_hosts
+            .check(spec.effective_base_url())?;
         let ready = account.account_status().is_some_and(|s| {
             s.observed_generation == account.meta().generation
                 && s.conditions
                     .iter()
                     .any(|c| c.type_ == status::READY && c.status == "True")
         });
-        Self {
-            spec: account.account_spec().clone(),
+        Ok(Self {
+            spec: spec.clone(),
             secret_namespace: account.secret_namespace(ctx),
             kind: A::KIND,
             name: account.name_any(),
             ready,
+        })
+    }
+
+    /// Checks that the account allows a key for this tenant with these roles. Only creating
+    /// keys is gated: revoking a key the account no longer allows must keep working.
+    pub fn authorize(&self, tenant_id: &str, roles: &[String]) -> Result<()> {
+        if !self.spec.allows_tenant(tenant_id) {
+            return Err(Error::TenantNotAllowed {
+                kind: self.kind,
+                name: self.name.clone(),
+                tenant_id: tenant_id.into(),
+            });
         }
+        let refused = self.spec.disallowed_roles(roles);
+        if !refused.is_empty() {
+            return Err(Error::RolesNotAllowed {
+                kind: self.kind,
+                name: self.name.clone(),
+                roles: refused.into_iter().map(Into::into).collect(),
+            });
+        }
+        Ok(())
     }
 
     /// Connects, refusing accounts whose credentials have not been verified yet.
@@ -122,7 +149,7 @@ pub async fn resolve(
                 .get_opt(&account_ref.name)
                 .await?
                 .ok_or_else(|| not_found::<ImburseAccount>(&account_ref.name, Some(namespace)))?;
-            Ok(ResolvedAccount::from_resource(&account, ctx))
+            ResolvedAccount::from_resource(&account, ctx)
         }
         AccountKind::ClusterImburseAccount => {
             let account = ClusterImburseAccount::api(ctx, None)
@@ -143,7 +170,7 @@ pub async fn resolve(
                     name: account_ref.name.clone(),
                 });
             }
-            Ok(ResolvedAccount::from_resource(&account, ctx))
+            ResolvedAccount::from_resource(&account, ctx)
         }
     }
 }
@@ -158,11 +185,15 @@ fn not_found<A: AccountResource>(name: &str, namespace: Option<&str>) -> Error {
 
 /// Reads the credentials Secret and returns the Imburse client for the account. Tokens are
 /// cached inside the Imburse client per credentials, so connecting again costs no API call.
+/// The base URL is checked first: credentials are not even read for a host not allowed.
 pub async fn connect(
     ctx: &Context,
     spec: &AccountSpec,
     secret_namespace: &str,
 ) -> Result<imburse::AccountClient> {
+    ctx.settings
+        .allowed_imburse_hosts
+        .check(spec.effective_base_url())?;
     if spec.effective_api_generation() == ApiGeneration::Current && spec.account_id.is_none() {
         return Err(Error::InvalidSpec(
             "accountId is required when apiGeneration is current".into(),

@@ -170,8 +170,11 @@ impl<'a> Run<'a> {
         if !self.deleting {
             validate(self.tsk).map_err(Error::InvalidSpec)?;
             let namespace = self.tsk.namespace().unwrap_or_default();
-            self.account =
-                Some(account::resolve(self.ctx, &namespace, &self.desired.account).await?);
+            let account = account::resolve(self.ctx, &namespace, &self.desired.account).await?;
+            // Before any Imburse call or recorded intent; also stalls a Ready key whose account
+            // stopped allowing it, rather than letting it be replaced under the new rules.
+            account.authorize(&self.desired.tenant_id, &self.desired.roles)?;
+            self.account = Some(account);
         }
         self.secret = self.secrets.get_opt(self.secret_name()).await?;
         if let Some(recorded) = self.status.secret_name.as_deref()
