@@ -1,0 +1,56 @@
+{{/*
+RBAC rules for the namespaced resources the operator works with: granted cluster-wide by the
+ClusterRole, or per watched namespace by Roles when `watchNamespaces` is set.
+*/}}
+{{- define "tenant-key-operator.namespacedRules" -}}
+# Watched; read one by one only before creating, adopting or revoking a key, so that the
+# decision never rests on a lagging cache. The finalizer and the pending-key intent are
+# written by server-side apply.
+- apiGroups: ["imbursepayments.com"]
+  resources: ["tenantsecuritykeys"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["imbursepayments.com"]
+  resources: ["tenantsecuritykeys/status"]
+  verbs: ["patch"]
+# Watched, read when a key resolves its account, and given a Ready condition.
+- apiGroups: ["imbursepayments.com"]
+  resources: ["imburseaccounts"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["imbursepayments.com"]
+  resources: ["imburseaccounts/status"]
+  verbs: ["patch"]
+# Metadata watches map Secrets to keys and accounts; credentials and key Secrets are read
+# with a GET. Key Secrets are written by server-side apply, which needs `create` for a new
+# Secret and `patch` for an existing one; `patch` also releases a retained Secret.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+{{ include "tenant-key-operator.eventRules" . }}
+{{- end }}
+
+{{/*
+Events are created, then patched as a series when they repeat.
+*/}}
+{{- define "tenant-key-operator.eventRules" -}}
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}
+
+{{/*
+RBAC rules for cluster-scoped resources, granted in both modes.
+*/}}
+{{- define "tenant-key-operator.clusterRules" -}}
+# Watched, read when a key resolves its account, and given a Ready condition.
+- apiGroups: ["imbursepayments.com"]
+  resources: ["clusterimburseaccounts"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["imbursepayments.com"]
+  resources: ["clusterimburseaccounts/status"]
+  verbs: ["patch"]
+# The labels of a key's namespace, for a ClusterImburseAccount's namespace selector; watched
+# (metadata only) so that a label change re-evaluates the keys of that namespace.
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["get", "list", "watch"]
+{{- end }}
