@@ -198,8 +198,13 @@ async fn run_async(args: RunArgs) -> Result<(), BoxError> {
         .collect();
     watch_namespaces.sort();
     watch_namespaces.dedup();
+    let scope = if watch_namespaces.is_empty() {
+        "all".to_owned()
+    } else {
+        watch_namespaces.join(",")
+    };
     tracing::info!(
-        namespaces = if watch_namespaces.is_empty() { "all".to_owned() } else { watch_namespaces.join(",") },
+        namespaces = %scope,
         allowed_imburse_hosts = %args.allowed_imburse_hosts,
         "watching"
     );

@@ -29,7 +29,7 @@ pub enum Error {
         name: String,
         roles: Vec<String>,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     BaseUrlNotAllowed(#[from] crate::allowed_hosts::Refusal),
     #[error("{kind} {name:?} is not ready")]
     AccountNotReady { kind: &'static str, name: String },
