@@ -234,3 +234,41 @@ async fn run_async(args: RunArgs) -> Result<(), BoxError> {
     server.await??;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["tenant-key-operator", "run"].iter().chain(args))?;
+        match cli.command {
+            Some(Command::Run(args)) => Ok(args),
+            _ => unreachable!("`run` parses as the run command"),
+        }
+    }
+
+    #[test]
+    fn allowed_hosts_default_to_imburse_and_loopback() -> Result<(), clap::Error> {
+        let args = run_args(&[])?;
+        assert_eq!(args.allowed_imburse_hosts, AllowedHosts::default());
+        assert!(args.watch_namespaces.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn lists_are_comma_separated() -> Result<(), clap::Error> {
+        let args = run_args(&[
+            "--allowed-imburse-hosts",
+            "api.imbursepayments.com,*.imburse.example",
+            "--watch-namespaces",
+            "payments,orders",
+        ])?;
+        assert_eq!(
+            args.allowed_imburse_hosts.to_string(),
+            "api.imbursepayments.com,*.imburse.example"
+        );
+        assert_eq!(args.watch_namespaces, ["payments", "orders"]);
+        assert!(run_args(&["--allowed-imburse-hosts", "https://evil.example"]).is_err());
+        Ok(())
+    }
+}

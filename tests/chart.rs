@@ -714,9 +714,17 @@ impl World<'_> {
             .get("imburse-credentials")
             .await
         {
-            Err(kube::Error::Api(status)) if status.code == 403 => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 403 => {}
             Err(e) => bail!("reading a Secret of {UNWATCHED} failed unexpectedly: {e}"),
             Ok(_) => bail!("the ServiceAccount read a Secret of {UNWATCHED}"),
+        }
+        match Api::<Secret>::all(operator.clone())
+            .list_metadata(&ListParams::default())
+            .await
+        {
+            Err(kube::Error::Api(status)) if status.code == 403 => Ok(()),
+            Err(e) => bail!("listing Secrets cluster-wide failed unexpectedly: {e}"),
+            Ok(_) => bail!("the ServiceAccount listed Secrets cluster-wide"),
         }
     }
 
