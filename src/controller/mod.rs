@@ -74,7 +74,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Metrics,
     pub settings: Settings,
-    /// Set once the TenantSecurityKey cache is synced; served by `/readyz`.
+    /// Set once the TenantSecurityKey caches (one per watched namespace) are synced; served by
+    /// `/readyz`.
     ready: Arc<AtomicBool>,
     /// Consecutive transient failures per object, for per-object exponential backoff.
     failures: Mutex<HashMap<ObjectKey, u32>>,
