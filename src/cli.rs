@@ -12,6 +12,7 @@ use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
 
 use crate::{
+    allowed_hosts::AllowedHosts,
     controller::{self, Context, Settings},
     crd, http,
     metrics::Metrics,
@@ -61,6 +62,16 @@ struct RunArgs {
     /// Namespace of the credentials Secrets of ClusterImburseAccounts.
     #[arg(long, env = "CLUSTER_ACCOUNT_SECRET_NAMESPACE")]
     cluster_account_secret_namespace: Option<String>,
+    /// Namespaces whose TenantSecurityKeys, ImburseAccounts and Secrets the operator watches,
+    /// comma-separated; none (the default) watches all namespaces. ClusterImburseAccount
+    /// credentials are read from --cluster-account-secret-namespace either way.
+    #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
+    /// Hosts an account's baseUrl may name, comma-separated: host names, `*.domain` wildcards
+    /// (subdomains only) or IP addresses. Requests signed with account credentials go nowhere
+    /// else.
+    #[arg(long, env = "ALLOWED_IMBURSE_HOSTS", default_value_t = AllowedHosts::default())]
+    allowed_imburse_hosts: AllowedHosts,
     /// Reconciles running at once per resource kind.
     #[arg(long, env = "CONCURRENCY", default_value_t = 8)]
     concurrency: u16,
@@ -184,10 +195,30 @@ async fn run_async(args: RunArgs) -> Result<(), BoxError> {
         }
         None => kube::Client::try_default().await?,
     };
+    let mut watch_namespaces: Vec<String> = args
+        .watch_namespaces
+        .iter()
+        .map(|ns| ns.trim().to_owned())
+        .filter(|ns| !ns.is_empty())
+        .collect();
+    watch_namespaces.sort();
+    watch_namespaces.dedup();
+    let scope = if watch_namespaces.is_empty() {
+        "all".to_owned()
+    } else {
+        watch_namespaces.join(",")
+    };
+    tracing::info!(
+        namespaces = %scope,
+        allowed_imburse_hosts = %args.allowed_imburse_hosts,
+        "watching"
+    );
     let settings = Settings {
         cluster_account_secret_namespace: args
             .cluster_account_secret_namespace
             .unwrap_or_else(|| args.namespace.clone()),
+        watch_namespaces,
+        allowed_imburse_hosts: args.allowed_imburse_hosts,
         concurrency: args.concurrency,
         backoff_base: Duration::from_secs(1),
         backoff_cap: Duration::from_secs(300),
@@ -208,4 +239,42 @@ async fn run_async(args: RunArgs) -> Result<(), BoxError> {
     controller::run(ctx, shutdown).await;
     server.await??;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["tenant-key-operator", "run"].iter().chain(args))?;
+        match cli.command {
+            Some(Command::Run(args)) => Ok(args),
+            _ => unreachable!("`run` parses as the run command"),
+        }
+    }
+
+    #[test]
+    fn allowed_hosts_default_to_imburse_and_loopback() -> Result<(), clap::Error> {
+        let args = run_args(&[])?;
+        assert_eq!(args.allowed_imburse_hosts, AllowedHosts::default());
+        assert!(args.watch_namespaces.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn lists_are_comma_separated() -> Result<(), clap::Error> {
+        let args = run_args(&[
+            "--allowed-imburse-hosts",
+            "api.imbursepayments.com,*.imburse.example",
+            "--watch-namespaces",
+            "payments,orders",
+        ])?;
+        assert_eq!(
+            args.allowed_imburse_hosts.to_string(),
+            "api.imbursepayments.com,*.imburse.example"
+        );
+        assert_eq!(args.watch_namespaces, ["payments", "orders"]);
+        assert!(run_args(&["--allowed-imburse-hosts", "https://evil.example"]).is_err());
+        Ok(())
+    }
 }

@@ -4,10 +4,12 @@
 //! - [`crd`]: the custom resource types (the source of the CRD YAML in `crds/`);
 //! - [`controller`]: the reconcilers, built around the pure [`controller::decision`];
 //! - [`http`] and [`metrics`]: the operational surface;
+//! - [`allowed_hosts`]: where accounts may send signed requests;
 //! - [`cli`]: the binary's wiring.
 //!
 //! The Imburse API client lives in the `imburse` crate.
 
+pub mod allowed_hosts;
 pub mod cli;
 pub mod controller;
 pub mod crd;

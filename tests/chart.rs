@@ -56,8 +56,16 @@ fn main() -> std::process::ExitCode {
         ),
         ("service_monitor_is_optional", service_monitor_is_optional),
         (
+            "namespaced_mode_grants_roles_only",
+            namespaced_mode_grants_roles_only,
+        ),
+        (
             "operator_runs_under_the_chart_rbac",
             operator_runs_under_the_chart_rbac,
+        ),
+        (
+            "operator_runs_namespaced_under_the_chart_rbac",
+            operator_runs_namespaced_under_the_chart_rbac,
         ),
     ];
     let trials = tests
@@ -157,6 +165,40 @@ fn default_kinds() -> BTreeSet<String> {
     .into()
 }
 
+/// The namespaces a namespaced install watches, and one it must leave alone.
+const WATCHED: [&str; 2] = ["payments", "orders"];
+const UNWATCHED: &str = "elsewhere";
+
+/// How the chart is installed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The defaults: every namespace, with a ClusterRole.
+    AllNamespaces,
+    /// `watchNamespaces` set to [`WATCHED`], and the allowed Imburse hosts narrowed to the
+    /// sandbox's.
+    Namespaced,
+}
+
+impl Mode {
+    fn values(self) -> Vec<String> {
+        match self {
+            Mode::AllNamespaces => Vec::new(),
+            Mode::Namespaced => vec![
+                format!("watchNamespaces={{{}}}", WATCHED.join(",")),
+                "allowedImburseHosts={127.0.0.1}".into(),
+            ],
+        }
+    }
+
+    fn kinds(self) -> BTreeSet<String> {
+        let mut kinds = default_kinds();
+        if self == Mode::Namespaced {
+            kinds.extend(["Role".into(), "RoleBinding".into()]);
+        }
+        kinds
+    }
+}
+
 fn chart_lints() -> Result<()> {
     let helm = Helm::new()?;
     let chart = chart_dir();
@@ -208,6 +250,93 @@ fn chart_crds_are_the_generated_ones() -> Result<()> {
     Ok(())
 }
 
+/// With `watchNamespaces`, namespaced resources are granted by Roles in those namespaces only;
+/// the ClusterRole keeps the cluster-scoped reads.
+fn namespaced_mode_grants_roles_only() -> Result<()> {
+    let helm = Helm::new()?;
+    let values = Mode::Namespaced.values();
+    let values: Vec<&str> = values.iter().map(String::as_str).collect();
+    let rendered = helm.template(&values)?;
+    ensure!(kinds(&rendered) == Mode::Namespaced.kinds());
+    let resources = |doc: &serde_json::Value| -> BTreeSet<String> {
+        doc["rules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|r| r["resources"].as_array().cloned().unwrap_or_default())
+            .filter_map(|r| r.as_str().map(Into::into))
+            .collect()
+    };
+    let cluster_role = rendered
+        .iter()
+        .find(|d| d["kind"] == "ClusterRole")
+        .context("no ClusterRole")?;
+    ensure!(
+        resources(cluster_role)
+            == BTreeSet::from(
+                [
+                    "clusterimburseaccounts",
+                    "clusterimburseaccounts/status",
+                    "namespaces"
+                ]
+                .map(String::from)
+            ),
+        "the ClusterRole grants {:?}",
+        resources(cluster_role)
+    );
+    let roles: BTreeMap<(String, String), &serde_json::Value> = rendered
+        .iter()
+        .filter(|d| d["kind"] == "Role")
+        .map(|d| {
+            let m = &d["metadata"];
+            let key = (m["namespace"].as_str(), m["name"].as_str());
+            (
+                (
+                    key.0.unwrap_or_default().into(),
+                    key.1.unwrap_or_default().into(),
+                ),
+                d,
+            )
+        })
+        .collect();
+    let namespaces: BTreeSet<&str> = roles.keys().map(|(ns, _)| ns.as_str()).collect();
+    ensure!(
+        namespaces == BTreeSet::from(["payments", "orders", RELEASE_NAMESPACE, "default"]),
+        "Roles in {namespaces:?}"
+    );
+    for ns in WATCHED {
+        let role = roles
+            .get(&(ns.into(), RELEASE.into()))
+            .with_context(|| format!("no Role in {ns}"))?;
+        ensure!(
+            resources(role).contains("secrets") && resources(role).contains("tenantsecuritykeys")
+        );
+    }
+    for binding in rendered.iter().filter(|d| d["kind"] == "RoleBinding") {
+        let m = &binding["metadata"];
+        let role = (
+            m["namespace"].as_str().unwrap_or_default().to_owned(),
+            binding["roleRef"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+        ensure!(
+            roles.contains_key(&role),
+            "RoleBinding to a missing Role {role:?}"
+        );
+    }
+    ensure!(
+        rendered
+            .iter()
+            .filter(|d| d["kind"] == "RoleBinding")
+            .count()
+            == roles.len(),
+        "not every Role is bound"
+    );
+    Ok(())
+}
+
 fn service_monitor_is_optional() -> Result<()> {
     let helm = Helm::new()?;
     let default = kinds(&helm.template(&[])?);
@@ -229,6 +358,16 @@ fn service_monitor_is_optional() -> Result<()> {
 /// Installs the chart, runs the operator as the chart's Deployment would, and follows one key
 /// per account kind from creation to revocation.
 fn operator_runs_under_the_chart_rbac() -> Result<()> {
+    run_under_the_chart_rbac(Mode::AllNamespaces)
+}
+
+/// The same with `watchNamespaces`: keys in the watched namespaces become Ready, while the
+/// operator can neither read a Secret elsewhere nor act on a key there.
+fn operator_runs_namespaced_under_the_chart_rbac() -> Result<()> {
+    run_under_the_chart_rbac(Mode::Namespaced)
+}
+
+fn run_under_the_chart_rbac(mode: Mode) -> Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -240,8 +379,15 @@ fn operator_runs_under_the_chart_rbac() -> Result<()> {
         // One tenant per account: one key with each account kind.
         let config = Config::generate(2, 1);
         let sandbox = Sandbox::start(config.clone()).await?;
+        let world = World {
+            admin: admin.clone(),
+            sandbox: &sandbox,
+            config: &config,
+        };
+        // Namespaces a Role is rendered into must exist before the install.
+        world.namespaces().await?;
 
-        let deployment = install(&helm, &control_plane, &admin).await?;
+        let deployment = install(&helm, &control_plane, &admin, mode).await?;
         let deployment: Deployment = Api::namespaced(admin.clone(), RELEASE_NAMESPACE)
             .get(&deployment)
             .await?;
@@ -262,6 +408,11 @@ fn operator_runs_under_the_chart_rbac() -> Result<()> {
             .await?;
         let operator_client = testenv::client_from_kubeconfig(&kubeconfig).await?;
         denied(&operator_client).await?;
+        if mode == Mode::Namespaced {
+            world
+                .unwatched_namespace_is_out_of_reach(&operator_client)
+                .await?;
+        }
 
         let logs = tempfile::Builder::new().prefix("tko-chart-").tempdir()?;
         let launcher = launcher(logs.path(), &env)?;
@@ -279,12 +430,10 @@ fn operator_runs_under_the_chart_rbac() -> Result<()> {
             ],
         )?;
 
-        let world = World {
-            admin: admin.clone(),
-            sandbox: &sandbox,
-            config: &config,
+        let lifecycle = match world.key_lifecycles().await {
+            Ok(()) if mode == Mode::Namespaced => world.unwatched_key_is_ignored().await,
+            other => other,
         };
-        let lifecycle = world.key_lifecycles().await;
         // Stopped first, so that the log includes the shutdown.
         let log_path = operator.log_path().to_owned();
         drop(operator);
@@ -310,11 +459,16 @@ fn operator_runs_under_the_chart_rbac() -> Result<()> {
 
 /// `helm install` with the admin kubeconfig, then checks that the API server holds every object
 /// of the release and that the CRDs are established. Returns the name of the Deployment.
-async fn install(helm: &Helm, control_plane: &ControlPlane, admin: &Client) -> Result<String> {
+async fn install(
+    helm: &Helm,
+    control_plane: &ControlPlane,
+    admin: &Client,
+    mode: Mode,
+) -> Result<String> {
     let kubeconfig = control_plane.kubeconfig_path().as_os_str();
     let chart = chart_dir();
     // No --wait: without a kubelet the operator's pod never runs.
-    helm.run(&[
+    let mut args = vec![
         OsStr::new("install"),
         OsStr::new(RELEASE),
         chart.as_os_str(),
@@ -323,7 +477,12 @@ async fn install(helm: &Helm, control_plane: &ControlPlane, admin: &Client) -> R
         OsStr::new("--create-namespace"),
         OsStr::new("--kubeconfig"),
         kubeconfig,
-    ])?;
+    ];
+    let values = mode.values();
+    for value in &values {
+        args.extend([OsStr::new("--set"), OsStr::new(value)]);
+    }
+    helm.run(&args)?;
     let releases: serde_json::Value = serde_json::from_str(&helm.run(&[
         OsStr::new("list"),
         OsStr::new("--namespace"),
@@ -377,7 +536,7 @@ async fn install(helm: &Helm, control_plane: &ControlPlane, admin: &Client) -> R
         }
     }
     ensure!(
-        kinds(&manifest) == default_kinds(),
+        kinds(&manifest) == mode.kinds(),
         "the release holds {:?}",
         kinds(&manifest)
     );
@@ -528,6 +687,71 @@ impl World<'_> {
         create_secret(&self.admin, namespace, name, data).await
     }
 
+    /// The namespaces of the test: `payments` (labelled `team=payments`), `orders`, and one
+    /// that a namespaced install does not watch.
+    async fn namespaces(&self) -> Result<()> {
+        create_namespace(
+            &self.admin,
+            "payments",
+            BTreeMap::from([("team".into(), "payments".into())]),
+        )
+        .await?;
+        create_namespace(&self.admin, "orders", BTreeMap::new()).await?;
+        create_namespace(&self.admin, UNWATCHED, BTreeMap::new()).await
+    }
+
+    /// In the unwatched namespace: the ServiceAccount is refused a Secret (403), and an
+    /// account with a key is created for [`World::unwatched_key_is_ignored`].
+    async fn unwatched_namespace_is_out_of_reach(&self, operator: &Client) -> Result<()> {
+        self.credentials(UNWATCHED, "imburse-credentials", 1)
+            .await?;
+        self.create_account(UNWATCHED, "imburse", "imburse-credentials")
+            .await?;
+        let tenant = self.tenant(1);
+        self.create_key(UNWATCHED, "api", "ImburseAccount", "imburse", &tenant)
+            .await?;
+        match Api::<Secret>::namespaced(operator.clone(), UNWATCHED)
+            .get("imburse-credentials")
+            .await
+        {
+            Err(kube::Error::Api(status)) if status.code == 403 => {}
+            Err(e) => bail!("reading a Secret of {UNWATCHED} failed unexpectedly: {e}"),
+            Ok(_) => bail!("the ServiceAccount read a Secret of {UNWATCHED}"),
+        }
+        match Api::<Secret>::all(operator.clone())
+            .list_metadata(&ListParams::default())
+            .await
+        {
+            Err(kube::Error::Api(status)) if status.code == 403 => Ok(()),
+            Err(e) => bail!("listing Secrets cluster-wide failed unexpectedly: {e}"),
+            Ok(_) => bail!("the ServiceAccount listed Secrets cluster-wide"),
+        }
+    }
+
+    /// After the watched keys went through their whole lifecycle, the unwatched account and
+    /// key were never touched: no status, no finalizer, no key at the sandbox.
+    async fn unwatched_key_is_ignored(&self) -> Result<()> {
+        let key = Api::<TenantSecurityKey>::namespaced(self.admin.clone(), UNWATCHED)
+            .get("api")
+            .await?;
+        ensure!(
+            key.status.is_none() && key.finalizers().is_empty(),
+            "the operator acted on {UNWATCHED}/api"
+        );
+        let account = Api::<ImburseAccount>::namespaced(self.admin.clone(), UNWATCHED)
+            .get("imburse")
+            .await?;
+        ensure!(
+            account.status.is_none(),
+            "the operator acted on {UNWATCHED}/imburse"
+        );
+        ensure!(
+            self.sandbox_keys(&self.tenant(1)).await?.is_empty(),
+            "a key was created for {UNWATCHED}/api"
+        );
+        Ok(())
+    }
+
     /// A ClusterImburseAccount (credentials in the release namespace, which the chart makes
     /// the operator's) for namespaces labelled `team=payments`, and an ImburseAccount of its
     /// own in namespace `orders`; one key with each, Ready, then deleted and revoked.
@@ -548,14 +772,7 @@ impl World<'_> {
         cluster_accounts
             .create(&PostParams::default(), &cluster_account)
             .await?;
-        create_namespace(
-            &self.admin,
-            "payments",
-            BTreeMap::from([("team".into(), "payments".into())]),
-        )
-        .await?;
 
-        create_namespace(&self.admin, "orders", BTreeMap::new()).await?;
         self.credentials("orders", "imburse-credentials", 1).await?;
         self.create_account("orders", "imburse", "imburse-credentials")
             .await?;

@@ -80,6 +80,14 @@ fn main() -> std::process::ExitCode {
             cluster_account_honours_allowed_namespaces,
         ),
         (
+            "account_allow_lists_gate_keys",
+            account_allow_lists_gate_keys,
+        ),
+        (
+            "base_url_must_be_an_allowed_host",
+            base_url_must_be_an_allowed_host,
+        ),
+        (
             "schema_rejects_invalid_objects",
             schema_rejects_invalid_objects,
         ),
@@ -563,6 +571,159 @@ fn cluster_account_honours_allowed_namespaces(env: &Env) -> Result<()> {
             .patch("not-allowed", &PatchParams::default(), &Patch::Merge(&label))
             .await?;
         env.wait_ready("not-allowed", "shared-key").await?;
+        Ok(())
+    })
+}
+
+/// Waits until a key stalls with `reason` in its conditions and an Event.
+async fn expect_stalled(env: &Env, ns: &str, name: &str, reason: &str) -> Result<()> {
+    let key = env.wait_reason(ns, name, reason).await?;
+    let stalled = key
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Stalled"))
+        .is_some_and(|c| c.status == "True");
+    ensure!(stalled, "{ns}/{name}: not stalled");
+    env.wait_event(ns, name, reason).await
+}
+
+/// `allowedTenantIds` and `allowedRoles` refuse keys before any Imburse call, on both account
+/// kinds; a key its account stops allowing stalls, keeps its key, and can still be revoked.
+fn account_allow_lists_gate_keys(env: &Env) -> Result<()> {
+    env.block_on(async {
+        let ns = "allow-lists";
+        let (allowed_tenant, other_tenant) = (env.tenant(0, 17), env.tenant(0, 18));
+        create_namespace(&env.client, ns, BTreeMap::new()).await?;
+        env.credentials_secret(ns, "imburse-credentials", 0).await?;
+        let narrow = json!({
+            "allowedTenantIds": [allowed_tenant.to_uppercase()],
+            "allowedRoles": ["tenant-transaction-read"],
+        });
+        env.apply_account(ns, "imburse", narrow.clone(), "imburse-credentials")
+            .await?;
+        let mut cluster = narrow;
+        cluster["allowedNamespaces"] = json!({"names": [ns]});
+        env.apply_cluster_account("narrow", 0, cluster).await?;
+        let read_only = json!({"roles": ["tenant-transaction-read"]});
+        env.create_key(ns, "allowed", &allowed_tenant, read_only.clone())
+            .await?;
+        env.create_key(ns, "refused-tenant", &other_tenant, read_only.clone())
+            .await?;
+        env.create_key(ns, "refused-role", &allowed_tenant, json!({}))
+            .await?;
+        let mut via_cluster = read_only;
+        via_cluster["accountRef"] = json!({"kind": "ClusterImburseAccount", "name": "narrow"});
+        env.create_key(ns, "cluster-refused-tenant", &other_tenant, via_cluster)
+            .await?;
+
+        let key = env.wait_ready(ns, "allowed").await?;
+        let public_key = key.status.and_then(|s| s.public_key).context("publicKey")?;
+        for (name, reason) in [
+            ("refused-tenant", "TenantNotAllowed"),
+            ("refused-role", "RolesNotAllowed"),
+            ("cluster-refused-tenant", "TenantNotAllowed"),
+        ] {
+            expect_stalled(env, ns, name, reason).await?;
+        }
+        let message = env
+            .keys(ns)
+            .get("refused-role")
+            .await?
+            .status
+            .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"))
+            .map(|c| c.message)
+            .unwrap_or_default();
+        ensure!(
+            message.contains("tenant-admin"),
+            "the refusal does not name the role: {message}"
+        );
+        for name in ["refused-tenant", "refused-role", "cluster-refused-tenant"] {
+            let key = env.keys(ns).get(name).await?;
+            ensure!(
+                !key.annotations()
+                    .contains_key("imbursepayments.com/create-pending"),
+                "{name}: an intent was recorded"
+            );
+        }
+        ensure!(
+            env.sandbox_keys(&other_tenant).await?.is_empty(),
+            "a key was created for a tenant the account does not allow"
+        );
+        ensure!(
+            env.sandbox_keys(&allowed_tenant).await? == std::slice::from_ref(&public_key),
+            "a key was created with a role the account does not allow"
+        );
+
+        // The account stops allowing the role: the key stalls and is not replaced.
+        let patch = json!({"spec": {"allowedRoles": []}});
+        Api::<ImburseAccount>::namespaced(env.client.clone(), ns)
+            .patch("imburse", &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        expect_stalled(env, ns, "allowed", "RolesNotAllowed").await?;
+        ensure!(env.sandbox_keys(&allowed_tenant).await? == [public_key]);
+        // Deleting it still revokes its key.
+        env.delete_key(ns, "allowed").await?;
+        env.wait_gone(ns, "allowed").await?;
+        ensure!(
+            env.sandbox_keys(&allowed_tenant).await?.is_empty(),
+            "the key of a refused resource was not revoked"
+        );
+        Ok(())
+    })
+}
+
+/// An account whose baseUrl names a host outside `--allowed-imburse-hosts` is refused before
+/// its credentials are even read, and so are the keys using it.
+fn base_url_must_be_an_allowed_host(env: &Env) -> Result<()> {
+    env.block_on(async {
+        let ns = "hosts";
+        env.namespace_with_account(ns, 0).await?;
+        let tenant = env.tenant(0, 19);
+        env.create_key(ns, "kept", &tenant, json!({})).await?;
+        let key = env.wait_ready(ns, "kept").await?;
+        let public_key = key.status.and_then(|s| s.public_key).context("publicKey")?;
+
+        // The Secret named does not exist: refusing before reading it shows as
+        // BaseUrlNotAllowed rather than CredentialsSecretNotFound.
+        let smuggled = format!(
+            "{}@evil.example",
+            env.sandbox.base_url().replace("http://", "https://")
+        );
+        for (name, base_url) in [
+            ("elsewhere", "https://evil.example".to_owned()),
+            ("smuggled", smuggled),
+        ] {
+            env.apply_account(ns, name, json!({"baseUrl": base_url}), "absent")
+                .await?;
+        }
+        let accounts: Api<ImburseAccount> = Api::namespaced(env.client.clone(), ns);
+        for name in ["elsewhere", "smuggled"] {
+            wait_for(&accounts, name, |a| {
+                ready(a.status.as_ref().map(|s| &s.conditions))
+                    == Some(("False", "BaseUrlNotAllowed"))
+            })
+            .await?;
+            env.wait_event(ns, name, "BaseUrlNotAllowed").await?;
+        }
+        env.create_key(
+            ns,
+            "refused",
+            &tenant,
+            json!({"accountRef": {"name": "elsewhere"}}),
+        )
+        .await?;
+        expect_stalled(env, ns, "refused", "BaseUrlNotAllowed").await?;
+
+        // Repointing a working account stalls its keys too, without touching their key.
+        let patch = json!({"spec": {"baseUrl": "https://api.imbursepayments.com.evil.example"}});
+        accounts
+            .patch("imburse", &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        expect_stalled(env, ns, "kept", "BaseUrlNotAllowed").await?;
+        ensure!(
+            env.sandbox_keys(&tenant).await? == [public_key],
+            "a key was created or revoked through a host not allowed"
+        );
         Ok(())
     })
 }

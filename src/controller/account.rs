@@ -6,7 +6,7 @@ use std::{fmt::Debug, sync::Arc, time::Instant};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
     Api, Resource, ResourceExt,
-    runtime::{controller::Action, events::EventType},
+    runtime::{controller::Action, events::EventType, reflector::Store},
 };
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -98,7 +98,18 @@ pub struct ResolvedAccount {
 }
 
 impl ResolvedAccount {
-    fn from_resource<A: AccountResource>(account: &A, ctx: &Context) -> Self {
+    /// Refuses accounts whose base URL the operator does not allow, so that a key reports it
+    /// even while it needs no Imburse call.
+    fn from_resource<A: AccountResource>(account: &A, ctx: &Context) -> Result<Self> {
+        ctx.settings
+            .allowed_imburse_hosts
+            .check(account.account_spec().effective_base_url())?;
+        Ok(Self::describe(account, ctx))
+    }
+
+    /// The account as it is, allowed or not.
+    fn describe<A: AccountResource>(account: &A, ctx: &Context) -> Self {
+        let spec = account.account_spec();
         let ready = account.account_status().is_some_and(|s| {
             s.observed_generation == account.meta().generation
                 && s.conditions
@@ -106,7 +117,7 @@ impl ResolvedAccount {
                     .any(|c| c.type_ == status::READY && c.status == "True")
         });
         Self {
-            spec: account.account_spec().clone(),
+            spec: spec.clone(),
             secret_namespace: account.secret_namespace(ctx),
             kind: A::KIND,
             name: account.name_any(),
@@ -114,6 +125,27 @@ impl ResolvedAccount {
             ready,
             held: account.finalizers().iter().any(|f| f == IN_USE_FINALIZER),
         }
+    }
+
+    /// Checks that the account allows a key for this tenant with these roles. Only creating
+    /// keys is gated: revoking a key the account no longer allows must keep working.
+    pub fn authorize(&self, tenant_id: &str, roles: &[String]) -> Result<()> {
+        if !self.spec.allows_tenant(tenant_id) {
+            return Err(Error::TenantNotAllowed {
+                kind: self.kind,
+                name: self.name.clone(),
+                tenant_id: tenant_id.into(),
+            });
+        }
+        let refused = self.spec.disallowed_roles(roles);
+        if !refused.is_empty() {
+            return Err(Error::RolesNotAllowed {
+                kind: self.kind,
+                name: self.name.clone(),
+                roles: refused.into_iter().map(Into::into).collect(),
+            });
+        }
+        Ok(())
     }
 
     /// Keeps the account and its credentials Secret from being deleted while keys need them.
@@ -192,7 +224,7 @@ pub async fn resolve(
                 .get_opt(&account_ref.name)
                 .await?
                 .ok_or_else(|| not_found::<ImburseAccount>(&account_ref.name, Some(namespace)))?;
-            Ok(ResolvedAccount::from_resource(&account, ctx))
+            ResolvedAccount::from_resource(&account, ctx)
         }
         AccountKind::ClusterImburseAccount => {
             let account = ClusterImburseAccount::api(ctx, None)
@@ -214,7 +246,7 @@ pub async fn resolve(
                     name: account_ref.name.clone(),
                 });
             }
-            Ok(ResolvedAccount::from_resource(&account, ctx))
+            ResolvedAccount::from_resource(&account, ctx)
         }
     }
 }
@@ -258,10 +290,10 @@ fn in_use(
     namespace: Option<&str>,
     except: Option<&str>,
 ) -> bool {
-    let Some(store) = ctx.key_store.get() else {
+    let Some(stores) = ctx.key_stores.get() else {
         return true;
     };
-    store.state().iter().any(|k| {
+    stores.iter().flat_map(Store::state).any(|k| {
         k.spec.account_ref.kind == kind
             && k.spec.account_ref.name == name
             && namespace.is_none_or(|ns| k.namespace().as_deref() == Some(ns))
@@ -295,11 +327,11 @@ pub async fn release_if_unused(
         AccountKind::ImburseAccount => ImburseAccount::api(ctx, namespace)
             .get_opt(&account_ref.name)
             .await?
-            .map(|a| ResolvedAccount::from_resource(&a, ctx)),
+            .map(|a| ResolvedAccount::describe(&a, ctx)),
         AccountKind::ClusterImburseAccount => ClusterImburseAccount::api(ctx, None)
             .get_opt(&account_ref.name)
             .await?
-            .map(|a| ResolvedAccount::from_resource(&a, ctx)),
+            .map(|a| ResolvedAccount::describe(&a, ctx)),
     };
     let Some(account) = account.filter(|a| a.held) else {
         return Ok(true);
@@ -326,6 +358,7 @@ fn not_found<A: AccountResource>(name: &str, namespace: Option<&str>) -> Error {
 
 /// Reads the credentials Secret and returns the Imburse client for the account. Tokens are
 /// cached inside the Imburse client per credentials, so connecting again costs no API call.
+/// The base URL is checked first: credentials are not even read for a host not allowed.
 pub async fn connect(
     ctx: &Context,
     spec: &AccountSpec,
@@ -334,12 +367,17 @@ pub async fn connect(
     connect_to(ctx, spec, secret_namespace, &endpoint_of(spec)).await
 }
 
+/// [`connect`] to a given endpoint, which may be where the account pointed before: the host
+/// is checked there too, so a recorded endpoint never carries credentials anywhere else.
 async fn connect_to(
     ctx: &Context,
     spec: &AccountSpec,
     secret_namespace: &str,
     endpoint: &Endpoint,
 ) -> Result<imburse::AccountClient> {
+    ctx.settings
+        .allowed_imburse_hosts
+        .check(&endpoint.base_url)?;
     if endpoint.api_generation == ApiGeneration::Current && endpoint.account_id.is_none() {
         return Err(Error::InvalidSpec(
             "accountId is required when apiGeneration is current".into(),

@@ -17,6 +17,20 @@ pub enum Error {
     },
     #[error("namespace {namespace:?} is not allowed to use ClusterImburseAccount {name:?}")]
     NamespaceNotAllowed { namespace: String, name: String },
+    #[error("{kind} {name:?} does not allow tenant {tenant_id}")]
+    TenantNotAllowed {
+        kind: &'static str,
+        name: String,
+        tenant_id: String,
+    },
+    #[error("{kind} {name:?} does not allow role(s) {}", roles.join(", "))]
+    RolesNotAllowed {
+        kind: &'static str,
+        name: String,
+        roles: Vec<String>,
+    },
+    #[error(transparent)]
+    BaseUrlNotAllowed(#[from] crate::allowed_hosts::Refusal),
     #[error("{kind} {name:?} is not ready")]
     AccountNotReady { kind: &'static str, name: String },
     #[error("credentials Secret {namespace}/{name} not found")]
@@ -43,6 +57,9 @@ pub enum Reason {
     InvalidSpec,
     AccountNotFound,
     NamespaceNotAllowed,
+    TenantNotAllowed,
+    RolesNotAllowed,
+    BaseUrlNotAllowed,
     AccountNotReady,
     CredentialsSecretNotFound,
     CredentialsInvalid,
@@ -63,6 +80,9 @@ impl Reason {
             Self::InvalidSpec => "InvalidSpec",
             Self::AccountNotFound => "AccountNotFound",
             Self::NamespaceNotAllowed => "NamespaceNotAllowed",
+            Self::TenantNotAllowed => "TenantNotAllowed",
+            Self::RolesNotAllowed => "RolesNotAllowed",
+            Self::BaseUrlNotAllowed => "BaseUrlNotAllowed",
             Self::AccountNotReady => "AccountNotReady",
             Self::CredentialsSecretNotFound => "CredentialsSecretNotFound",
             Self::CredentialsInvalid => "CredentialsInvalid",
@@ -90,6 +110,9 @@ impl Reason {
             Self::InvalidSpec
             | Self::AccountNotFound
             | Self::NamespaceNotAllowed
+            | Self::TenantNotAllowed
+            | Self::RolesNotAllowed
+            | Self::BaseUrlNotAllowed
             | Self::CredentialsSecretNotFound
             | Self::CredentialsInvalid
             | Self::Forbidden
@@ -112,6 +135,9 @@ impl Error {
             Self::InvalidSpec(_) => Reason::InvalidSpec,
             Self::AccountNotFound { .. } => Reason::AccountNotFound,
             Self::NamespaceNotAllowed { .. } => Reason::NamespaceNotAllowed,
+            Self::TenantNotAllowed { .. } => Reason::TenantNotAllowed,
+            Self::RolesNotAllowed { .. } => Reason::RolesNotAllowed,
+            Self::BaseUrlNotAllowed(_) => Reason::BaseUrlNotAllowed,
             Self::AccountNotReady { .. } => Reason::AccountNotReady,
             Self::CredentialsSecretNotFound { .. } => Reason::CredentialsSecretNotFound,
             Self::CredentialsInvalid(_) => Reason::CredentialsInvalid,
@@ -230,6 +256,38 @@ mod tests {
             "Kubernetes API: secrets \"x\" is forbidden (403)"
         );
         assert!(!e.is_permanent());
+    }
+
+    #[test]
+    fn refusals_by_account_or_operator_are_permanent() {
+        let cases = [
+            (
+                Error::TenantNotAllowed {
+                    kind: "ClusterImburseAccount",
+                    name: "shared".into(),
+                    tenant_id: "88fdb12a-14dc-419c-b74c-422e2c25cfe7".into(),
+                },
+                "TenantNotAllowed",
+            ),
+            (
+                Error::RolesNotAllowed {
+                    kind: "ImburseAccount",
+                    name: "imburse".into(),
+                    roles: vec!["tenant-admin".into(), "tenant-app-write".into()],
+                },
+                "RolesNotAllowed",
+            ),
+            (
+                Error::from(crate::allowed_hosts::Refusal::NotAllowed(
+                    "evil.example".into(),
+                )),
+                "BaseUrlNotAllowed",
+            ),
+        ];
+        for (e, reason) in cases {
+            assert_eq!(e.reason().as_str(), reason);
+            assert!(e.is_permanent(), "{reason}");
+        }
     }
 
     #[test]

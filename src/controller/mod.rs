@@ -20,7 +20,10 @@ use std::{
 };
 
 use futures::{StreamExt, future};
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::{
+    NamespaceResourceScope,
+    api::core::v1::{Namespace, Secret},
+};
 use kube::{
     Api, Client, Resource, ResourceExt,
     core::PartialObjectMeta,
@@ -36,6 +39,7 @@ use kube::{
 pub use error::{Error, Result};
 
 use crate::{
+    allowed_hosts::AllowedHosts,
     crd::{AccountKind, ClusterImburseAccount, ImburseAccount, TenantSecurityKey},
     metrics::Metrics,
 };
@@ -49,6 +53,11 @@ pub const FIELD_MANAGER: &str = "tenant-key-operator";
 pub struct Settings {
     /// Namespace holding the credentials Secrets of ClusterImburseAccounts.
     pub cluster_account_secret_namespace: String,
+    /// Namespaces whose TenantSecurityKeys, ImburseAccounts and Secrets are watched; empty
+    /// watches all namespaces.
+    pub watch_namespaces: Vec<String>,
+    /// Hosts an account's base URL may name.
+    pub allowed_imburse_hosts: AllowedHosts,
     /// Reconciles running at once, per kind.
     pub concurrency: u16,
     /// First delay after a transient failure; doubled per consecutive failure.
@@ -70,12 +79,13 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Metrics,
     pub settings: Settings,
-    /// Set once the TenantSecurityKey cache is synced; served by `/readyz`.
+    /// Set once the TenantSecurityKey caches (one per watched namespace) are synced; served by
+    /// `/readyz`.
     ready: Arc<AtomicBool>,
     /// Consecutive transient failures per object, for per-object exponential backoff.
     failures: Mutex<HashMap<ObjectKey, u32>>,
-    /// The TenantSecurityKey cache, set once the controller runs: which keys use an account.
-    key_store: OnceLock<Store<TenantSecurityKey>>,
+    /// The TenantSecurityKey caches (one per watched scope), set once the controllers run.
+    key_stores: OnceLock<Vec<Store<TenantSecurityKey>>>,
 }
 
 impl Context {
@@ -98,7 +108,7 @@ impl Context {
             settings,
             ready,
             failures: Mutex::default(),
-            key_store: OnceLock::new(),
+            key_stores: OnceLock::new(),
         }
     }
 
@@ -197,27 +207,84 @@ fn controller_config(settings: &Settings) -> ControllerConfig {
     ControllerConfig::default().concurrency(settings.concurrency)
 }
 
+/// An `Api` over one namespace, or over all of them.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
 /// Runs all controllers until `shutdown` resolves; reconciles in flight finish first, so a
 /// created key always reaches its Secret.
+///
+/// With `watch_namespaces` set, each namespace gets controllers of its own: a watch covers
+/// one namespace or all of them, and one cache fed by several watches would be emptied by each
+/// watch's relist, so namespaced RBAC means one watch, cache and controller per namespace.
 pub async fn run(
     ctx: Arc<Context>,
     shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
-    let client = ctx.client.clone();
-    let watch = watcher::Config::default();
-
-    let keys = Controller::new(Api::<TenantSecurityKey>::all(client.clone()), watch.clone());
-    let key_store = keys.store();
-    // Set once per process; a second `run` would find the same kind of store in place.
-    let _ = ctx.key_store.set(key_store.clone());
-    let (ns_store, cluster_store, namespace_store) =
-        (key_store.clone(), key_store.clone(), key_store.clone());
+    let scopes: Vec<Option<String>> = if ctx.settings.watch_namespaces.is_empty() {
+        vec![None]
+    } else {
+        ctx.settings
+            .watch_namespaces
+            .iter()
+            .cloned()
+            .map(Some)
+            .collect()
+    };
+    let (key_stores, key_controllers): (Vec<_>, Vec<_>) = scopes
+        .iter()
+        .map(|scope| run_keys(ctx.clone(), scope.as_deref(), shutdown.clone()))
+        .unzip();
+    // Set once per process: which keys use an account, for the accounts' in-use finalizer.
+    let _ = ctx.key_stores.set(key_stores.clone());
     let ready = ctx.ready.clone();
     tokio::spawn(async move {
-        if key_store.wait_until_ready().await.is_ok() {
+        let synced = future::join_all(key_stores.iter().map(Store::wait_until_ready)).await;
+        if synced.iter().all(Result::is_ok) {
             ready.store(true, Ordering::Relaxed);
         }
     });
+    let namespaced_accounts = scopes.iter().map(|scope| {
+        run_accounts::<ImburseAccount>(
+            ctx.clone(),
+            scope.as_deref(),
+            scope.as_deref(),
+            shutdown.clone(),
+        )
+    });
+    // Cluster accounts' credentials are only ever read from one namespace: watch only it.
+    let secret_namespace = ctx.settings.cluster_account_secret_namespace.clone();
+    future::join3(
+        future::join_all(key_controllers),
+        future::join_all(namespaced_accounts),
+        run_accounts::<ClusterImburseAccount>(ctx, None, Some(&secret_namespace), shutdown),
+    )
+    .await;
+}
+
+/// The TenantSecurityKey controller of one namespace (or all), and its cache.
+fn run_keys(
+    ctx: Arc<Context>,
+    namespace: Option<&str>,
+    shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
+) -> (Store<TenantSecurityKey>, impl Future<Output = ()>) {
+    let client = ctx.client.clone();
+    let watch = watcher::Config::default();
+
+    let keys = Controller::new(
+        scoped::<TenantSecurityKey>(&client, namespace),
+        watch.clone(),
+    );
+    let key_store = keys.store();
+    let (ns_store, cluster_store, namespace_store) =
+        (key_store.clone(), key_store.clone(), key_store.clone());
     // Only the Secrets the operator labelled, and only their metadata: the data is read with
     // a GET when a reconcile needs it, so the cache never holds key material.
     let owned_secrets = watch.clone().labels(&format!(
@@ -225,11 +292,16 @@ pub async fn run(
         secret::MANAGED_BY_LABEL,
         secret::MANAGED_BY_VALUE
     ));
+    // Only the labels of the watched namespace matter to its keys.
+    let namespaces = match namespace {
+        Some(ns) => watch.clone().fields(&format!("metadata.name={ns}")),
+        None => watch.clone(),
+    };
     // Mapped by the owner label rather than owner references: a Secret kept with `Retain` has
     // no owner reference.
-    let keys = keys
+    let controller = keys
         .watches(
-            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+            scoped::<PartialObjectMeta<Secret>>(&client, namespace),
             owned_secrets,
             |s| {
                 let owner = s.labels().get(secret::OWNER_LABEL)?;
@@ -237,7 +309,7 @@ pub async fn run(
             },
         )
         .watches(
-            Api::<ImburseAccount>::all(client.clone()),
+            scoped::<ImburseAccount>(&client, namespace),
             watch.clone(),
             move |a| {
                 keys_where(&ns_store, |k| {
@@ -248,7 +320,7 @@ pub async fn run(
         )
         .watches(
             Api::<ClusterImburseAccount>::all(client.clone()),
-            watch.clone(),
+            watch,
             move |a| {
                 keys_where(&cluster_store, |k| {
                     uses_account(k, AccountKind::ClusterImburseAccount, &a.name_any())
@@ -257,8 +329,8 @@ pub async fn run(
         )
         // A namespace's labels decide whether a ClusterImburseAccount's selector allows it.
         .watches(
-            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-            watch.clone(),
+            Api::<PartialObjectMeta<Namespace>>::all(client),
+            namespaces,
             move |ns| {
                 keys_where(&namespace_store, |k| {
                     k.spec.account_ref.kind == AccountKind::ClusterImburseAccount
@@ -267,36 +339,34 @@ pub async fn run(
             },
         )
         .with_config(controller_config(&ctx.settings))
-        .graceful_shutdown_on(shutdown.clone())
+        .graceful_shutdown_on(shutdown)
         .run(
             |obj, ctx| with_backoff_reset(obj, ctx, key::reconcile),
             error_policy,
             ctx.clone(),
         )
         .for_each(|_| future::ready(()));
-
-    future::join3(
-        keys,
-        run_accounts::<ImburseAccount>(ctx.clone(), shutdown.clone()),
-        run_accounts::<ClusterImburseAccount>(ctx, shutdown),
-    )
-    .await;
+    (key_store, controller)
 }
 
-/// Runs the controller of one account kind. Account Secrets are watched metadata-only and
-/// without a cache: an event only maps the Secret to the accounts that name it.
+/// Runs the controller of one account kind, for the accounts of `namespace` (or all), with
+/// the credentials Secrets of `secret_namespace` (or all). Account Secrets are watched
+/// metadata-only and without a cache: an event only maps the Secret to the accounts that
+/// name it.
 async fn run_accounts<A: AccountResource>(
     ctx: Arc<Context>,
+    namespace: Option<&str>,
+    secret_namespace: Option<&str>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
     let watch = watcher::Config::default();
-    let controller = Controller::new(A::api(&ctx, None), watch.clone());
+    let controller = Controller::new(A::api(&ctx, namespace), watch.clone());
     let store = controller.store();
     let mapper_ctx = ctx.clone();
     controller
         .watches(
-            Api::<PartialObjectMeta<Secret>>::all(client),
+            scoped::<PartialObjectMeta<Secret>>(&client, secret_namespace),
             watch,
             move |secret| {
                 let namespace = secret.namespace();

@@ -78,6 +78,14 @@ pub struct AccountSpec {
     pub account_id: Option<String>,
     /// The Secret holding the account key pair (public key and base64 private key).
     pub credentials_secret_ref: CredentialsSecretRef,
+    /// Tenants (UUIDs) whose keys this account may create. Absent allows every tenant of the
+    /// account; an empty list allows none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_tenant_ids: Option<Vec<String>>,
+    /// Roles a key of this account may have; a key asking for any other role is refused.
+    /// Absent allows every role; an empty list allows none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_roles: Option<Vec<String>>,
 }
 
 impl AccountSpec {
@@ -87,6 +95,26 @@ impl AccountSpec {
 
     pub fn effective_api_generation(&self) -> ApiGeneration {
         self.api_generation.unwrap_or_default()
+    }
+
+    /// Whether keys for `tenant_id` may be created. Tenant ids are UUIDs, compared without
+    /// regard to case.
+    pub fn allows_tenant(&self, tenant_id: &str) -> bool {
+        self.allowed_tenant_ids
+            .as_ref()
+            .is_none_or(|ids| ids.iter().any(|id| id.eq_ignore_ascii_case(tenant_id)))
+    }
+
+    /// The roles of `roles` that this account does not allow, in the given order.
+    pub fn disallowed_roles<'a>(&self, roles: &'a [String]) -> Vec<&'a str> {
+        match &self.allowed_roles {
+            None => Vec::new(),
+            Some(allowed) => roles
+                .iter()
+                .filter(|r| !allowed.contains(r))
+                .map(String::as_str)
+                .collect(),
+        }
     }
 }
 
@@ -171,4 +199,50 @@ pub struct ClusterImburseAccountSpec {
     /// Namespaces whose TenantSecurityKeys may use this account. Empty allows none.
     #[serde(default)]
     pub allowed_namespaces: AllowedNamespaces,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(tenants: Option<&[&str]>, roles: Option<&[&str]>) -> AccountSpec {
+        let owned = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect();
+        AccountSpec {
+            allowed_tenant_ids: tenants.map(owned),
+            allowed_roles: roles.map(owned),
+            ..Default::default()
+        }
+    }
+
+    const TENANT: &str = "88fdb12a-14dc-419c-b74c-422e2c25cfe7";
+
+    #[test]
+    fn absent_lists_allow_everything() {
+        let open = spec(None, None);
+        assert!(open.allows_tenant(TENANT));
+        assert!(open.disallowed_roles(&["tenant-admin".into()]).is_empty());
+    }
+
+    #[test]
+    fn empty_lists_allow_nothing() {
+        let closed = spec(Some(&[]), Some(&[]));
+        assert!(!closed.allows_tenant(TENANT));
+        assert_eq!(
+            closed.disallowed_roles(&["tenant-app-read".into()]),
+            ["tenant-app-read"]
+        );
+    }
+
+    #[test]
+    fn lists_allow_only_their_entries() {
+        let narrow = spec(
+            Some(&["88FDB12A-14DC-419C-B74C-422E2C25CFE7"]),
+            Some(&["tenant-app-read"]),
+        );
+        assert!(narrow.allows_tenant(TENANT));
+        assert!(!narrow.allows_tenant("00000000-0000-4000-8000-000000000000"));
+        let roles = ["tenant-app-read".to_owned(), "tenant-admin".to_owned()];
+        assert_eq!(narrow.disallowed_roles(&roles), ["tenant-admin"]);
+        assert!(narrow.disallowed_roles(&roles[..1]).is_empty());
+    }
 }

@@ -60,6 +60,9 @@ impl<'a> Run<'a> {
             let account =
                 account::resolve(self.ctx, &namespace, &self.desired.account, Purpose::Create)
                     .await?;
+            // Before any Imburse call or recorded intent; also stalls a Ready key whose account
+            // stopped allowing it, rather than letting it be replaced under the new rules.
+            account.authorize(&self.desired.tenant_id, &self.desired.roles)?;
             account.hold(self.ctx).await?;
             self.desired.endpoint = Some(account.endpoint());
             self.account = Some(account);
