@@ -19,7 +19,13 @@ pub fn root() -> PathBuf {
 /// Every fixture file of every version folder, sorted, as `(test name, path)`.
 pub fn discover() -> Result<Vec<(String, PathBuf)>> {
     let mut found = Vec::new();
-    for version in std::fs::read_dir(root())? {
+    let versions = match std::fs::read_dir(root()) {
+        Ok(versions) => versions,
+        // Nothing captured yet.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+        Err(e) => return Err(e.into()),
+    };
+    for version in versions {
         let version = version?.path();
         if !version.is_dir() {
             continue;
