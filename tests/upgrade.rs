@@ -100,7 +100,9 @@ fn replay(path: &Path) -> Result<()> {
         let result = take_over(&client, &sandbox, &fixture, &restored, &seeded, &log_path).await;
         drop(operator);
         let log = std::fs::read_to_string(&log_path)?;
-        result.with_context(|| format!("operator log, last lines:\n{}", tail(&log, 40)))?;
+        if let Err(e) = result {
+            bail!("{e:#}\n\noperator log, last lines:\n{}", tail(&log, 40));
+        }
         for key in &fixture.sandbox.keys {
             ensure!(
                 !log.contains(key.private_key.expose_secret()),
