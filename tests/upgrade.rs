@@ -97,7 +97,15 @@ fn replay(path: &Path) -> Result<()> {
             &["--log-format", "json"],
         )?;
         let log_path = operator.log_path().to_owned();
-        let result = take_over(&client, &sandbox, &fixture, &restored, &seeded, &log_path).await;
+        let result = take_over(
+            &client,
+            &sandbox,
+            &fixture,
+            restored.as_ref(),
+            &seeded,
+            &log_path,
+        )
+        .await;
         drop(operator);
         let log = std::fs::read_to_string(&log_path)?;
         if let Err(e) = result {
@@ -235,7 +243,7 @@ async fn take_over(
     client: &Client,
     sandbox: &Sandbox,
     fixture: &Fixture,
-    restored: &Option<Secret>,
+    restored: Option<&Secret>,
     seeded: &BTreeSet<String>,
     log: &Path,
 ) -> Result<()> {

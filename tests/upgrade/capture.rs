@@ -92,7 +92,7 @@ impl Capture<'_> {
     async fn all(&self) -> Result<Vec<(&'static str, Fixture)>> {
         let env = self.env;
         env.namespace_with_account(NS, 0).await?;
-        let tenant = |i| env.tenant(0, i);
+        let tenant_id = |i| env.tenant(0, i);
         let templated = json!({
             "name": "checkout/api",
             "roles": ["tenant-admin", "tenant-app-read"],
@@ -130,7 +130,8 @@ impl Capture<'_> {
             ),
         ];
         for (name, i, extra) in &keys {
-            env.create_key(NS, name, &tenant(*i), extra.clone()).await?;
+            env.create_key(NS, name, &tenant_id(*i), extra.clone())
+                .await?;
         }
         for (name, _, _) in &keys {
             env.wait_ready(NS, name).await?;
@@ -287,19 +288,19 @@ impl Capture<'_> {
         env.create_key(
             NS,
             "intent-open-without-secret",
-            &tenant(tenant::WITHOUT_SECRET),
+            &tenant_id(tenant::WITHOUT_SECRET),
             json!({}),
         )
         .await?;
         poll(
             || async {
                 Ok(env
-                    .sandbox_keys(&tenant(tenant::WITHOUT_SECRET))
+                    .sandbox_keys(&tenant_id(tenant::WITHOUT_SECRET))
                     .await?
                     .len()
                     == 1
                     && env
-                        .sandbox_keys(&tenant(tenant::WITHOUT_SECRET_REPLACEMENT))
+                        .sandbox_keys(&tenant_id(tenant::WITHOUT_SECRET_REPLACEMENT))
                         .await?
                         .len()
                         == 2)
