@@ -196,10 +196,16 @@ async fn restore_object(
         .filter(|(k, _)| k.starts_with(OPERATOR_DOMAIN))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let finalizers = object.finalizers().to_vec();
+    let finalizers: Vec<String> = object
+        .finalizers()
+        .iter()
+        .filter(|f| f.starts_with(OPERATOR_DOMAIN))
+        .cloned()
+        .collect();
 
     let mut user = object.clone();
-    user.metadata.finalizers = None;
+    user.finalizers_mut()
+        .retain(|f| !f.starts_with(OPERATOR_DOMAIN));
     user.annotations_mut()
         .retain(|k, _| !k.starts_with(OPERATOR_DOMAIN));
     if let Some(fields) = user.data.as_object_mut() {
