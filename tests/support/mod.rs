@@ -7,7 +7,7 @@
 use std::{collections::BTreeMap, future::Future, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
-use imburse_sandbox::{Account, Config, Sandbox};
+use imburse_sandbox::{Account, Config, Options, Sandbox};
 use k8s_openapi::{
     ByteString,
     api::core::v1::{Namespace, Secret},
@@ -41,16 +41,18 @@ pub struct Env {
 impl Env {
     /// Starts everything. The sandbox has `config`'s accounts and tenants.
     pub fn start(config: Config) -> Result<Env> {
+        Self::start_with(config, Options::default())
+    }
+
+    /// Starts everything, the sandbox with `options` (e.g. a state file that keeps the keys).
+    pub fn start_with(config: Config, options: Options) -> Result<Env> {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
         let (control_plane, client, sandbox) = runtime.block_on(async {
-            let control_plane = ControlPlane::start().await?;
-            let client = control_plane.client().await?;
-            let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
-            testenv::install_crds(&client, &crds).await?;
-            let sandbox = Sandbox::start(config.clone()).await?;
+            let (control_plane, client) = start_control_plane().await?;
+            let sandbox = Sandbox::start_with(config.clone(), options).await?;
             anyhow::Ok((control_plane, client, sandbox))
         })?;
         let operator_namespace = "tenant-key-operator".to_owned();
@@ -60,8 +62,13 @@ impl Env {
             BTreeMap::new(),
         ))?;
         let logs = tempfile::Builder::new().prefix("tko-operator-").tempdir()?;
-        let operator =
-            start_operator("operator", &control_plane, logs.path(), &operator_namespace)?;
+        let operator = start_operator(
+            "operator",
+            &control_plane,
+            logs.path(),
+            &operator_namespace,
+            &[],
+        )?;
         Ok(Env {
             runtime,
             control_plane,
@@ -76,7 +83,13 @@ impl Env {
 
     /// Starts one more operator process against the same cluster, logging into `dir`.
     pub fn start_operator(&self, name: &'static str, dir: &Path) -> Result<Operator> {
-        start_operator(name, &self.control_plane, dir, &self.operator_namespace)
+        start_operator(
+            name,
+            &self.control_plane,
+            dir,
+            &self.operator_namespace,
+            &[],
+        )
     }
 
     pub fn block_on<T>(&self, f: impl Future<Output = T>) -> T {
@@ -296,29 +309,42 @@ impl Env {
     }
 }
 
-/// Runs the operator binary as the tests do: debug logs, a free metrics port, and accounts
-/// whose credentials Imburse refused verified again after two seconds.
-fn start_operator(
+/// Starts a control plane with the operator's CRDs installed.
+pub async fn start_control_plane() -> Result<(ControlPlane, Client)> {
+    let control_plane = ControlPlane::start().await?;
+    let client = control_plane.client().await?;
+    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    testenv::install_crds(&client, &crds).await?;
+    Ok((control_plane, client))
+}
+
+/// Starts the operator binary against the control plane, logging into `logs`, with `extra`
+/// arguments after the common ones: debug logs, a free metrics port, and accounts whose
+/// credentials Imburse refused verified again after two seconds.
+pub fn start_operator(
     name: &'static str,
     control_plane: &ControlPlane,
-    dir: &Path,
-    namespace: &str,
+    logs: &Path,
+    operator_namespace: &str,
+    extra: &[&str],
 ) -> Result<Operator> {
+    let mut args = vec![
+        "--listen-address",
+        "127.0.0.1:0",
+        "--namespace",
+        operator_namespace,
+        "--credentials-retry-seconds",
+        "2",
+        "--log-filter",
+        "debug,kube=info,hyper=info,hyper_util=info,tower=info,h2=info,rustls=info,reqwest=info",
+    ];
+    args.extend_from_slice(extra);
     Operator::start(
         name,
         Path::new(env!("CARGO_BIN_EXE_tenant-key-operator")),
         control_plane.kubeconfig_path(),
-        dir,
-        &[
-            "--listen-address",
-            "127.0.0.1:0",
-            "--namespace",
-            namespace,
-            "--credentials-retry-seconds",
-            "2",
-            "--log-filter",
-            "debug,kube=info,hyper=info,hyper_util=info,tower=info,h2=info,rustls=info,reqwest=info",
-        ],
+        logs,
+        &args,
     )
 }
 

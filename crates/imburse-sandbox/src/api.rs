@@ -452,6 +452,14 @@ async fn delete_key(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&shared, &headers, paths, &tenant_id, &correlation)?;
+    if shared.store().take_failed_delete() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SERVICE_UNAVAILABLE",
+            "The service is temporarily unavailable",
+            &correlation,
+        ));
+    }
     if !shared.store().delete_key(&tenant_id, &public_key) {
         return Err(key_not_found(&correlation));
     }

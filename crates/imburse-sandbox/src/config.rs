@@ -1,4 +1,5 @@
-//! The sandbox's configuration: accounts (with their Account Security Keys) and tenants.
+//! The sandbox's configuration: accounts (with their Account Security Keys), tenants, and the
+//! tenant keys that exist from the start.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -23,6 +24,10 @@ pub struct Config {
     /// Tenants, each owned by one account.
     #[serde(default)]
     pub tenants: Vec<Tenant>,
+    /// Tenant keys that exist when the sandbox starts, e.g. the keys an earlier run of a client
+    /// left behind. Ignored when a state file already exists: it holds the keys instead.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<TenantKey>,
 }
 
 fn default_token_lifetime() -> u64 {
@@ -59,6 +64,29 @@ pub struct Tenant {
     pub tenant_id: String,
     /// The owning account's id.
     pub account_id: String,
+}
+
+/// A Tenant Security Key that exists from the start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TenantKey {
+    /// The tenant the key belongs to; one of the configured tenants.
+    pub tenant_id: String,
+    /// The key's name.
+    pub name: String,
+    /// The key's public key (a UUID).
+    pub public_key: String,
+    /// The key's private key (base64 of 32 bytes).
+    #[serde(serialize_with = "expose")]
+    pub private_key: SecretString,
+    /// The key's roles.
+    pub roles: Vec<String>,
+}
+
+impl TenantKey {
+    fn key_pair(&self) -> imburse::KeyPair {
+        imburse::KeyPair::new(self.public_key.clone(), self.private_key.clone())
+    }
 }
 
 /// Writes a secret in clear: only for files this sandbox owns (its config and state).
@@ -125,6 +153,7 @@ impl Config {
             token_lifetime_seconds: default_token_lifetime(),
             accounts,
             tenants,
+            keys: Vec::new(),
         }
     }
 
@@ -135,8 +164,8 @@ impl Config {
             .filter(move |t| t.account_id == account_id)
     }
 
-    /// Checks ids are unique, keys are valid and every tenant's account exists. Messages name
-    /// the offending id, never a private key.
+    /// Checks ids are unique, keys are valid, every tenant's account and every key's tenant
+    /// exists. Messages name the offending id, never a private key.
     pub fn validate(&self) -> Result<(), SandboxError> {
         let invalid = |msg: String| Err(SandboxError::Config(msg));
         let mut account_ids = HashSet::new();
@@ -165,6 +194,26 @@ impl Config {
                     "tenant {} names unknown account {}",
                     tenant.tenant_id, tenant.account_id
                 ));
+            }
+        }
+        for key in &self.keys {
+            if !public_keys.insert(key.public_key.as_str()) {
+                return invalid(format!("duplicate publicKey {}", key.public_key));
+            }
+            if !tenant_ids.contains(key.tenant_id.as_str()) {
+                return invalid(format!(
+                    "key {} names unknown tenant {}",
+                    key.public_key, key.tenant_id
+                ));
+            }
+            if key.key_pair().validate().is_err() {
+                return invalid(format!(
+                    "key {}: publicKey or privateKey is invalid",
+                    key.public_key
+                ));
+            }
+            if key.roles.is_empty() || key.roles.iter().any(String::is_empty) {
+                return invalid(format!("key {} needs at least one role", key.public_key));
             }
         }
         Ok(())
@@ -221,5 +270,51 @@ tenants:
         config.accounts[0].private_key = "%%%secret%%%".into();
         let message = config.validate().unwrap_err().to_string();
         assert!(!message.contains("secret"));
+    }
+
+    fn seeded_key(config: &Config) -> TenantKey {
+        TenantKey {
+            tenant_id: config.tenants[0].tenant_id.clone(),
+            name: "team-a/payments".into(),
+            public_key: random_id(),
+            private_key: random_private_key(),
+            roles: vec!["tenant-admin".into()],
+        }
+    }
+
+    #[test]
+    fn seeded_keys_round_trip_and_hide_their_private_keys() {
+        let mut config = Config::generate(1, 1);
+        let key = seeded_key(&config);
+        let private_key = key.private_key.expose_secret().to_owned();
+        config.keys.push(key);
+        assert!(!format!("{config:?}").contains(&private_key));
+        let again = Config::from_yaml(&config.to_yaml().unwrap()).unwrap();
+        assert_eq!(again.keys[0].private_key.expose_secret(), private_key);
+        assert_eq!(again.keys[0].tenant_id, config.tenants[0].tenant_id);
+        assert!(!Config::generate(1, 1).to_yaml().unwrap().contains("keys:"));
+    }
+
+    #[test]
+    fn rejects_inconsistent_seeded_keys_without_echoing_them() {
+        let base = Config::generate(1, 1);
+        let cases: [fn(&mut TenantKey, &Config); 4] = [
+            |k, _| k.tenant_id = random_id(),
+            |k, c| k.public_key = c.accounts[0].public_key.clone(),
+            |k, _| k.private_key = "%%%secret%%%".into(),
+            |k, _| k.roles.clear(),
+        ];
+        for case in cases {
+            let mut config = base.clone();
+            let mut key = seeded_key(&config);
+            case(&mut key, &config);
+            config.keys.push(key);
+            let message = config.validate().unwrap_err().to_string();
+            assert!(!message.contains("secret"), "{message}");
+        }
+        let mut config = base.clone();
+        let key = seeded_key(&config);
+        config.keys.extend([key.clone(), key]);
+        assert!(config.validate().is_err());
     }
 }

@@ -18,6 +18,9 @@ pub struct Faults {
     pub lose_create_responses: u32,
     /// Delay between storing a created key and answering, to widen crash windows.
     pub create_response_delay_ms: u64,
+    /// The next N delete calls are answered with 503 and delete nothing, so that a client's
+    /// pending revocations stay pending.
+    pub fail_deletes: u32,
 }
 
 /// A burst of 429 answers.

@@ -15,6 +15,9 @@
 //!   paths share one store.
 //! - admin (loopback peers only): `GET /_sandbox/keys[?tenantId=]`, `GET /_sandbox/stats`,
 //!   `GET|PUT /_sandbox/faults`, `POST /_sandbox/reset-stats`, `POST /_sandbox/revoke-tokens`.
+//!
+//! Tenant keys can exist from the start ([`Config::keys`]), so a client can be tested against
+//! the keys an earlier run left behind; [`state_keys`] reads them back from a state file.
 
 mod admin;
 mod api;
@@ -23,14 +26,14 @@ mod faults;
 mod store;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use admin::{AdminClient, AdminError, KeyInfo, Stats};
-pub use config::{Account, Config, Tenant};
+pub use config::{Account, Config, Tenant, TenantKey};
 pub use faults::{Faults, RateLimitedFault};
 
 use store::{Persisted, Store};
@@ -60,7 +63,8 @@ pub enum SandboxError {
 pub struct Options {
     /// Address to listen on; port 0 picks a free port.
     pub listen: SocketAddr,
-    /// Where to persist created keys across restarts; `None` keeps them in memory only.
+    /// Where to persist keys across restarts; `None` keeps them in memory only. An existing
+    /// file takes the place of [`Config::keys`].
     pub state_file: Option<PathBuf>,
     /// Faults active from the start.
     pub faults: Faults,
@@ -122,18 +126,27 @@ impl Shared {
     }
 }
 
-fn load_state(path: &PathBuf) -> Result<Persisted, SandboxError> {
+/// The persisted keys, or `None` when no state file was written yet.
+fn load_state(path: &Path) -> Result<Option<Persisted>, SandboxError> {
+    let state_error = |source| SandboxError::State {
+        path: path.to_owned(),
+        source,
+    };
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| SandboxError::State {
-            path: path.clone(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Persisted::default()),
-        Err(source) => Err(SandboxError::State {
-            path: path.clone(),
-            source,
-        }),
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| state_error(std::io::Error::new(std::io::ErrorKind::InvalidData, e))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(state_error(source)),
     }
+}
+
+/// The tenant keys in a state file (see [`Options::state_file`]), private keys included, in
+/// the form [`Config::keys`] takes: what a run left behind, to start another sandbox with.
+pub fn state_keys(path: &Path) -> Result<Vec<TenantKey>, SandboxError> {
+    Ok(load_state(path)?
+        .map(|p| p.keys.into_iter().map(TenantKey::from).collect())
+        .unwrap_or_default())
 }
 
 /// A running sandbox server. Dropping it shuts the server down.
@@ -156,7 +169,7 @@ impl Sandbox {
         options.faults.validate().map_err(SandboxError::Config)?;
         let persisted = match &options.state_file {
             Some(path) => load_state(path)?,
-            None => Persisted::default(),
+            None => None,
         };
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::new(&config, persisted, options.faults)),

@@ -13,7 +13,7 @@ use imburse_sandbox::{Config, Faults, Options, RateLimitedFault, Sandbox, Sandbo
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// Sandbox configuration (YAML: accounts, tenants, tokenLifetimeSeconds).
+    /// Sandbox configuration (YAML: accounts, tenants, keys, tokenLifetimeSeconds).
     #[arg(long)]
     config: PathBuf,
     /// Address to listen on; port 0 picks a free port.
@@ -43,6 +43,9 @@ struct Args {
     /// Delay between storing a created key and answering.
     #[arg(long, default_value_t = 0)]
     create_response_delay_ms: u64,
+    /// Answer the first N delete calls with 503 without deleting.
+    #[arg(long, default_value_t = 0)]
+    fail_deletes: u32,
 }
 
 impl Args {
@@ -57,6 +60,7 @@ impl Args {
             }),
             lose_create_responses: self.lose_create_responses,
             create_response_delay_ms: self.create_response_delay_ms,
+            fail_deletes: self.fail_deletes,
         }
     }
 }

@@ -9,7 +9,7 @@ use rand::distr::Alphanumeric;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, expose, random_id, random_private_key};
+use crate::config::{Config, TenantKey, expose, random_id, random_private_key};
 use crate::faults::Faults;
 
 /// How old (or how far in the future) a signed request's timestamp may be.
@@ -77,8 +77,20 @@ pub(crate) struct StoredKey {
     pub(crate) roles: Vec<String>,
 }
 
+impl From<StoredKey> for TenantKey {
+    fn from(key: StoredKey) -> Self {
+        Self {
+            tenant_id: key.tenant_id,
+            name: key.name,
+            public_key: key.public_key,
+            private_key: key.private_key,
+            roles: key.roles,
+        }
+    }
+}
+
 /// The state file written with `--state`.
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Serialize, Deserialize)]
 pub(crate) struct Persisted {
     pub(crate) keys: Vec<StoredKey>,
 }
@@ -106,16 +118,37 @@ pub(crate) struct Store {
 }
 
 impl Store {
-    pub(crate) fn new(config: &Config, persisted: Persisted, faults: Faults) -> Self {
+    /// A store holding the persisted keys, or the configuration's seeded keys when nothing was
+    /// persisted yet (a state file, once written, already contains what the seeds became).
+    pub(crate) fn new(config: &Config, persisted: Option<Persisted>, faults: Faults) -> Self {
+        let tenants: HashMap<String, String> = config
+            .tenants
+            .iter()
+            .map(|t| (t.tenant_id.clone(), t.account_id.clone()))
+            .collect();
+        let keys = persisted.map_or_else(
+            || {
+                config
+                    .keys
+                    .iter()
+                    .map(|k| StoredKey {
+                        identity: random_id(),
+                        tenant_id: k.tenant_id.clone(),
+                        // Validation guarantees that the tenant is configured.
+                        account_id: tenants.get(&k.tenant_id).cloned().unwrap_or_default(),
+                        name: k.name.clone(),
+                        public_key: k.public_key.clone(),
+                        private_key: k.private_key.clone(),
+                        roles: k.roles.clone(),
+                    })
+                    .collect()
+            },
+            |p| p.keys,
+        );
         Self {
             accounts: config.accounts.clone(),
-            tenants: config
-                .tenants
-                .iter()
-                .map(|t| (t.tenant_id.clone(), t.account_id.clone()))
-                .collect(),
-            keys: persisted
-                .keys
+            tenants,
+            keys: keys
                 .into_iter()
                 .map(|k| (k.public_key.clone(), k))
                 .collect(),
@@ -272,6 +305,13 @@ impl Store {
         let lose = self.faults.lose_create_responses > 0;
         self.faults.lose_create_responses = self.faults.lose_create_responses.saturating_sub(1);
         lose
+    }
+
+    /// Whether the next delete should fail (counting it down).
+    pub(crate) fn take_failed_delete(&mut self) -> bool {
+        let fail = self.faults.fail_deletes > 0;
+        self.faults.fail_deletes = self.faults.fail_deletes.saturating_sub(1);
+        fail
     }
 
     /// The `Retry-After` to answer this call with, if a 429 burst is active (counting it down).

@@ -4,7 +4,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use imburse::signing::{fresh_nonce, sign};
 use imburse::{ExposeSecret, KeyPair};
-use imburse_sandbox::{Config, Sandbox};
+use imburse_sandbox::{Config, Faults, KeyInfo, Options, Sandbox, TenantKey};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -457,4 +457,103 @@ async fn stop_returns_despite_idle_client_connections() {
         .unwrap()
         .unwrap();
     drop(http);
+}
+
+/// Keys seeded by the configuration behave like created ones: listed, usable for a tenant
+/// token, revocable. Once a state file is written it holds them, and the seeds are ignored.
+#[tokio::test]
+async fn seeded_keys_exist_from_the_start() {
+    use base64::Engine as _;
+    let mut config = Config::generate(1, 1);
+    let seeded = TenantKey {
+        tenant_id: config.tenants[0].tenant_id.clone(),
+        name: "team-a/payments".into(),
+        public_key: uuid::Uuid::new_v4().to_string(),
+        private_key: base64::engine::general_purpose::STANDARD
+            .encode([7u8; 32])
+            .into(),
+        roles: vec!["tenant-admin".into()],
+    };
+    config.keys.push(seeded.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let options = Options {
+        state_file: Some(state.clone()),
+        ..Options::default()
+    };
+    let env = Env {
+        sandbox: Sandbox::start_with(config.clone(), options.clone())
+            .await
+            .unwrap(),
+        config,
+        http: reqwest::Client::new(),
+    };
+    let admin = env.sandbox.admin();
+    assert_eq!(
+        admin.keys(None).await.unwrap(),
+        [KeyInfo {
+            tenant_id: seeded.tenant_id.clone(),
+            public_key: seeded.public_key.clone(),
+            name: seeded.name.clone(),
+            roles: seeded.roles.clone(),
+        }]
+    );
+    let tenant_key = KeyPair::new(seeded.public_key.clone(), seeded.private_key.clone());
+    assert!(!env.token_for(&tenant_key).await.is_empty());
+
+    let token = env.token_for(&env.account_key()).await;
+    let collection = format!("/management/v1/tenant/{}/keys", env.tenant());
+    let (status, listing) = env
+        .bearer(Method::GET, &collection, &token, None, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        listing["tenantKeys"][0]["publicKey"].as_str(),
+        Some(seeded.public_key.as_str())
+    );
+
+    // A created key writes the state file: the seeded key is in it, private key included.
+    let (status, _) = env
+        .bearer(
+            Method::POST,
+            &collection,
+            &token,
+            None,
+            Some(r#"{"name":"k","roles":["tenant-admin"]}"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let persisted = imburse_sandbox::state_keys(&state).unwrap();
+    assert_eq!(persisted.len(), 2);
+    let again = persisted
+        .iter()
+        .find(|k| k.public_key == seeded.public_key)
+        .unwrap();
+    assert_eq!(
+        again.private_key.expose_secret(),
+        seeded.private_key.expose_secret()
+    );
+
+    let one = format!("{collection}/{}", seeded.public_key);
+    admin
+        .set_faults(&Faults {
+            fail_deletes: 1,
+            ..Faults::default()
+        })
+        .await
+        .unwrap();
+    let (status, _) = env.bearer(Method::DELETE, &one, &token, None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(admin.keys(None).await.unwrap().len(), 2);
+    let (status, _) = env.bearer(Method::DELETE, &one, &token, None, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    let Env {
+        sandbox, config, ..
+    } = env;
+    sandbox.stop().await.unwrap();
+    let restarted = Sandbox::start_with(config, options).await.unwrap();
+    let keys = restarted.admin().keys(None).await.unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_ne!(keys[0].public_key, seeded.public_key);
 }

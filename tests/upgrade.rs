@@ -1,0 +1,465 @@
+//! Upgrading the operator never touches a key. Every state an earlier operator version left
+//! behind (`tests/fixtures/upgrade/v*/*.yaml`, see the README there) is rebuilt on a fresh
+//! control plane and sandbox exactly as that version wrote it; then the current operator
+//! starts, and may create, revoke and rewrite only what the state itself calls for.
+//!
+//! `cargo test --test upgrade -- --ignored capture` writes the fixtures of the current
+//! version from a real run.
+
+#[path = "upgrade/capture.rs"]
+mod capture;
+#[path = "upgrade/fixture.rs"]
+mod fixture;
+mod support;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use fixture::{Fixture, ResourceOutcome, SecretOutcome};
+use imburse_sandbox::Sandbox;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams},
+};
+use libtest_mimic::{Arguments, Trial};
+use secrecy::ExposeSecret as _;
+use serde_json::json;
+use support::{create_namespace, poll, wait_for};
+use tenant_key_operator::{
+    controller::intent,
+    crd::{ImburseAccount, TenantSecurityKey},
+};
+
+const OPERATOR_NAMESPACE: &str = "tenant-key-operator";
+/// Field manager of the objects' user, as `kubectl create` would write them.
+const USER_FIELD_MANAGER: &str = "kubectl-create";
+/// Metadata in the operator's domain (its finalizer and annotations) is the operator's own.
+const OPERATOR_DOMAIN: &str = "imbursepayments.com/";
+/// After the resource settled, how long the operator is watched for anything else it might do.
+/// Not a performance bound: the operator only has to stay quiet.
+const QUIET: Duration = Duration::from_secs(2);
+
+fn main() -> std::process::ExitCode {
+    let mut args = Arguments::from_args();
+    // Each fixture starts a control plane of its own; one at a time spares the CPU.
+    args.test_threads = Some(1);
+    let mut trials = match fixture::discover() {
+        Ok(fixtures) => fixtures
+            .into_iter()
+            .map(|(name, path)| {
+                Trial::test(name, move || {
+                    replay(&path).map_err(|e| format!("{e:#}").into())
+                })
+            })
+            .collect::<Vec<_>>(),
+        Err(e) => {
+            eprintln!("could not list the fixtures: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    trials.push(
+        Trial::test("capture", || {
+            capture::run().map_err(|e| format!("{e:#}").into())
+        })
+        .with_ignored_flag(true),
+    );
+    libtest_mimic::run(&args, trials).exit_code()
+}
+
+/// Rebuilds the fixture's state, starts the current operator on it, and checks what it did.
+fn replay(path: &Path) -> Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut fixture = Fixture::load(path)?;
+    fixture.check()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let (control_plane, client) = support::start_control_plane().await?;
+        let sandbox = Sandbox::start(fixture.sandbox.clone()).await?;
+        fixture.rebase(&sandbox.base_url());
+        create_namespace(&client, OPERATOR_NAMESPACE, BTreeMap::new()).await?;
+        create_namespace(&client, &fixture.namespace()?, BTreeMap::new()).await?;
+        let restored = restore(&client, &fixture).await?;
+        let seeded = sandbox_keys(&sandbox).await?;
+        sandbox.admin().reset_stats().await?;
+
+        let logs = tempfile::Builder::new().prefix("tko-upgrade-").tempdir()?;
+        let operator = support::start_operator(
+            "operator",
+            &control_plane,
+            logs.path(),
+            OPERATOR_NAMESPACE,
+            &["--log-format", "json"],
+        )?;
+        let log_path = operator.log_path().to_owned();
+        let result = take_over(
+            &client,
+            &sandbox,
+            &fixture,
+            restored.as_ref(),
+            &seeded,
+            &log_path,
+        )
+        .await;
+        drop(operator);
+        let log = std::fs::read_to_string(&log_path)?;
+        if let Err(e) = result {
+            bail!("{e:#}\n\noperator log, last lines:\n{}", tail(&log, 40));
+        }
+        for key in &fixture.sandbox.keys {
+            ensure!(
+                !log.contains(key.private_key.expose_secret()),
+                "the operator logged the private key of {}",
+                key.public_key
+            );
+        }
+        Ok(())
+    })
+}
+
+/// Writes the fixture's objects as their writers did: the user's fields by create, the
+/// operator's own metadata and status by server-side apply with the operator's field manager,
+/// the Secret (entirely the operator's) owned by the re-created resource. Returns the Secret
+/// as the API server holds it.
+async fn restore(client: &Client, fixture: &Fixture) -> Result<Option<Secret>> {
+    let namespace = fixture.namespace()?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    secrets
+        .create(&user_params(), &fixture.credentials)
+        .await
+        .context("creating the account credentials")?;
+    let accounts = Api::namespaced_with(
+        client.clone(),
+        &namespace,
+        &ApiResource::erase::<ImburseAccount>(&()),
+    );
+    restore_object(&accounts, &fixture.account, &fixture.field_manager).await?;
+    let keys = Api::namespaced_with(
+        client.clone(),
+        &namespace,
+        &ApiResource::erase::<TenantSecurityKey>(&()),
+    );
+    let key = restore_object(&keys, &fixture.key, &fixture.field_manager).await?;
+    let mut restored = None;
+    if let Some(secret) = &fixture.secret {
+        let mut secret = secret.clone();
+        // Owner references name the resource by uid, and a re-created resource has a new one.
+        for owner in secret.metadata.owner_references.iter_mut().flatten() {
+            if owner.kind == TenantSecurityKey::kind(&())
+                && Some(&owner.name) == key.metadata.name.as_ref()
+            {
+                owner.uid = key.uid().context("the re-created key has no uid")?;
+            }
+        }
+        let written = secrets
+            .patch(
+                &secret.name_any(),
+                &PatchParams::apply(&fixture.field_manager),
+                &Patch::Apply(&secret),
+            )
+            .await
+            .context("restoring the key's Secret")?;
+        restored = Some(written);
+    }
+    if fixture.delete_before_start {
+        keys.delete(&key.name_any(), &DeleteParams::default())
+            .await?;
+    }
+    Ok(restored)
+}
+
+fn user_params() -> PostParams {
+    PostParams {
+        field_manager: Some(USER_FIELD_MANAGER.into()),
+        ..PostParams::default()
+    }
+}
+
+async fn restore_object(
+    api: &Api<DynamicObject>,
+    object: &DynamicObject,
+    field_manager: &str,
+) -> Result<DynamicObject> {
+    let name = object.name_any();
+    let types = object
+        .types
+        .clone()
+        .context("the object has no apiVersion and kind")?;
+    let operator_annotations: BTreeMap<String, String> = object
+        .annotations()
+        .iter()
+        .filter(|(k, _)| k.starts_with(OPERATOR_DOMAIN))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let finalizers: Vec<String> = object
+        .finalizers()
+        .iter()
+        .filter(|f| f.starts_with(OPERATOR_DOMAIN))
+        .cloned()
+        .collect();
+
+    let mut user = object.clone();
+    user.finalizers_mut()
+        .retain(|f| !f.starts_with(OPERATOR_DOMAIN));
+    user.annotations_mut()
+        .retain(|k, _| !k.starts_with(OPERATOR_DOMAIN));
+    if let Some(fields) = user.data.as_object_mut() {
+        fields.remove("status");
+    }
+    api.create(&user_params(), &user)
+        .await
+        .with_context(|| format!("creating {} {name}", types.kind))?;
+
+    let apply = PatchParams::apply(field_manager);
+    if !finalizers.is_empty() || !operator_annotations.is_empty() {
+        let metadata = json!({
+            "apiVersion": types.api_version,
+            "kind": types.kind,
+            "metadata": {
+                "name": name,
+                "finalizers": finalizers,
+                "annotations": operator_annotations,
+            },
+        });
+        api.patch(&name, &apply, &Patch::Apply(&metadata))
+            .await
+            .with_context(|| format!("restoring the operator's metadata of {name}"))?;
+    }
+    if let Some(status) = object.data.get("status") {
+        let status = json!({
+            "apiVersion": types.api_version,
+            "kind": types.kind,
+            "status": status,
+        });
+        api.patch_status(&name, &apply, &Patch::Apply(&status))
+            .await
+            .with_context(|| format!("restoring the status of {name}"))?;
+    }
+    Ok(api.get(&name).await?)
+}
+
+/// Waits until the operator has taken the state over and gone quiet, then checks everything
+/// it did against the fixture's expectations.
+async fn take_over(
+    client: &Client,
+    sandbox: &Sandbox,
+    fixture: &Fixture,
+    restored: Option<&Secret>,
+    seeded: &BTreeSet<String>,
+    log: &Path,
+) -> Result<()> {
+    let namespace = fixture.namespace()?;
+    let name = fixture.key_name()?;
+    let keys: Api<TenantSecurityKey> = Api::namespaced(client.clone(), &namespace);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let expect = &fixture.expect;
+
+    match expect.resource {
+        ResourceOutcome::Ready => {
+            wait_for(&keys, &name, settled).await?;
+        }
+        ResourceOutcome::Gone => {
+            poll(
+                || async { Ok(keys.get_opt(&name).await?.is_none()) },
+                &format!("{namespace}/{name} to be deleted"),
+            )
+            .await?;
+        }
+    }
+    // A state that is already final needs proof that the operator looked at it at all.
+    let metrics = metrics_address(log).await?;
+    poll(
+        || async { Ok(reconciled_keys(&metrics).await? > 0) },
+        "the operator to reconcile the key",
+    )
+    .await?;
+    tokio::time::sleep(QUIET).await;
+
+    let after = sandbox_keys(sandbox).await?;
+    let revoked: BTreeSet<String> = seeded.difference(&after).cloned().collect();
+    let created: BTreeSet<String> = after.difference(seeded).cloned().collect();
+    ensure!(
+        revoked == expect.keys_revoked,
+        "revoked {revoked:?}, the state calls for {:?}",
+        expect.keys_revoked
+    );
+    let stats = sandbox.admin().stats().await?;
+    ensure!(
+        created.len() as u64 == expect.keys_created
+            && stats.total(imburse::Operation::CreateKey) == expect.keys_created,
+        "created {} keys in {} calls, the state calls for {}",
+        created.len(),
+        stats.total(imburse::Operation::CreateKey),
+        expect.keys_created
+    );
+    ensure!(
+        stats.total(imburse::Operation::DeleteKey) == expect.keys_revoked.len() as u64,
+        "{} revocation calls for {} revoked keys",
+        stats.total(imburse::Operation::DeleteKey),
+        expect.keys_revoked.len()
+    );
+
+    let terminating: Vec<String> = keys
+        .list(&Default::default())
+        .await?
+        .into_iter()
+        .filter(|k| k.meta().deletion_timestamp.is_some())
+        .map(|k| k.name_any())
+        .collect();
+    ensure!(terminating.is_empty(), "left Terminating: {terminating:?}");
+
+    let current = match expect.resource {
+        ResourceOutcome::Ready => {
+            let key = keys.get(&name).await?;
+            ensure!(settled(&key), "the key did not stay settled");
+            let status = key.status.context("status")?;
+            let public_key = status.public_key.context("status.publicKey")?;
+            let secret_name = status.secret_name.context("status.secretName")?;
+            let secret = secrets.get(&secret_name).await?;
+            ensure!(
+                fixture::secret_values(Some(&secret)).contains(&public_key),
+                "Secret {secret_name} does not hold the recorded key {public_key}"
+            );
+            ensure!(
+                after.contains(&public_key),
+                "the recorded key {public_key} does not exist at Imburse"
+            );
+            Some(secret)
+        }
+        ResourceOutcome::Gone => None,
+    };
+
+    match (expect.secret, restored) {
+        (SecretOutcome::Written, _) => {
+            ensure!(current.is_some(), "no Secret was written");
+        }
+        (SecretOutcome::Unchanged | SecretOutcome::Released, Some(restored)) => {
+            let live = secrets.get(&restored.name_any()).await?;
+            compare_content(restored, &live)?;
+            if expect.secret == SecretOutcome::Unchanged {
+                ensure!(
+                    live.metadata.owner_references == restored.metadata.owner_references,
+                    "the Secret's owner references changed"
+                );
+                ensure!(
+                    live.resource_version() == restored.resource_version(),
+                    "the Secret was rewritten"
+                );
+            } else {
+                ensure!(
+                    live.owner_references().is_empty(),
+                    "the released Secret still has owners"
+                );
+            }
+            let delivered = fixture.delivered_keys();
+            ensure!(
+                delivered.is_subset(&after),
+                "a key the Secret delivers was revoked"
+            );
+        }
+        (outcome, None) => bail!("expect.secret is {outcome:?} but the fixture has no Secret"),
+    }
+    Ok(())
+}
+
+/// Ready for its generation, with no open intent and no replaced key left to revoke.
+fn settled(key: &TenantSecurityKey) -> bool {
+    let Some(status) = key.status.as_ref() else {
+        return false;
+    };
+    let intent_open = key
+        .annotations()
+        .get(intent::ANNOTATION)
+        .and_then(|v| intent::Recorded::parse(v))
+        .is_some_and(|r| status.attempt.as_deref() != Some(r.attempt()));
+    key.meta().deletion_timestamp.is_none()
+        && status.observed_generation == key.meta().generation
+        && support::ready(Some(&status.conditions)) == Some(("True", "KeyReady"))
+        && status.previous_keys.is_empty()
+        && !intent_open
+}
+
+/// Data, type, labels and annotations are byte for byte the restored ones. Differences are
+/// reported by entry name: the values hold key material.
+fn compare_content(restored: &Secret, live: &Secret) -> Result<()> {
+    ensure!(live.type_ == restored.type_, "the Secret's type changed");
+    ensure!(
+        live.labels() == restored.labels(),
+        "the Secret's labels changed"
+    );
+    ensure!(
+        live.annotations() == restored.annotations(),
+        "the Secret's annotations changed"
+    );
+    let empty = BTreeMap::new();
+    let (before, now) = (
+        restored.data.as_ref().unwrap_or(&empty),
+        live.data.as_ref().unwrap_or(&empty),
+    );
+    let changed: Vec<&String> = before
+        .keys()
+        .chain(now.keys())
+        .filter(|k| before.get(*k) != now.get(*k))
+        .collect();
+    ensure!(changed.is_empty(), "Secret entries changed: {changed:?}");
+    Ok(())
+}
+
+async fn sandbox_keys(sandbox: &Sandbox) -> Result<BTreeSet<String>> {
+    Ok(sandbox
+        .admin()
+        .keys(None)
+        .await?
+        .into_iter()
+        .map(|k| k.public_key)
+        .collect())
+}
+
+/// The address the operator serves its metrics on, from its (JSON) start-up log line.
+async fn metrics_address(log: &Path) -> Result<String> {
+    let mut address = None;
+    poll(
+        || {
+            address = std::fs::read_to_string(log)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|l| l["fields"]["message"] == "serving metrics and health endpoints")
+                .and_then(|l| l["fields"]["address"].as_str().map(str::to_owned));
+            let found = address.is_some();
+            async move { Ok(found) }
+        },
+        "the operator to serve its metrics",
+    )
+    .await?;
+    address.context("no metrics address")
+}
+
+/// Successful TenantSecurityKey reconciles so far.
+async fn reconciled_keys(address: &str) -> Result<u64> {
+    let text = reqwest::get(format!("http://{address}/metrics"))
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| {
+            l.starts_with("tenant_key_operator_reconciles_total{")
+                && l.contains(r#"kind="TenantSecurityKey""#)
+                && l.contains(r#"result="ok""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum())
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

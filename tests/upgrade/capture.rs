@@ -1,0 +1,460 @@
+//! Writes the fixtures of the current operator version from a real run: the operator binary of
+//! this build against a real control plane and the sandbox, with faults and kills to stop it
+//! in each state it can leave behind. Two states that need a kill between two API server
+//! writes, which no sandbox fault can time, are assembled from real captures of the same run
+//! (see each description).
+
+use std::{collections::BTreeSet, path::PathBuf};
+
+use anyhow::{Context as _, Result, ensure};
+use imburse_sandbox::{Config, Faults, Options, TenantKey};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api,
+    api::{ApiResource, DeleteParams, DynamicObject},
+};
+use serde_json::json;
+use tenant_key_operator::{
+    controller::FIELD_MANAGER,
+    crd::{ImburseAccount, TenantSecurityKey},
+};
+
+use crate::fixture::{self, Expect, Fixture, ResourceOutcome, SecretOutcome};
+use crate::support::{Env, poll, wait_for};
+
+const NS: &str = "payments";
+
+/// One tenant per state, so that each state's sandbox keys are those of its tenant.
+mod tenant {
+    pub const READY: usize = 0;
+    pub const READY_TEMPLATED: usize = 1;
+    pub const RETAIN_DELETING: usize = 2;
+    pub const PREVIOUS_KEY_PENDING: usize = 3;
+    pub const WITH_SECRET: usize = 4;
+    pub const WITH_SECRET_REPLACEMENT: usize = 5;
+    pub const WITHOUT_SECRET: usize = 6;
+    pub const WITHOUT_SECRET_REPLACEMENT: usize = 7;
+    pub const COUNT: usize = 8;
+}
+
+pub fn run() -> Result<()> {
+    let dir = fixture::root().join(format!("v{}", env!("CARGO_PKG_VERSION")));
+    ensure!(
+        !dir.exists(),
+        "{} exists: a version's fixtures are written once (delete the folder to write them again)",
+        dir.display()
+    );
+    let state = tempfile::tempdir()?;
+    let state_file = state.path().join("sandbox-state.json");
+    let env = Env::start_with(
+        Config::generate(1, tenant::COUNT),
+        Options {
+            state_file: Some(state_file.clone()),
+            ..Options::default()
+        },
+    )?;
+    let capture = Capture {
+        env: &env,
+        state_file,
+        commit: commit()?,
+    };
+    let fixtures = env.block_on(capture.all())?;
+    std::fs::create_dir_all(&dir)?;
+    for (name, fixture) in fixtures {
+        let header = format!(
+            "State `{name}` as tenant-key-operator {} (commit {}) left it.\n\
+             Written by `cargo test --test upgrade -- --ignored capture`; do not edit.\n\
+             See tests/fixtures/upgrade/README.md.",
+            fixture.operator_version, fixture.commit
+        );
+        std::fs::write(dir.join(format!("{name}.yaml")), fixture.to_yaml(&header)?)?;
+    }
+    Ok(())
+}
+
+/// The commit of the working tree, marked `-dirty` when it has uncommitted changes.
+fn commit() -> Result<String> {
+    let output = std::process::Command::new("git")
+        .args(["describe", "--always", "--dirty", "--abbrev=40"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()?;
+    ensure!(output.status.success(), "git describe failed");
+    Ok(String::from_utf8(output.stdout)?.trim().to_owned())
+}
+
+struct Capture<'a> {
+    env: &'a Env,
+    state_file: PathBuf,
+    commit: String,
+}
+
+impl Capture<'_> {
+    async fn all(&self) -> Result<Vec<(&'static str, Fixture)>> {
+        let env = self.env;
+        env.namespace_with_account(NS, 0).await?;
+        let tenant_id = |i| env.tenant(0, i);
+        let templated = json!({
+            "name": "checkout/api",
+            "roles": ["tenant-admin", "tenant-app-read"],
+            "secret": {
+                "name": "checkout-imburse",
+                "type": "imbursepayments.com/tenant-key",
+                "labels": { "team": "checkout" },
+                "annotations": { "reloader.stakater.com/match": "true" },
+                "keys": { "publicKey": "IMBURSE_PUBLIC_KEY", "privateKey": "IMBURSE_PRIVATE_KEY" },
+            },
+        });
+        let keys = [
+            ("ready", tenant::READY, json!({})),
+            ("ready-templated", tenant::READY_TEMPLATED, templated),
+            (
+                "retain-deleting",
+                tenant::RETAIN_DELETING,
+                json!({ "deletionPolicy": "Retain" }),
+            ),
+            (
+                "previous-key-pending",
+                tenant::PREVIOUS_KEY_PENDING,
+                json!({}),
+            ),
+            ("intent-open-with-secret", tenant::WITH_SECRET, json!({})),
+            (
+                "intent-open-with-secret-replacement",
+                tenant::WITH_SECRET_REPLACEMENT,
+                json!({}),
+            ),
+            (
+                "intent-open-without-secret-replacement",
+                tenant::WITHOUT_SECRET_REPLACEMENT,
+                json!({}),
+            ),
+        ];
+        for (name, i, extra) in &keys {
+            env.create_key(NS, name, &tenant_id(*i), extra.clone())
+                .await?;
+        }
+        for (name, _, _) in &keys {
+            env.wait_ready(NS, name).await?;
+        }
+
+        let mut fixtures = Vec::new();
+        for (name, i, description) in [
+            ("ready", tenant::READY, "A Ready key and its Secret."),
+            (
+                "ready-templated",
+                tenant::READY_TEMPLATED,
+                "A Ready key with a key name, two roles and a Secret template (name, type, \
+                 labels, annotations, entry names).",
+            ),
+        ] {
+            let fixture = self
+                .fixture(description, name, i, self.live_secret(name).await?)
+                .await?
+                .expecting(Expect::nothing());
+            fixtures.push((name, fixture));
+        }
+        let mut retain = self
+            .fixture(
+                "A Ready key with deletionPolicy Retain, deleted before the operator starts.",
+                "retain-deleting",
+                tenant::RETAIN_DELETING,
+                self.live_secret("retain-deleting").await?,
+            )
+            .await?
+            .expecting(Expect {
+                secret: SecretOutcome::Released,
+                resource: ResourceOutcome::Gone,
+                ..Expect::nothing()
+            });
+        retain.delete_before_start = true;
+        fixtures.push(("retain-deleting", retain));
+
+        // A crash after the Secret write of a first create leaves the Secret of the open
+        // attempt and no status at all: the Ready key without its status.
+        let mut with_secret = self
+            .fixture(
+                "A first create interrupted after the Secret write, before the status: the \
+                 open intent's Secret is there, the status is not. Assembled from the Ready \
+                 key of a real create, without its status.",
+                "intent-open-with-secret",
+                tenant::WITH_SECRET,
+                self.live_secret("intent-open-with-secret").await?,
+            )
+            .await?
+            .expecting(Expect::nothing());
+        remove_status(&mut with_secret.key);
+        fixtures.push(("intent-open-with-secret", with_secret));
+        let replaced = self.live_key("intent-open-with-secret-replacement").await?;
+        let replaced_status = replaced.data.get("status").cloned();
+        let replaced_key = public_key(&replaced)?;
+
+        // Revocations fail, so replaced keys stay in status.previousKeys.
+        env.sandbox
+            .admin()
+            .set_faults(&Faults {
+                fail_deletes: u32::MAX,
+                ..Faults::default()
+            })
+            .await?;
+        for name in [
+            "previous-key-pending",
+            "intent-open-with-secret-replacement",
+        ] {
+            env.secrets(NS)
+                .delete(name, &DeleteParams::default())
+                .await?;
+        }
+        for name in [
+            "previous-key-pending",
+            "intent-open-with-secret-replacement",
+        ] {
+            wait_for(&env.keys(NS), name, |k| {
+                k.status
+                    .as_ref()
+                    .is_some_and(|s| !s.previous_keys.is_empty())
+            })
+            .await?;
+        }
+        let pending = self
+            .fixture(
+                "A key whose Secret was deleted: it was replaced, and the replaced key is still \
+                 in status.previousKeys because Imburse failed the revocation (503).",
+                "previous-key-pending",
+                tenant::PREVIOUS_KEY_PENDING,
+                self.live_secret("previous-key-pending").await?,
+            )
+            .await?;
+        let previous: BTreeSet<String> = self
+            .env
+            .keys(NS)
+            .get("previous-key-pending")
+            .await?
+            .status
+            .map(|s| s.previous_keys.into_iter().map(|p| p.public_key).collect())
+            .unwrap_or_default();
+        fixtures.push((
+            "previous-key-pending",
+            pending.expecting(Expect {
+                keys_revoked: previous,
+                ..Expect::nothing()
+            }),
+        ));
+
+        // A crash after the Secret write of a replacement leaves the new Secret and the open
+        // intent, with the status still on the replaced key.
+        let mut with_secret_replacement = self
+            .fixture(
+                "A replacement (the Secret was deleted) interrupted after the new Secret was \
+                 written, before the status recorded it: the status still has the replaced \
+                 key. Assembled from the same resource before and after a real replacement.",
+                "intent-open-with-secret-replacement",
+                tenant::WITH_SECRET_REPLACEMENT,
+                self.live_secret("intent-open-with-secret-replacement")
+                    .await?,
+            )
+            .await?
+            .expecting(Expect {
+                keys_revoked: BTreeSet::from([replaced_key]),
+                ..Expect::nothing()
+            });
+        remove_status(&mut with_secret_replacement.key);
+        if let (Some(fields), Some(status)) = (
+            with_secret_replacement.key.data.as_object_mut(),
+            replaced_status,
+        ) {
+            fields.insert("status".into(), status);
+        }
+        fixtures.push((
+            "intent-open-with-secret-replacement",
+            with_secret_replacement,
+        ));
+        env.sandbox.admin().set_faults(&Faults::default()).await?;
+
+        // Creates answer late, and the operator is killed while they are in flight: the keys
+        // exist at Imburse, their private keys nowhere else.
+        env.sandbox
+            .admin()
+            .set_faults(&Faults {
+                create_response_delay_ms: 120_000,
+                ..Faults::default()
+            })
+            .await?;
+        env.secrets(NS)
+            .delete(
+                "intent-open-without-secret-replacement",
+                &DeleteParams::default(),
+            )
+            .await?;
+        env.create_key(
+            NS,
+            "intent-open-without-secret",
+            &tenant_id(tenant::WITHOUT_SECRET),
+            json!({}),
+        )
+        .await?;
+        poll(
+            || async {
+                Ok(env
+                    .sandbox_keys(&tenant_id(tenant::WITHOUT_SECRET))
+                    .await?
+                    .len()
+                    == 1
+                    && env
+                        .sandbox_keys(&tenant_id(tenant::WITHOUT_SECRET_REPLACEMENT))
+                        .await?
+                        .len()
+                        == 2)
+            },
+            "the interrupted creates to reach the sandbox",
+        )
+        .await?;
+        env.operator
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .kill();
+        for (name, i, description) in [
+            (
+                "intent-open-without-secret",
+                tenant::WITHOUT_SECRET,
+                "A first create interrupted after Imburse created the key, before the Secret \
+                 write (the operator was killed while the create response was delayed): the \
+                 created key is an orphan.",
+            ),
+            (
+                "intent-open-without-secret-replacement",
+                tenant::WITHOUT_SECRET_REPLACEMENT,
+                "A replacement (the Secret was deleted) interrupted after Imburse created the \
+                 new key, before the Secret write (the operator was killed while the create \
+                 response was delayed): the new key is an orphan, the status still has the \
+                 replaced key.",
+            ),
+        ] {
+            ensure!(
+                self.live_secret(name).await?.is_none(),
+                "{name}: a Secret was written before the kill"
+            );
+            let mut fixture = self.fixture(description, name, i, None).await?;
+            // The orphan and, for a replacement, the key it replaces.
+            let every_key = fixture
+                .sandbox
+                .keys
+                .iter()
+                .map(|k| k.public_key.clone())
+                .collect();
+            fixture = fixture.expecting(Expect {
+                keys_created: 1,
+                keys_revoked: every_key,
+                secret: SecretOutcome::Written,
+                resource: ResourceOutcome::Ready,
+            });
+            fixtures.push((name, fixture));
+        }
+        for (_, fixture) in &fixtures {
+            fixture.check()?;
+        }
+        Ok(fixtures)
+    }
+
+    /// The state of key `name` now, with the Secret given and its tenant's keys at the sandbox.
+    async fn fixture(
+        &self,
+        description: &str,
+        name: &str,
+        tenant: usize,
+        secret: Option<Secret>,
+    ) -> Result<Fixture> {
+        let config = &self.env.config;
+        let tenant_id = self.env.tenant(0, tenant);
+        let keys: Vec<TenantKey> = imburse_sandbox::state_keys(&self.state_file)?
+            .into_iter()
+            .filter(|k| k.tenant_id == tenant_id)
+            .collect();
+        let mut credentials = self.env.secrets(NS).get("imburse-credentials").await?;
+        fixture::strip_server_fields(&mut credentials.metadata);
+        let mut account = dynamic::<ImburseAccount>(self.env).get("imburse").await?;
+        fixture::strip_server_fields(&mut account.metadata);
+        Ok(Fixture {
+            operator_version: env!("CARGO_PKG_VERSION").into(),
+            commit: self.commit.clone(),
+            description: description.into(),
+            field_manager: FIELD_MANAGER.into(),
+            sandbox_url: self.env.sandbox.base_url(),
+            sandbox: Config {
+                token_lifetime_seconds: config.token_lifetime_seconds,
+                accounts: config.accounts.clone(),
+                tenants: config
+                    .tenants
+                    .iter()
+                    .filter(|t| t.tenant_id == tenant_id)
+                    .cloned()
+                    .collect(),
+                keys,
+            },
+            credentials,
+            account,
+            key: self.live_key(name).await?,
+            secret,
+            delete_before_start: false,
+            expect: Expect::nothing(),
+        })
+    }
+
+    async fn live_key(&self, name: &str) -> Result<DynamicObject> {
+        let mut key = dynamic::<TenantSecurityKey>(self.env).get(name).await?;
+        fixture::strip_server_fields(&mut key.metadata);
+        Ok(key)
+    }
+
+    async fn live_secret(&self, name: &str) -> Result<Option<Secret>> {
+        let secret_name = self
+            .env
+            .keys(NS)
+            .get(name)
+            .await?
+            .spec
+            .secret
+            .and_then(|s| s.name)
+            .unwrap_or_else(|| name.to_owned());
+        let mut secret = self.env.secrets(NS).get_opt(&secret_name).await?;
+        if let Some(secret) = secret.as_mut() {
+            fixture::strip_server_fields(&mut secret.metadata);
+        }
+        Ok(secret)
+    }
+}
+
+impl Fixture {
+    fn expecting(mut self, expect: Expect) -> Self {
+        self.expect = expect;
+        self
+    }
+}
+
+impl Expect {
+    /// Nothing created, nothing revoked, the Secret untouched, the key Ready.
+    fn nothing() -> Self {
+        Self {
+            keys_created: 0,
+            keys_revoked: BTreeSet::new(),
+            secret: SecretOutcome::Unchanged,
+            resource: ResourceOutcome::Ready,
+        }
+    }
+}
+
+fn dynamic<K: kube::Resource<DynamicType = ()>>(env: &Env) -> Api<DynamicObject> {
+    Api::namespaced_with(env.client.clone(), NS, &ApiResource::erase::<K>(&()))
+}
+
+fn remove_status(key: &mut DynamicObject) {
+    if let Some(fields) = key.data.as_object_mut() {
+        fields.remove("status");
+    }
+}
+
+fn public_key(key: &DynamicObject) -> Result<String> {
+    key.data["status"]["publicKey"]
+        .as_str()
+        .map(str::to_owned)
+        .context("the key has no status.publicKey")
+}
