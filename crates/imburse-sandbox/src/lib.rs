@@ -15,6 +15,7 @@
 //!   paths share one store.
 //! - admin (loopback peers only): `GET /_sandbox/keys[?tenantId=]`, `GET /_sandbox/stats`,
 //!   `GET|PUT /_sandbox/faults`, `POST /_sandbox/reset-stats`, `POST /_sandbox/revoke-tokens`.
+//!   Faults include scripted misbehaviours of single operations ([`Misbehaviour`]).
 
 mod admin;
 mod api;
@@ -31,7 +32,9 @@ use tokio::task::JoinHandle;
 
 pub use admin::{AdminClient, AdminError, KeyInfo, Stats};
 pub use config::{Account, Config, Tenant};
-pub use faults::{Faults, RateLimitedFault};
+pub use faults::{
+    Faults, MAX_HANG_MS, MAX_OVERSIZED_BYTES, Misbehaviour, RateLimitedFault, ScriptedFault,
+};
 
 use store::{Persisted, Store};
 

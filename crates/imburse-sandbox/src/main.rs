@@ -57,6 +57,7 @@ impl Args {
             }),
             lose_create_responses: self.lose_create_responses,
             create_response_delay_ms: self.create_response_delay_ms,
+            scripted: Vec::new(),
         }
     }
 }

@@ -29,8 +29,10 @@ const CORRELATION_ID: &str = "x-correlation-id";
 /// A callback told about every HTTP request made, e.g. to count calls in metrics.
 pub type Observer = Arc<dyn Fn(&CallRecord) + Send + Sync>;
 
-/// Which API operation an HTTP request performed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Which API operation an HTTP request performed. Serialized as its [`Operation::as_str`]
+/// label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Operation {
     /// Exchanging a key pair for a bearer token.
     Token,
