@@ -41,6 +41,11 @@ pub struct Env {
 impl Env {
     /// Starts everything. The sandbox has `config`'s accounts and tenants.
     pub fn start(config: Config) -> Result<Env> {
+        Self::start_with(config, &[])
+    }
+
+    /// Like [`Env::start`], with extra arguments for the operator.
+    pub fn start_with(config: Config, operator_args: &[&str]) -> Result<Env> {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -60,19 +65,21 @@ impl Env {
             BTreeMap::new(),
         ))?;
         let logs = tempfile::Builder::new().prefix("tko-operator-").tempdir()?;
+        let mut args = vec![
+            "--listen-address",
+            "127.0.0.1:0",
+            "--namespace",
+            &operator_namespace,
+            "--log-filter",
+            "debug,kube=info,hyper=info,hyper_util=info,tower=info,h2=info,rustls=info,reqwest=info",
+        ];
+        args.extend_from_slice(operator_args);
         let operator = Operator::start(
             "operator",
             Path::new(env!("CARGO_BIN_EXE_tenant-key-operator")),
             control_plane.kubeconfig_path(),
             logs.path(),
-            &[
-                "--listen-address",
-                "127.0.0.1:0",
-                "--namespace",
-                &operator_namespace,
-                "--log-filter",
-                "debug,kube=info,hyper=info,hyper_util=info,tower=info,h2=info,rustls=info,reqwest=info",
-            ],
+            &args,
         )?;
         Ok(Env {
             runtime,
