@@ -92,7 +92,9 @@ pub enum Error {
     /// lacks a usable key pair). The key may or may not exist, and if it does its private key
     /// is lost: the caller must reconcile by listing the tenant's keys and revoking it. Never
     /// retried automatically, because a blind retry could create a second key.
-    #[error("outcome of the key creation is unknown; list the tenant's keys to reconcile")]
+    #[error(
+        "the answer to a key creation was lost or unusable, so a key may exist without its private key; list the tenant's keys to reconcile"
+    )]
     CreateOutcomeUnknown {
         /// The `X-Correlation-ID` this client sent with the create request.
         correlation_id: String,
