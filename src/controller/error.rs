@@ -47,6 +47,10 @@ pub enum Error {
     ListingUnsupported(String),
     #[error("Imburse API: {0}")]
     Imburse(#[from] imburse::Error),
+    /// Imburse refused the last create outright; repeated without asking again until the
+    /// refusal's backoff ends or the spec changes (the same text, so the status stays as is).
+    #[error("{message}")]
+    Refused { reason: Reason, message: String },
     #[error("Kubernetes API: {}", kube_message(.0))]
     Kube(#[from] kube::Error),
 }
@@ -145,6 +149,7 @@ impl Error {
             Self::SecretRejected { .. } => Reason::SecretRejected,
             Self::ListingUnsupported(_) => Reason::ListingUnsupported,
             Self::Kube(_) => Reason::KubernetesError,
+            Self::Refused { reason, .. } => *reason,
             Self::Imburse(e) => match e {
                 imburse::Error::Unauthorized(_) => Reason::CredentialsInvalid,
                 imburse::Error::Forbidden(_) => Reason::Forbidden,

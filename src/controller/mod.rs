@@ -69,6 +69,16 @@ pub struct Settings {
     pub stalled_retry: Duration,
 }
 
+/// A create Imburse refused outright.
+struct Refusal {
+    generation: Option<i64>,
+    until: std::time::Instant,
+    /// Consecutive refusals, for the backoff.
+    count: u32,
+    reason: error::Reason,
+    message: String,
+}
+
 /// Identifies an object across kinds: kind, namespace, name.
 type ObjectKey = (String, Option<String>, String);
 
@@ -84,6 +94,9 @@ pub struct Context {
     ready: Arc<AtomicBool>,
     /// Consecutive transient failures per object, for per-object exponential backoff.
     failures: Mutex<HashMap<ObjectKey, u32>>,
+    /// Creates Imburse refused outright, by resource uid: no new attempt before `until` unless
+    /// the spec changes, so a refusal costs no loop of intents and creates.
+    refusals: Mutex<HashMap<String, Refusal>>,
     /// The TenantSecurityKey caches (one per watched scope), set once the controllers run.
     key_stores: OnceLock<Vec<Store<TenantSecurityKey>>>,
 }
@@ -109,6 +122,7 @@ impl Context {
             ready,
             failures: Mutex::default(),
             key_stores: OnceLock::new(),
+            refusals: Mutex::default(),
         }
     }
 
@@ -123,6 +137,58 @@ impl Context {
         error
             .retry_after()
             .map_or(jittered, |after| after.max(jittered))
+    }
+
+    /// Records that Imburse refused a create of the resource `uid` at `generation`; returns
+    /// the delay before it may be asked again.
+    pub fn refused(&self, uid: &str, generation: Option<i64>, error: &Error) -> Duration {
+        let mut map = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        let count = map
+            .get(uid)
+            .filter(|r| r.generation == generation)
+            .map_or(1, |r| r.count.saturating_add(1));
+        let cap = Duration::from_secs(3600).max(self.settings.stalled_retry);
+        let delay = self
+            .settings
+            .stalled_retry
+            .saturating_mul(2u32.saturating_pow(count.saturating_sub(1).min(16)))
+            .min(cap);
+        map.insert(
+            uid.to_owned(),
+            Refusal {
+                generation,
+                until: std::time::Instant::now() + delay,
+                count,
+                reason: error.reason(),
+                message: error.to_string(),
+            },
+        );
+        delay
+    }
+
+    /// The refusal still standing for the resource `uid` at `generation`, as the error to
+    /// report, with the time left.
+    pub fn refusal(&self, uid: &str, generation: Option<i64>) -> Option<(Error, Duration)> {
+        let map = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        let refusal = map.get(uid).filter(|r| r.generation == generation)?;
+        let left = refusal
+            .until
+            .checked_duration_since(std::time::Instant::now())?;
+        Some((
+            Error::Refused {
+                reason: refusal.reason,
+                message: refusal.message.clone(),
+            },
+            left,
+        ))
+    }
+
+    /// Forgets the refusals of a resource that got its key (or is gone).
+    pub fn forget_refusal(&self, uid: &str) {
+        self.refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uid);
     }
 
     /// Delay before verifying again an account whose credentials Imburse refused.

@@ -41,11 +41,12 @@ pub struct Env {
 impl Env {
     /// Starts everything. The sandbox has `config`'s accounts and tenants.
     pub fn start(config: Config) -> Result<Env> {
-        Self::start_with(config, Options::default())
+        Self::start_with(config, Options::default(), &[])
     }
 
-    /// Starts everything, the sandbox with `options` (e.g. a state file that keeps the keys).
-    pub fn start_with(config: Config, options: Options) -> Result<Env> {
+    /// Starts everything, the sandbox with `options` (e.g. a state file that keeps the keys)
+    /// and the operator with extra arguments.
+    pub fn start_with(config: Config, options: Options, operator_args: &[&str]) -> Result<Env> {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -67,7 +68,7 @@ impl Env {
             &control_plane,
             logs.path(),
             &operator_namespace,
-            &[],
+            operator_args,
         )?;
         Ok(Env {
             runtime,

@@ -52,6 +52,7 @@ pub fn run() -> Result<()> {
             state_file: Some(state_file.clone()),
             ..Options::default()
         },
+        &[],
     )?;
     let capture = Capture {
         env: &env,

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{MatchedPath, Path, Request, State};
-use axum::http::header::{AUTHORIZATION, RETRY_AFTER};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use tracing::info;
 
 use crate::Shared;
+use crate::faults::Misbehaviour;
 use crate::store::{FRESHNESS, StoredKey, TokenRefusal};
 
 /// The request's correlation id: the client's `X-Correlation-ID`, or one made up here.
@@ -153,16 +154,176 @@ async fn observe(
     );
     request.extensions_mut().insert(correlation.clone());
 
+    let operation = operation(&method, route.as_str());
     let response = match inject_faults(&shared, &correlation).await {
         Some(fault) => fault,
-        None => next.run(request).await,
+        None => call_with_scripts(&shared, operation, request, next).await,
     };
     let status = response.status();
-    if let Some(operation) = operation(&method, route.as_str()) {
+    if let Some(operation) = operation {
         shared.store().record_call(operation, status.as_u16());
     }
     info!(%method, path, status = status.as_u16(), correlation_id = %correlation.0, "api call");
     response
+}
+
+/// Runs the call, unless a scripted misbehaviour answers in front of it, and spoils its
+/// successful answer when a script says so.
+async fn call_with_scripts(
+    shared: &Shared,
+    operation: Option<Operation>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(operation) = operation else {
+        return next.run(request).await;
+    };
+    let in_front = shared.store().faults.take_scripted(operation, true);
+    if let Some(misbehaviour) = in_front {
+        return gateway_answer(&misbehaviour);
+    }
+    let response = next.run(request).await;
+    if !response.status().is_success() {
+        return response;
+    }
+    let after = shared.store().faults.take_scripted(operation, false);
+    match after {
+        Some(misbehaviour) => spoil(response, &misbehaviour).await,
+        None => response,
+    }
+}
+
+/// What a gateway in front of the API answers for a [`Misbehaviour`] that replaces the call.
+fn gateway_answer(misbehaviour: &Misbehaviour) -> Response {
+    match misbehaviour {
+        Misbehaviour::Redirect { location } => {
+            let mut response = StatusCode::FOUND.into_response();
+            if let Ok(value) = HeaderValue::from_str(location) {
+                response.headers_mut().insert(LOCATION, value);
+            }
+            response
+        }
+        Misbehaviour::Status {
+            status,
+            body,
+            retry_after_seconds,
+        } => {
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let content_type = if serde_json::from_str::<Value>(body).is_ok() {
+                "application/json"
+            } else {
+                "text/plain; charset=utf-8"
+            };
+            let mut response =
+                (status, [(CONTENT_TYPE, content_type)], body.clone()).into_response();
+            if let Some(seconds) = retry_after_seconds {
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(*seconds));
+            }
+            response
+        }
+        // Validation keeps the other kinds out of this stage.
+        _ => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// Spoils a successful answer the API already produced (the call has taken effect).
+async fn spoil(response: Response, misbehaviour: &Misbehaviour) -> Response {
+    let status = response.status();
+    if let Misbehaviour::Hang { ms } = misbehaviour {
+        tokio::time::sleep(Duration::from_millis(*ms)).await;
+        return response;
+    }
+    // The API's own answers are small JSON documents.
+    let Ok(body) = axum::body::to_bytes(response.into_body(), 1024 * 1024).await else {
+        return lost_response();
+    };
+    let json = |value: &Value| (status, Json(value.clone())).into_response();
+    let mut document: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    match misbehaviour {
+        Misbehaviour::NonJsonBody => (
+            status,
+            [(CONTENT_TYPE, "text/html; charset=utf-8")],
+            "<html><body><h1>Welcome</h1></body></html>",
+        )
+            .into_response(),
+        Misbehaviour::EmptyBody => status.into_response(),
+        Misbehaviour::MissingPrivateKey => {
+            if let Some(object) = document.as_object_mut() {
+                object.remove("privateKey");
+            }
+            json(&document)
+        }
+        Misbehaviour::InvalidPrivateKey => {
+            // The real key with characters base64 does not allow after its padding.
+            if let Some(key) = document.get_mut("privateKey")
+                && let Some(text) = key.as_str()
+            {
+                *key = Value::from(format!("{text}!*"));
+            }
+            json(&document)
+        }
+        Misbehaviour::MissingExpiry => {
+            if let Some(object) = document.as_object_mut() {
+                object.remove("expires");
+            }
+            json(&document)
+        }
+        Misbehaviour::ExpiredToken => {
+            let past = SystemTime::now()
+                .checked_sub(Duration::from_secs(3600))
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .unwrap_or_default()
+                .as_millis();
+            if let Some(expires) = document.get_mut("expires") {
+                *expires = if expires.is_string() {
+                    Value::from(past.to_string())
+                } else {
+                    Value::from(u64::try_from(past).unwrap_or(u64::MAX))
+                };
+            }
+            json(&document)
+        }
+        Misbehaviour::OversizedBody { bytes } => oversized(status, document, *bytes),
+        Misbehaviour::Hang { .. } | Misbehaviour::Redirect { .. } | Misbehaviour::Status { .. } => {
+            json(&document)
+        }
+    }
+}
+
+/// The answer padded with a `padding` field to `bytes` bytes in total, streamed in chunks
+/// without `Content-Length`, so a client cannot refuse it from the headers alone.
+fn oversized(status: StatusCode, document: Value, bytes: u64) -> Response {
+    const CHUNK: usize = 64 * 1024;
+    let fields = match document {
+        Value::Object(fields) => fields,
+        _ => serde_json::Map::new(),
+    };
+    let mut head = serde_json::to_vec(&Value::Object(fields.clone())).unwrap_or_default();
+    // Reopen the object: drop its closing brace and add the padding field last.
+    head.pop();
+    if !fields.is_empty() {
+        head.push(b',');
+    }
+    head.extend_from_slice(br#""padding":""#);
+    let tail = br#""}"#;
+    let wanted = usize::try_from(bytes).unwrap_or(usize::MAX);
+    let padding = wanted.saturating_sub(head.len() + tail.len());
+    let mut body = Vec::with_capacity(head.len() + padding + tail.len());
+    body.extend_from_slice(&head);
+    body.resize(head.len() + padding, b'a');
+    body.extend_from_slice(tail);
+    let chunks: Vec<Result<Bytes, std::io::Error>> = body
+        .chunks(CHUNK)
+        .map(|chunk| Ok(Bytes::copy_from_slice(chunk)))
+        .collect();
+    (
+        status,
+        [(CONTENT_TYPE, "application/json")],
+        Body::from_stream(futures::stream::iter(chunks)),
+    )
+        .into_response()
 }
 
 /// Applies latency, then answers with 429 or 503 when a fault says so.

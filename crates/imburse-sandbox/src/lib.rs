@@ -18,6 +18,7 @@
 //!
 //! Tenant keys can exist from the start ([`Config::keys`]), so a client can be tested against
 //! the keys an earlier run left behind; [`state_keys`] reads them back from a state file.
+//! Faults include scripted misbehaviours of single operations ([`Misbehaviour`]).
 
 mod admin;
 mod api;
@@ -34,7 +35,9 @@ use tokio::task::JoinHandle;
 
 pub use admin::{AdminClient, AdminError, KeyInfo, Stats};
 pub use config::{Account, Config, Tenant, TenantKey};
-pub use faults::{Faults, RateLimitedFault};
+pub use faults::{
+    Faults, MAX_HANG_MS, MAX_OVERSIZED_BYTES, Misbehaviour, RateLimitedFault, ScriptedFault,
+};
 
 use store::{Persisted, Store};
 

@@ -61,6 +61,7 @@ impl Args {
             lose_create_responses: self.lose_create_responses,
             create_response_delay_ms: self.create_response_delay_ms,
             fail_deletes: self.fail_deletes,
+            scripted: Vec::new(),
         }
     }
 }

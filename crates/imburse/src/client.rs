@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use backon::{ExponentialBuilder, Retryable as _};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -13,11 +13,11 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY
 use reqwest::{Method, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::config::{account_headers, endpoint, parse_base_url};
 use crate::model::{ErrorBody, KeyList};
-use crate::token::{TokenCache, parse_token_response};
+use crate::token::{TokenCache, UNKNOWN_EXPIRY_REUSE, parse_token_response};
 use crate::{
     AccountConfig, ApiErrorDetails, ApiGeneration, CreatedKey, Error, KeyPair, NewKey, TenantKey,
     Token, signing,
@@ -26,11 +26,17 @@ use crate::{
 /// The header carrying a per-request id that Imburse echoes in its error bodies.
 const CORRELATION_ID: &str = "x-correlation-id";
 
+/// Largest response body read. The API's answers are a few KiB at most; anything bigger is
+/// not the API, and is never buffered whole.
+pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+
 /// A callback told about every HTTP request made, e.g. to count calls in metrics.
 pub type Observer = Arc<dyn Fn(&CallRecord) + Send + Sync>;
 
-/// Which API operation an HTTP request performed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Which API operation an HTTP request performed. Serialized as its [`Operation::as_str`]
+/// label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Operation {
     /// Exchanging a key pair for a bearer token.
     Token,
@@ -396,7 +402,15 @@ impl ClientInner {
                     Vec::new(),
                 )
                 .await?;
-            parse_token_response(&reply.body)
+            let token = parse_token_response(&reply.body)?;
+            if token.expires_at.is_none_or(|at| at <= SystemTime::now()) {
+                warn!(
+                    correlation_id = reply.correlation_id,
+                    reuse_seconds = UNKNOWN_EXPIRY_REUSE.as_secs(),
+                    "token answer states no future expiry; the token is reused only briefly"
+                );
+            }
+            Ok(token)
         };
         self.with_retry(Operation::Token, attempt).await
     }
@@ -440,7 +454,7 @@ impl ClientInner {
             });
         }
         let (status, retry_after, body) =
-            outcome.map_err(|e| transport_error(operation, e, &correlation_id))?;
+            outcome.map_err(|e| exchange_error(operation, e, &correlation_id))?;
         if status.is_success() {
             Ok(Reply {
                 body,
@@ -464,7 +478,7 @@ impl ClientInner {
         url: &Url,
         headers: HeaderMap,
         body: Vec<u8>,
-    ) -> Result<(StatusCode, Option<Duration>, Vec<u8>), reqwest::Error> {
+    ) -> Result<(StatusCode, Option<Duration>, Vec<u8>), ExchangeError> {
         let request = self.http.request(method, url.clone()).headers(headers);
         let request = if body.is_empty() {
             request
@@ -479,23 +493,65 @@ impl ClientInner {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = response.bytes().await?;
-        Ok((status, retry_after, body.to_vec()))
+        match read_bounded(response).await? {
+            Some(body) => Ok((status, retry_after, body)),
+            // An error status means the same with or without its body, which is only read
+            // for identifiers.
+            None if !status.is_success() => Ok((status, retry_after, Vec::new())),
+            None => Err(ExchangeError::TooLarge),
+        }
     }
+}
+
+/// Why an exchange produced no usable response.
+enum ExchangeError {
+    /// Sending or receiving failed.
+    Transport(reqwest::Error),
+    /// A success body longer than [`MAX_RESPONSE_BYTES`].
+    TooLarge,
+}
+
+impl From<reqwest::Error> for ExchangeError {
+    fn from(e: reqwest::Error) -> Self {
+        Self::Transport(e)
+    }
+}
+
+/// Reads a body of at most [`MAX_RESPONSE_BYTES`] chunk by chunk; `None` (having read no more
+/// than the limit) if it is longer.
+async fn read_bounded(mut response: reqwest::Response) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > MAX_RESPONSE_BYTES as u64)
+    {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
 }
 
 /// A failed exchange as an [`Error`]. For a create, any failure after the connection was made
 /// may have left a key behind, so it becomes [`Error::CreateOutcomeUnknown`].
-fn transport_error(operation: Operation, e: reqwest::Error, correlation_id: &str) -> Error {
-    let never_sent = e.is_connect() || e.is_builder();
-    if operation == Operation::CreateKey && !never_sent {
-        Error::CreateOutcomeUnknown {
+fn exchange_error(operation: Operation, e: ExchangeError, correlation_id: &str) -> Error {
+    let sent = match &e {
+        ExchangeError::Transport(e) => !(e.is_connect() || e.is_builder()),
+        ExchangeError::TooLarge => true,
+    };
+    if operation == Operation::CreateKey && sent {
+        return Error::CreateOutcomeUnknown {
             correlation_id: correlation_id.to_owned(),
-        }
-    } else if e.is_timeout() {
-        Error::Timeout
-    } else {
-        Error::Transport(e)
+        };
+    }
+    match e {
+        ExchangeError::TooLarge => Error::InvalidResponse("response body is larger than 1 MiB"),
+        ExchangeError::Transport(e) if e.is_timeout() => Error::Timeout,
+        ExchangeError::Transport(e) => Error::Transport(e),
     }
 }
 
@@ -554,6 +610,16 @@ fn status_error(
     }
 }
 
+/// Whether a created key has what the API documents: a public key that fits a key pair and a
+/// private key of [`signing::PRIVATE_KEY_BYTES`] bytes in standard base64.
+fn is_usable(created: &CreatedKey) -> bool {
+    KeyPair::new(created.public_key.clone(), created.private_key.clone())
+        .validate()
+        .is_ok()
+        && signing::decode_private_key(&created.private_key)
+            .is_some_and(|key| key.expose_secret().len() == signing::PRIVATE_KEY_BYTES)
+}
+
 /// A header value that hyper and reqwest will not print in their own debug output.
 fn sensitive(value: SecretString) -> Result<HeaderValue, Error> {
     let mut header = HeaderValue::from_str(value.expose_secret())
@@ -599,10 +665,16 @@ impl AccountClient {
                 body,
             )
             .await?;
-        // The key was created, but without a readable body its private key is lost to us.
-        serde_json::from_slice(&reply.body).map_err(|_| Error::CreateOutcomeUnknown {
-            correlation_id: reply.correlation_id,
-        })
+        // The key was created, but without a readable body, or with a private key that cannot
+        // be the documented one, its private key is lost to us: storing a key that cannot
+        // authenticate would report success for a broken key, and failing for good would
+        // leave the created key alive forever. Only listing (and revoking) reconciles.
+        serde_json::from_slice::<CreatedKey>(&reply.body)
+            .ok()
+            .filter(is_usable)
+            .ok_or(Error::CreateOutcomeUnknown {
+                correlation_id: reply.correlation_id,
+            })
     }
 
     /// Lists the tenant's keys (without private keys).
@@ -787,6 +859,35 @@ mod tests {
                     "{operation} with body {body:?}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn only_a_documented_key_pair_is_usable() {
+        let created = |public_key: &str, private_key: &str| CreatedKey {
+            identity: None,
+            public_key: public_key.into(),
+            private_key: private_key.into(),
+            name: None,
+            roles: Vec::new(),
+        };
+        let public = "88fdb12a-14dc-419c-b74c-422e2c25cfe7";
+        let documented = "AGHYR1aWYgHgyjhJLkVCd7b8XfAVeA4tuFwCQl3X64Y=";
+        assert!(is_usable(&created(public, documented)));
+        for (public_key, private_key) in [
+            (public, ""),
+            (public, "AGHYR1aWYgHgyjhJLkVCd7b8XfAVeA4tuFwCQl3X64Y=!*"),
+            (public, "not base64"),
+            // 16 and 33 bytes: base64, but not the documented size.
+            (public, "AAECAwQFBgcICQoLDA0ODw=="),
+            (public, "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8g"),
+            ("", documented),
+            ("a:b", documented),
+        ] {
+            assert!(
+                !is_usable(&created(public_key, private_key)),
+                "{public_key:?} {private_key:?}"
+            );
         }
     }
 }

@@ -88,10 +88,13 @@ pub enum Error {
     #[error("invalid response from the Imburse API: {0}")]
     InvalidResponse(&'static str),
     /// A create request may have reached the server, but its response was lost (connection
-    /// reset or closed after sending, timeout, unreadable success body). The key may or may not
-    /// exist: the caller must reconcile by listing the tenant's keys. Never retried
-    /// automatically, because a blind retry could create a second key.
-    #[error("outcome of the key creation is unknown; list the tenant's keys to reconcile")]
+    /// reset or closed after sending, timeout, a success body that is unreadable, too large, or
+    /// lacks a usable key pair). The key may or may not exist, and if it does its private key
+    /// is lost: the caller must reconcile by listing the tenant's keys and revoking it. Never
+    /// retried automatically, because a blind retry could create a second key.
+    #[error(
+        "the answer to a key creation was lost or unusable, so a key may exist without its private key; list the tenant's keys to reconcile"
+    )]
     CreateOutcomeUnknown {
         /// The `X-Correlation-ID` this client sent with the create request.
         correlation_id: String,

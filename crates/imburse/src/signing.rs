@@ -76,6 +76,10 @@ pub fn sign(
     .into())
 }
 
+/// Length of a decoded private key, as the API documents it (32 bytes). Only keys the API
+/// creates are held to it: an account key of another length is left for the API to judge.
+pub const PRIVATE_KEY_BYTES: usize = 32;
+
 pub(crate) fn invalid_private_key() -> Error {
     Error::InvalidConfig("privateKey must be non-empty standard padded base64".into())
 }

@@ -13,13 +13,19 @@ use crate::Error;
 pub struct Token {
     /// The token sent as `Authorization: Bearer {access_token}`.
     pub access_token: SecretString,
-    /// Expiry as stated by the API.
-    pub expires_at: SystemTime,
+    /// Expiry as stated by the API; `None` when the answer stated none.
+    pub expires_at: Option<SystemTime>,
 }
 
 /// Epoch values below this are seconds, above it milliseconds (10^12 ms is in 2001; 10^12 s is
 /// tens of thousands of years away).
 const MILLIS_THRESHOLD: f64 = 1e12;
+
+/// How long a token without a usable expiry (none stated, or one already past, e.g. because
+/// of a skewed clock) is reused. Short, so a dead token is not kept; nonzero, so the cache
+/// does not ask for a token on every call. A token that dies earlier is replaced on its first
+/// 401 anyway.
+pub(crate) const UNKNOWN_EXPIRY_REUSE: Duration = Duration::from_secs(30);
 
 /// Refresh at most this long before expiry...
 const MAX_REFRESH_MARGIN: Duration = Duration::from_secs(60);
@@ -31,10 +37,13 @@ const REFRESH_MARGIN_SHARE: u32 = 10;
 #[serde(rename_all = "camelCase")]
 struct TokenResponse {
     access_token: SecretString,
+    #[serde(default)]
     expires: Value,
 }
 
-/// Parses `{"accessToken": "...", "expires": "1560514835115" | 1560514835115}`.
+/// Parses `{"accessToken": "...", "expires": "1560514835115" | 1560514835115}`. A missing or
+/// `null` `expires` yields a token without expiry (reused only briefly); one that is present
+/// but no epoch time means the answer is not what it claims to be.
 pub(crate) fn parse_token_response(body: &[u8]) -> Result<Token, Error> {
     let response: TokenResponse = serde_json::from_slice(body)
         .map_err(|_| Error::InvalidResponse("token response is not {accessToken, expires}"))?;
@@ -43,9 +52,13 @@ pub(crate) fn parse_token_response(body: &[u8]) -> Result<Token, Error> {
             "token response has an empty accessToken",
         ));
     }
+    let expires_at = match &response.expires {
+        Value::Null => None,
+        stated => Some(parse_expires(stated)?),
+    };
     Ok(Token {
         access_token: response.access_token,
-        expires_at: parse_expires(&response.expires)?,
+        expires_at,
     })
 }
 
@@ -115,13 +128,17 @@ impl TokenCache {
     }
 }
 
-/// When to stop reusing a token: `min(60 s, lifetime / 10)` before it expires. Measured on the
+/// When to stop reusing a token: `min(60 s, lifetime / 10)` before it expires, or after
+/// [`UNKNOWN_EXPIRY_REUSE`] when its expiry is unknown or already past. Measured on the
 /// monotonic clock from now, so a wall-clock jump does not keep a dead token alive.
 fn refresh_at(token: &Token) -> Instant {
     let lifetime = token
         .expires_at
-        .duration_since(SystemTime::now())
-        .unwrap_or_default();
+        .and_then(|at| at.duration_since(SystemTime::now()).ok())
+        .filter(|lifetime| !lifetime.is_zero());
+    let Some(lifetime) = lifetime else {
+        return Instant::now() + UNKNOWN_EXPIRY_REUSE;
+    };
     let margin = MAX_REFRESH_MARGIN.min(lifetime / REFRESH_MARGIN_SHARE);
     Instant::now() + (lifetime - margin)
 }
@@ -141,21 +158,50 @@ mod tests {
         ] {
             assert_eq!(
                 parse_token_response(body.as_bytes()).unwrap().expires_at,
-                at
+                Some(at)
             );
         }
         let seconds = parse_token_response(br#"{"accessToken":"t","expires":1560514835}"#).unwrap();
         assert_eq!(
             seconds.expires_at,
-            UNIX_EPOCH + Duration::from_secs(1_560_514_835)
+            Some(UNIX_EPOCH + Duration::from_secs(1_560_514_835))
         );
+        for unstated in [
+            r#"{"accessToken":"t"}"#,
+            r#"{"accessToken":"t","expires":null}"#,
+        ] {
+            let token = parse_token_response(unstated.as_bytes()).unwrap();
+            assert_eq!(token.expires_at, None, "{unstated}");
+        }
         for bad in [
             r#"{"accessToken":"t","expires":"soon"}"#,
             r#"{"accessToken":"t","expires":-5}"#,
+            r#"{"accessToken":"t","expires":{}}"#,
             r#"{"accessToken":"","expires":1}"#,
-            r#"{"accessToken":"t"}"#,
+            r#"{"expires":1}"#,
+            "<html></html>",
+            "",
         ] {
             assert!(parse_token_response(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_token_without_usable_expiry_is_reused_briefly() {
+        for expires_at in [
+            None,
+            Some(SystemTime::now() - Duration::from_secs(3600)),
+            Some(UNIX_EPOCH),
+        ] {
+            let token = Token {
+                access_token: "t".into(),
+                expires_at,
+            };
+            let reuse = refresh_at(&token) - Instant::now();
+            assert!(
+                reuse <= UNKNOWN_EXPIRY_REUSE && reuse > UNKNOWN_EXPIRY_REUSE / 2,
+                "{expires_at:?}"
+            );
         }
     }
 
@@ -163,7 +209,7 @@ mod tests {
     fn refresh_margin_is_the_smaller_of_60s_and_a_tenth() {
         let token = |lifetime: Duration| Token {
             access_token: "t".into(),
-            expires_at: SystemTime::now() + lifetime,
+            expires_at: Some(SystemTime::now() + lifetime),
         };
         let long = refresh_at(&token(Duration::from_secs(3600))) - Instant::now();
         assert!(long <= Duration::from_secs(3540) && long > Duration::from_secs(3530));
@@ -180,7 +226,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
             Ok(Token {
                 access_token: format!("token-{n}").into(),
-                expires_at: SystemTime::now() + Duration::from_secs(3600),
+                expires_at: Some(SystemTime::now() + Duration::from_secs(3600)),
             })
         };
         let callers = (0..10).map(|_| {
@@ -197,7 +243,7 @@ mod tests {
 
         let stale = Token {
             access_token: "token-0".into(),
-            expires_at: SystemTime::now(),
+            expires_at: Some(SystemTime::now()),
         };
         cache.invalidate(&stale).await;
         let fresh = cache.get_or_fetch(|| fetch(fetches.clone())).await.unwrap();

@@ -11,7 +11,7 @@ mod steps;
 use std::{sync::Arc, time::Instant};
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, ResourceExt, runtime::controller::Action};
+use kube::{Api, Resource, ResourceExt, runtime::controller::Action};
 
 use super::{
     Context,
@@ -134,6 +134,8 @@ struct Run<'a> {
     resource_version: Option<String>,
     /// A key-changing step ran: the status write must be conditional on `resource_version`.
     guarded: bool,
+    /// When to look again after a permanent failure that may pass (a refused create).
+    retry_in: Option<std::time::Duration>,
     released: bool,
     /// The resource was confirmed current against the API server during this reconcile.
     confirmed_fresh: bool,
@@ -156,7 +158,15 @@ impl Run<'_> {
             }
             match step {
                 Step::Settled => return Ok(()),
-                Step::BeginCreate(reason) => self.begin_create(reason).await?,
+                Step::BeginCreate(reason) => {
+                    if let Some((refused, left)) =
+                        self.ctx.refusal(&self.uid, self.tsk.meta().generation)
+                    {
+                        self.retry_in = Some(left);
+                        return Err(refused);
+                    }
+                    self.begin_create(reason).await?;
+                }
                 Step::CleanupOrphans => self.cleanup_orphans().await?,
                 Step::Create => self.create().await?,
                 Step::AdoptFromSecret => self.adopt_from_secret(),

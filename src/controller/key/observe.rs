@@ -46,6 +46,7 @@ impl<'a> Run<'a> {
             imburse: None,
             resource_version: tsk.resource_version(),
             guarded: false,
+            retry_in: None,
             released: false,
             confirmed_fresh: false,
             stale: false,

@@ -16,6 +16,7 @@ impl Run<'_> {
     pub(super) async fn finish(mut self, result: Result<()>) -> Result<Action> {
         // A resource whose finalizer is gone (or going) has no status left to report.
         if self.released || (self.deleting && result.is_ok()) {
+            self.ctx.forget_refusal(&self.uid);
             return Ok(Action::await_change());
         }
         if self.stale && result.is_ok() {
@@ -72,9 +73,12 @@ impl Run<'_> {
             status::apply_status(self.ctx, &self.keys, &self.name, &self.status, version).await?;
         }
         match result {
-            Ok(()) => Ok(self
-                .next_revocation()
-                .map_or_else(Action::await_change, Action::requeue)),
+            Ok(()) => {
+                self.ctx.forget_refusal(&self.uid);
+                Ok(self
+                    .next_revocation()
+                    .map_or_else(Action::await_change, Action::requeue))
+            }
             Err(e) => {
                 let reason = e.reason().as_str();
                 tracing::warn!(
@@ -89,10 +93,10 @@ impl Run<'_> {
                     self.event(EventType::Warning, reason, "Reconcile", e.event_note())
                         .await;
                 }
-                if e.is_permanent() {
-                    Ok(Action::await_change())
-                } else {
-                    Err(e)
+                match self.retry_in {
+                    Some(delay) => Ok(Action::requeue(delay)),
+                    None if e.is_permanent() => Ok(Action::await_change()),
+                    None => Err(e),
                 }
             }
         }

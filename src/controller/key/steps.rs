@@ -264,9 +264,13 @@ impl Run<'_> {
             Err(e) if is_definitive_refusal(&e) => {
                 // Imburse refused the request itself: no key exists, so the intent is closed
                 // and nothing has to be listed later (also not when the resource is deleted).
+                // Until the spec changes or the backoff ends, no new attempt is made: each
+                // would write an intent, which would start the next.
+                let e = Error::from(e);
+                self.retry_in = Some(self.ctx.refused(&self.uid, self.tsk.meta().generation, &e));
                 self.intent = None;
                 self.write_metadata(true).await?;
-                return Err(e.into());
+                return Err(e);
             }
             Err(e) => {
                 // The key may exist even though the call failed; only a listing can tell.
