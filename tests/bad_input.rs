@@ -220,12 +220,16 @@ fn cases() -> Vec<Case> {
             "SecretRejected",
         ),
         // The account: refused locally, or by Imburse with a 401.
-        account(
-            "account-url-unparseable",
-            json!({"baseUrl": "not a url"}),
-            Credentials::Entries(valid),
-            "InvalidSpec",
-        ),
+        // Found when the key resolves its account, before the account is used.
+        Case {
+            reason: "InvalidSpec",
+            ..account(
+                "account-url-unparseable",
+                json!({"baseUrl": "not a url"}),
+                Credentials::Entries(valid),
+                "InvalidSpec",
+            )
+        },
         account(
             "account-url-plain-http-remote",
             json!({"baseUrl": "http://api.imbursepayments.com"}),

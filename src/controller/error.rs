@@ -141,6 +141,10 @@ impl Error {
             Self::NamespaceNotAllowed { .. } => Reason::NamespaceNotAllowed,
             Self::TenantNotAllowed { .. } => Reason::TenantNotAllowed,
             Self::RolesNotAllowed { .. } => Reason::RolesNotAllowed,
+            // A URL that does not parse, or names no host, is a mistake, not a refusal.
+            Self::BaseUrlNotAllowed(
+                crate::allowed_hosts::Refusal::Invalid | crate::allowed_hosts::Refusal::NoHost,
+            ) => Reason::InvalidSpec,
             Self::BaseUrlNotAllowed(_) => Reason::BaseUrlNotAllowed,
             Self::AccountNotReady { .. } => Reason::AccountNotReady,
             Self::CredentialsSecretNotFound { .. } => Reason::CredentialsSecretNotFound,

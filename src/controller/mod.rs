@@ -79,6 +79,22 @@ struct Refusal {
     message: String,
 }
 
+/// Consecutive transient failures of one object.
+struct Failures {
+    count: u32,
+    /// End of the current backoff.
+    not_before: std::time::Instant,
+    /// What the user asked when it failed: a new spec or a deletion is worth trying at once.
+    asked: (Option<i64>, bool),
+}
+
+fn asked<K: Resource>(obj: &K) -> (Option<i64>, bool) {
+    (
+        obj.meta().generation,
+        obj.meta().deletion_timestamp.is_some(),
+    )
+}
+
 /// Identifies an object across kinds: kind, namespace, name.
 type ObjectKey = (String, Option<String>, String);
 
@@ -92,8 +108,8 @@ pub struct Context {
     /// Set once the TenantSecurityKey caches (one per watched namespace) are synced; served by
     /// `/readyz`.
     ready: Arc<AtomicBool>,
-    /// Consecutive transient failures per object, for per-object exponential backoff.
-    failures: Mutex<HashMap<ObjectKey, u32>>,
+    /// Consecutive transient failures per object, and when the object may call Imburse again.
+    failures: Mutex<HashMap<ObjectKey, Failures>>,
     /// Creates Imburse refused outright, by resource uid: no new attempt before `until` unless
     /// the spec changes, so a refusal costs no loop of intents and creates.
     refusals: Mutex<HashMap<String, Refusal>>,
@@ -134,9 +150,33 @@ impl Context {
     /// with jitter so that objects failing together do not retry together.
     fn backoff<K: Resource<DynamicType = ()>>(&self, obj: &K, error: &Error) -> Duration {
         let jittered = self.exponential(obj, self.settings.backoff_base, self.settings.backoff_cap);
-        error
+        let delay = error
             .retry_after()
-            .map_or(jittered, |after| after.max(jittered))
+            .map_or(jittered, |after| after.max(jittered));
+        if let Some(entry) = self
+            .failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&Self::failure_key(obj))
+        {
+            entry.not_before = std::time::Instant::now() + delay;
+            entry.asked = asked(obj);
+        }
+        delay
+    }
+
+    /// Time left in the object's backoff after a transient failure. A reconcile triggered
+    /// meanwhile by the operator's own writes must not call Imburse before it ends, or each
+    /// failed attempt's writes would start the next at once; a new spec or a deletion is
+    /// tried at once.
+    pub fn backing_off<K: Resource<DynamicType = ()>>(&self, obj: &K) -> Option<Duration> {
+        let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let failures = map
+            .get(&Self::failure_key(obj))
+            .filter(|f| f.asked == asked(obj))?;
+        failures
+            .not_before
+            .checked_duration_since(std::time::Instant::now())
     }
 
     /// Records that Imburse refused a create of the resource `uid` at `generation`; returns
@@ -207,9 +247,13 @@ impl Context {
     ) -> Duration {
         let failures = {
             let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-            let n = map.entry(Self::failure_key(obj)).or_insert(0);
-            *n = n.saturating_add(1);
-            *n
+            let entry = map.entry(Self::failure_key(obj)).or_insert(Failures {
+                count: 0,
+                not_before: std::time::Instant::now(),
+                asked: asked(obj),
+            });
+            entry.count = entry.count.saturating_add(1);
+            entry.count
         };
         let exp = base
             .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
@@ -245,7 +289,8 @@ where
     Fut: Future<Output = Result<Action>>,
 {
     let result = reconcile(obj.clone(), ctx.clone()).await;
-    if result.is_ok() {
+    // A reconcile that only waited out the backoff (see `Context::backing_off`) is no success.
+    if result.is_ok() && ctx.backing_off(obj.as_ref()).is_none() {
         ctx.succeeded(obj.as_ref());
     }
     result

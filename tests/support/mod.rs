@@ -320,8 +320,7 @@ pub async fn start_control_plane() -> Result<(ControlPlane, Client)> {
 }
 
 /// Starts the operator binary against the control plane, logging into `logs`, with `extra`
-/// arguments after the common ones: debug logs, a free metrics port, and accounts whose
-/// credentials Imburse refused verified again after two seconds.
+/// arguments after the common ones (debug logs, a free metrics port).
 pub fn start_operator(
     name: &'static str,
     control_plane: &ControlPlane,
@@ -334,8 +333,6 @@ pub fn start_operator(
         "127.0.0.1:0",
         "--namespace",
         operator_namespace,
-        "--credentials-retry-seconds",
-        "2",
         "--log-filter",
         "debug,kube=info,hyper=info,hyper_util=info,tower=info,h2=info,rustls=info,reqwest=info",
     ];

@@ -136,6 +136,9 @@ struct Run<'a> {
     guarded: bool,
     /// When to look again after a permanent failure that may pass (a refused create).
     retry_in: Option<std::time::Duration>,
+    /// The resource is in its backoff after a transient failure: nothing was done, and the
+    /// status still tells why.
+    waiting: bool,
     released: bool,
     /// The resource was confirmed current against the API server during this reconcile.
     confirmed_fresh: bool,
@@ -149,6 +152,13 @@ impl Run<'_> {
         for _ in 0..MAX_STEPS {
             let step = decision::next_step(&self.observed());
             tracing::debug!(?step, "next step");
+            if step.needs_latest_resource()
+                && let Some(left) = self.ctx.backing_off(self.tsk)
+            {
+                self.retry_in = Some(left);
+                self.waiting = true;
+                return Ok(());
+            }
             if step.needs_latest_resource() && !self.confirmed_fresh {
                 if !self.is_fresh().await? {
                     self.stale = true;

@@ -23,9 +23,12 @@ impl<'a> Run<'a> {
             .and_then(|v| Recorded::parse(v))
             .filter(|r| status.attempt.as_deref() != Some(r.attempt()));
         let has_finalizer = tsk.finalizers().iter().any(|f| f == FINALIZER);
-        // A resource the operator already reported on, without its finalizer: a replace wiped
-        // the operator's metadata, and with it possibly an open intent.
-        let sweep_needed = !has_finalizer && tsk.status.is_some();
+        // A resource whose status records keys, without the finalizer that every key comes
+        // with: a replace wiped the operator's metadata, and with it possibly an open intent.
+        let sweep_needed = !has_finalizer
+            && (status.attempt.is_some()
+                || status.public_key.is_some()
+                || !status.previous_keys.is_empty());
         Self {
             ctx,
             tsk,
@@ -47,6 +50,7 @@ impl<'a> Run<'a> {
             resource_version: tsk.resource_version(),
             guarded: false,
             retry_in: None,
+            waiting: false,
             released: false,
             confirmed_fresh: false,
             stale: false,

@@ -19,6 +19,9 @@ impl Run<'_> {
             self.ctx.forget_refusal(&self.uid);
             return Ok(Action::await_change());
         }
+        if self.waiting && result.is_ok() {
+            return Ok(Action::requeue(self.retry_in.unwrap_or_default()));
+        }
         if self.stale && result.is_ok() {
             tracing::debug!("cache behind the API server; deciding again shortly");
             return Ok(Action::requeue(Duration::from_millis(500)));
