@@ -7,7 +7,7 @@ mod support;
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
-use imburse_sandbox::{Config, Faults, Sandbox};
+use imburse_sandbox::{Config, Faults, Misbehaviour, Sandbox};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
     Api, ResourceExt,
@@ -25,7 +25,12 @@ const FINALIZER: &str = "imbursepayments.com/revoke-key";
 fn main() -> std::process::ExitCode {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
-    let env = match Env::start(Config::generate(1, 24)) {
+    // Accounts whose credentials Imburse refused are verified again after two seconds.
+    let env = match Env::start_with(
+        Config::generate(1, 24),
+        imburse_sandbox::Options::default(),
+        &["--credentials-retry-seconds", "2"],
+    ) {
         Ok(env) => Arc::new(env),
         Err(e) => {
             eprintln!("could not start the test environment: {e:#}");
@@ -80,6 +85,14 @@ fn main() -> std::process::ExitCode {
         (
             "retain_survives_foreground_deletion",
             retain_survives_foreground_deletion,
+        ),
+        (
+            "a_refusal_of_the_moment_does_not_stall_an_account",
+            a_refusal_of_the_moment_does_not_stall_an_account,
+        ),
+        (
+            "a_404_without_imburse_error_body_is_no_revocation",
+            a_404_without_imburse_error_body_is_no_revocation,
         ),
     ];
     let trials = tests
@@ -690,6 +703,106 @@ fn retain_survives_foreground_deletion(env: &Env) -> Result<()> {
             "the released Secret still names its owner"
         );
         ensure!(env.sandbox_keys(&tenant).await? == [public_key]);
+        Ok(())
+    })
+}
+
+/// Imburse refuses the account's credentials once (a clock skew, a refusal of the moment):
+/// the account is verified again by itself, without anyone editing it.
+fn a_refusal_of_the_moment_does_not_stall_an_account(env: &Env) -> Result<()> {
+    env.block_on(async {
+        let ns = "refused-once";
+        create_namespace(&env.client, ns, BTreeMap::new()).await?;
+        env.credentials_secret(ns, "creds", 0).await?;
+        env.sandbox
+            .admin()
+            // Twice: the first refusal's status write triggers one more verification at once.
+            .set_faults(&Faults::scripted(
+                imburse::Operation::Token,
+                2,
+                Misbehaviour::Status {
+                    status: 401,
+                    body: r#"{"errors":[{"errorCode":"INVALID_SIGNATURE"}]}"#.into(),
+                    retry_after_seconds: None,
+                },
+            ))
+            .await?;
+        // Another spelling of the sandbox's host, so that no token cached for the account's
+        // other uses answers for it.
+        let base_url = env.sandbox.base_url().replace("127.0.0.1", "localhost");
+        env.apply_account(ns, "imburse", json!({ "baseUrl": base_url }), "creds")
+            .await?;
+        let accounts: Api<ImburseAccount> = Api::namespaced(env.client.clone(), ns);
+        wait_for(&accounts, "imburse", |a| {
+            support::ready(a.status.as_ref().map(|s| &s.conditions))
+                == Some(("False", "CredentialsInvalid"))
+        })
+        .await?;
+        wait_for(&accounts, "imburse", |a| {
+            support::ready(a.status.as_ref().map(|s| &s.conditions))
+                == Some(("True", "CredentialsVerified"))
+        })
+        .await?;
+        Ok(())
+    })
+}
+
+/// Something in front of Imburse answers a revocation with a bare 404 (a route that does not
+/// exist): the key is not taken for revoked, it stays queued until Imburse itself confirms.
+fn a_404_without_imburse_error_body_is_no_revocation(env: &Env) -> Result<()> {
+    env.block_on(async {
+        let ns = "bare-404";
+        env.namespace_with_account(ns, 0).await?;
+        let tenant = env.tenant(0, 17);
+        env.create_key(ns, "bare", &tenant, json!({})).await?;
+        let old = expect_single_key(env, ns, "bare", &tenant).await?;
+        env.sandbox
+            .admin()
+            .set_faults(&Faults::scripted(
+                imburse::Operation::DeleteKey,
+                1_000,
+                Misbehaviour::Status {
+                    status: 404,
+                    body: "Not Found".into(),
+                    retry_after_seconds: None,
+                },
+            ))
+            .await?;
+        env.secrets(ns)
+            .delete("bare", &DeleteParams::default())
+            .await?;
+        let replaced = wait_for(&env.keys(ns), "bare", |k| {
+            k.status.as_ref().is_some_and(|s| {
+                s.public_key.as_deref() != Some(old.as_str())
+                    && s.previous_keys.iter().any(|p| p.public_key == old)
+            })
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        ensure!(
+            env.sandbox_keys(&tenant).await?.contains(&old),
+            "the replaced key is gone"
+        );
+        let still_queued = env.keys(ns).get("bare").await?;
+        ensure!(
+            still_queued
+                .status
+                .as_ref()
+                .is_some_and(|s| s.previous_keys.iter().any(|p| p.public_key == old)),
+            "a bare 404 was taken for a revocation"
+        );
+        env.sandbox.admin().set_faults(&Faults::default()).await?;
+        let new = replaced
+            .status
+            .and_then(|s| s.public_key)
+            .context("new key")?;
+        wait_for(&env.keys(ns), "bare", |k| {
+            k.status
+                .as_ref()
+                .is_some_and(|s| s.previous_keys.is_empty())
+        })
+        .await?;
+        ensure!(expect_single_key(env, ns, "bare", &tenant).await? == new);
         Ok(())
     })
 }

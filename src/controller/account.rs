@@ -110,8 +110,11 @@ impl ResolvedAccount {
     /// The account as it is, allowed or not.
     fn describe<A: AccountResource>(account: &A, ctx: &Context) -> Self {
         let spec = account.account_spec();
+        // Deletion bumps the generation without changing the spec, and a deleting account is
+        // not verified again: its last verdict stands while its keys are revoked.
+        let deleting = account.meta().deletion_timestamp.is_some();
         let ready = account.account_status().is_some_and(|s| {
-            s.observed_generation == account.meta().generation
+            (deleting || s.observed_generation == account.meta().generation)
                 && s.conditions
                     .iter()
                     .any(|c| c.type_ == status::READY && c.status == "True")
