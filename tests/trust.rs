@@ -94,6 +94,10 @@ fn main() -> std::process::ExitCode {
             "a_404_without_imburse_error_body_is_no_revocation",
             a_404_without_imburse_error_body_is_no_revocation,
         ),
+        (
+            "a_secret_that_appears_meanwhile_is_never_overwritten",
+            a_secret_that_appears_meanwhile_is_never_overwritten,
+        ),
     ];
     let trials = tests
         .into_iter()
@@ -803,6 +807,47 @@ fn a_404_without_imburse_error_body_is_no_revocation(env: &Env) -> Result<()> {
         })
         .await?;
         ensure!(expect_single_key(env, ns, "bare", &tenant).await? == new);
+        Ok(())
+    })
+}
+
+/// Someone creates a Secret of the target's name while the operator waits for Imburse to
+/// create the key: the operator read no Secret, but never writes over one it has not read
+/// and found its own. The foreign Secret stays as it was, and the key it cannot deliver is
+/// revoked at once.
+fn a_secret_that_appears_meanwhile_is_never_overwritten(env: &Env) -> Result<()> {
+    env.block_on(async {
+        let ns = "appeared";
+        env.namespace_with_account(ns, 0).await?;
+        let tenant = env.tenant(0, 18);
+        env.sandbox
+            .admin()
+            .set_faults(&Faults {
+                create_response_delay_ms: 3_000,
+                ..Default::default()
+            })
+            .await?;
+        env.create_key(ns, "raced", &tenant, json!({})).await?;
+        poll(
+            || async { Ok(!env.sandbox_keys(&tenant).await?.is_empty()) },
+            "the key to be created at the sandbox",
+        )
+        .await?;
+        let foreign = BTreeMap::from([("token".to_owned(), "someone else's".to_owned())]);
+        support::create_secret(&env.client, ns, "raced", foreign).await?;
+        env.wait_reason(ns, "raced", "SecretConflict").await?;
+        let secret = env.secrets(ns).get("raced").await?;
+        ensure!(secret.owner_references().is_empty());
+        let data = secret.data.context("data")?;
+        ensure!(
+            data.keys().collect::<Vec<_>>() == ["token"] && data["token"].0 == b"someone else's",
+            "the foreign Secret was written"
+        );
+        poll(
+            || async { Ok(env.sandbox_keys(&tenant).await?.is_empty()) },
+            "the undeliverable key to be revoked",
+        )
+        .await?;
         Ok(())
     })
 }
