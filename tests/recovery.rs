@@ -7,15 +7,12 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result, ensure};
 use imburse_sandbox::{Config, Faults};
-use libtest_mimic::{Arguments, Trial};
+use libtest_mimic::Arguments;
 use serde_json::json;
-use support::{Env, poll};
-
-type TestFn = fn(&Env) -> Result<()>;
+use support::{Env, TestFn, poll};
 
 fn main() -> std::process::ExitCode {
-    let mut args = Arguments::from_args();
-    args.test_threads = Some(1);
+    let args = Arguments::from_args();
     let env = match Env::start(Config::generate(1, 8)) {
         Ok(env) => Arc::new(env),
         Err(e) => {
@@ -49,23 +46,7 @@ fn main() -> std::process::ExitCode {
             restart_at_rest_creates_and_writes_nothing,
         ),
     ];
-    let trials = tests
-        .into_iter()
-        .map(|(name, test)| {
-            let env = env.clone();
-            Trial::test(name, move || {
-                let result = test(&env);
-                // Whatever happened, the next test starts without faults.
-                let reset = env.block_on(env.sandbox.admin().set_faults(&Faults::default()));
-                result
-                    .and(reset.map_err(Into::into))
-                    .map_err(|e| format!("{e:#}").into())
-            })
-        })
-        .collect();
-    let conclusion = libtest_mimic::run(&args, trials);
-    drop(env);
-    conclusion.exit_code()
+    support::run_one_at_a_time(args, env, tests)
 }
 
 const NS: &str = "recovery";

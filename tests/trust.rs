@@ -13,18 +13,15 @@ use kube::{
     Api, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy},
 };
-use libtest_mimic::{Arguments, Trial};
+use libtest_mimic::Arguments;
 use serde_json::json;
-use support::{Env, create_namespace, poll, secret_key_pair, wait_for};
+use support::{Env, TestFn, create_namespace, poll, secret_key_pair, wait_for};
 use tenant_key_operator::crd::{ClusterImburseAccount, ImburseAccount, TenantSecurityKey};
-
-type TestFn = fn(&Env) -> Result<()>;
 
 const FINALIZER: &str = "imbursepayments.com/revoke-key";
 
 fn main() -> std::process::ExitCode {
-    let mut args = Arguments::from_args();
-    args.test_threads = Some(1);
+    let args = Arguments::from_args();
     // Accounts whose credentials Imburse refused are verified again after two seconds.
     let env = match Env::start_with(
         Config::generate(1, 24),
@@ -99,28 +96,7 @@ fn main() -> std::process::ExitCode {
             a_secret_that_appears_meanwhile_is_never_overwritten,
         ),
     ];
-    let trials = tests
-        .into_iter()
-        .map(|(name, test)| {
-            let env = env.clone();
-            Trial::test(name, move || {
-                let result = test(&env);
-                // Whatever happened, the next test starts with a running operator and no faults.
-                let mut operator = env.operator.lock().unwrap_or_else(|e| e.into_inner());
-                if operator.pid().is_none() {
-                    let _ = operator.restart();
-                }
-                drop(operator);
-                let reset = env.block_on(env.sandbox.admin().set_faults(&Faults::default()));
-                result
-                    .and(reset.map_err(Into::into))
-                    .map_err(|e| format!("{e:#}").into())
-            })
-        })
-        .collect();
-    let conclusion = libtest_mimic::run(&args, trials);
-    drop(env);
-    conclusion.exit_code()
+    support::run_one_at_a_time(args, env, tests)
 }
 
 /// Waits until the key is Ready, its tenant has exactly that key at `sandbox`, and its Secret

@@ -346,6 +346,46 @@ pub fn start_operator(
     )
 }
 
+/// A test of a binary whose tests share one [`Env`].
+pub type TestFn = fn(&Env) -> Result<()>;
+
+/// Runs `tests` one at a time (the sandbox's faults are global). Whatever a test did, the
+/// next one starts with a running operator and without faults.
+pub fn run_one_at_a_time(
+    mut args: libtest_mimic::Arguments,
+    env: std::sync::Arc<Env>,
+    tests: Vec<(&'static str, TestFn)>,
+) -> std::process::ExitCode {
+    args.test_threads = Some(1);
+    let trials = tests
+        .into_iter()
+        .map(|(name, test)| {
+            let env = env.clone();
+            libtest_mimic::Trial::test(name, move || {
+                let result = test(&env);
+                let mut operator = env.operator.lock().unwrap_or_else(|e| e.into_inner());
+                let restarted = match operator.pid() {
+                    Some(_) => Ok(()),
+                    None => operator.restart(),
+                };
+                drop(operator);
+                let reset = env.block_on(
+                    env.sandbox
+                        .admin()
+                        .set_faults(&imburse_sandbox::Faults::default()),
+                );
+                result
+                    .and(restarted)
+                    .and(reset.map_err(Into::into))
+                    .map_err(|e| format!("{e:#}").into())
+            })
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    drop(env);
+    conclusion.exit_code()
+}
+
 /// Public keys of the tenant's keys at the sandbox.
 pub async fn tenant_keys(sandbox: &Sandbox, tenant: &str) -> Result<Vec<String>> {
     Ok(sandbox

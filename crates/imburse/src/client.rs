@@ -17,6 +17,7 @@ use tracing::{debug, warn};
 
 use crate::config::{account_headers, endpoint, parse_base_url};
 use crate::model::{ErrorBody, KeyList};
+use crate::signing::SigningKey;
 use crate::token::{TokenCache, UNKNOWN_EXPIRY_REUSE, parse_token_response};
 use crate::{
     AccountConfig, ApiErrorDetails, ApiGeneration, CreatedKey, Error, KeyPair, NewKey, TenantKey,
@@ -205,7 +206,7 @@ impl AccountIdentity {
 struct AccountState {
     base: Url,
     generation: ApiGeneration,
-    credentials: KeyPair,
+    signer: SigningKey,
     /// Headers of every key call (`x-account-id` for the current generation).
     key_headers: HeaderMap,
     tokens: TokenCache,
@@ -260,7 +261,7 @@ impl Client {
     /// The handle for one account. The same base URL, generation, account id and key pair
     /// always yield handles sharing one token cache and one rate limiter.
     pub fn account(&self, cfg: AccountConfig) -> Result<AccountClient, Error> {
-        cfg.credentials.validate()?;
+        let signer = SigningKey::new(&cfg.credentials)?;
         let base = parse_base_url(&cfg.base_url)?;
         let key_headers = account_headers(&cfg)?;
         let identity = AccountIdentity::of(&cfg, &base);
@@ -275,7 +276,7 @@ impl Client {
                 Arc::new(AccountState {
                     base,
                     generation: cfg.generation,
-                    credentials: cfg.credentials,
+                    signer,
                     key_headers,
                     tokens: TokenCache::default(),
                     limiter: self.inner.rate_limit.map(RateLimiter::direct),
@@ -297,9 +298,11 @@ pub async fn authenticate(
     generation: ApiGeneration,
     key: &KeyPair,
 ) -> Result<Token, Error> {
-    key.validate()?;
+    let signer = SigningKey::new(key)?;
     let base = parse_base_url(base_url)?;
-    http.inner.fetch_token(None, &base, generation, key).await
+    http.inner
+        .fetch_token(None, &base, generation, &signer)
+        .await
 }
 
 /// A successful response body and the correlation id it was sent with.
@@ -385,13 +388,13 @@ impl ClientInner {
         limiter: Option<&DefaultDirectRateLimiter>,
         base: &Url,
         generation: ApiGeneration,
-        key: &KeyPair,
+        key: &SigningKey,
     ) -> Result<Token, Error> {
         let url = endpoint(base, generation.token_path());
         let attempt = || async {
             // Each attempt is signed anew: the server refuses a nonce it has seen.
             let mut headers = HeaderMap::new();
-            headers.insert(AUTHORIZATION, sensitive(signing::authorization(key, b"")?)?);
+            headers.insert(AUTHORIZATION, sensitive(key.authorization(b""))?);
             let reply = self
                 .send(
                     limiter,
@@ -640,7 +643,7 @@ impl fmt::Debug for AccountClient {
         f.debug_struct("AccountClient")
             .field("base_url", &self.state.base.as_str())
             .field("generation", &self.state.generation)
-            .field("public_key", &self.state.credentials.public_key)
+            .field("signer", &self.state.signer)
             .finish_non_exhaustive()
     }
 }
@@ -738,7 +741,7 @@ impl AccountClient {
                     state.limiter.as_ref(),
                     &state.base,
                     state.generation,
-                    &state.credentials,
+                    &state.signer,
                 )
             })
             .await

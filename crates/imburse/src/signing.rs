@@ -5,9 +5,9 @@
 //! message = "{publicKey}:{nonce}:{timestamp}:{bodyHash}"))` and
 //! `bodyHash = base64(SHA-256(body))`, or the empty string when there is no body.
 //!
-//! The client signs with [`authorization`]; the sandbox parses with
-//! [`HmacAuthorization::parse`] and checks with [`HmacAuthorization::verify`], so both sides
-//! share one reading of the contract.
+//! The client signs with a [`SigningKey`], decoded and keyed once per key pair so that signing
+//! itself cannot fail; the sandbox parses with [`HmacAuthorization::parse`] and checks with
+//! [`HmacAuthorization::verify`], so both sides share one reading of the contract.
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -48,32 +48,66 @@ pub fn fresh_nonce() -> String {
         .collect()
 }
 
-/// The `Authorization` header value for `body`, with a fresh nonce and the current whole-second
-/// UTC timestamp.
-pub fn authorization(key: &KeyPair, body: &[u8]) -> Result<SecretString, Error> {
-    let timestamp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_err(|_| Error::InvalidConfig("system clock is before 1970".into()))?
-        .as_secs();
-    sign(key, &fresh_nonce(), &timestamp.to_string(), body)
+/// A key pair ready to sign: the private key decoded and the HMAC keyed once, so that a
+/// broken key is found when the account is set up, not at every request.
+#[derive(Clone)]
+pub struct SigningKey {
+    public_key: String,
+    /// Keyed with the decoded private key; cloned for each signature.
+    mac: HmacSha256,
 }
 
-/// The `Authorization` header value for `body` with the given nonce and timestamp text.
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("public_key", &self.public_key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// Validates the key pair (see [`KeyPair::validate`]) and keys the HMAC with it.
+    pub fn new(key: &KeyPair) -> Result<Self, Error> {
+        key.validate()?;
+        Ok(Self {
+            public_key: key.public_key.clone(),
+            mac: keyed_mac(&key.private_key).ok_or_else(invalid_private_key)?,
+        })
+    }
+
+    /// The `Authorization` header value for `body`, with a fresh nonce and the current
+    /// whole-second UTC timestamp.
+    pub fn authorization(&self, body: &[u8]) -> SecretString {
+        // A clock before 1970 signs timestamp 0, which the API refuses as stale.
+        let timestamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        self.sign(&fresh_nonce(), &timestamp.to_string(), body)
+    }
+
+    /// The `Authorization` header value for `body` with the given nonce and timestamp text.
+    pub fn sign(&self, nonce: &str, timestamp: &str, body: &[u8]) -> SecretString {
+        let mut mac = self.mac.clone();
+        mac.update(message(&self.public_key, nonce, timestamp, body).as_bytes());
+        let signature = STANDARD.encode(mac.finalize().into_bytes());
+        format!(
+            "{SCHEME} {}:{nonce}:{timestamp}:{signature}",
+            self.public_key
+        )
+        .into()
+    }
+}
+
+/// The `Authorization` header value for `body` with the given nonce and timestamp text, for a
+/// key pair used once (tests, tools).
 pub fn sign(
     key: &KeyPair,
     nonce: &str,
     timestamp: &str,
     body: &[u8],
 ) -> Result<SecretString, Error> {
-    key.validate()?;
-    let mut mac = keyed_mac(&key.private_key).ok_or_else(invalid_private_key)?;
-    mac.update(message(&key.public_key, nonce, timestamp, body).as_bytes());
-    let signature = STANDARD.encode(mac.finalize().into_bytes());
-    Ok(format!(
-        "{SCHEME} {}:{nonce}:{timestamp}:{signature}",
-        key.public_key
-    )
-    .into())
+    Ok(SigningKey::new(key)?.sign(nonce, timestamp, body))
 }
 
 /// Length of a decoded private key, as the API documents it (32 bytes). Only keys the API
@@ -340,7 +374,7 @@ mod tests {
             flip in proptest::prelude::any::<proptest::sample::Index>(),
         ) {
             let key = KeyPair::new(public, STANDARD.encode(&secret));
-            let header = authorization(&key, &body).unwrap();
+            let header = SigningKey::new(&key).unwrap().authorization(&body);
             let parsed = HmacAuthorization::parse(header.expose_secret()).unwrap();
             proptest::prop_assert!(parsed.verify(&key.private_key, &body).is_ok());
 

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use imburse::signing::{HmacAuthorization, authorization};
+use imburse::signing::{HmacAuthorization, SigningKey};
 use imburse::{
     AccountConfig, ApiGeneration, Client, ClientOptions, Error, ExposeSecret, KeyPair, NewKey,
     RetryPolicy, authenticate,
@@ -101,7 +101,9 @@ async fn secrets_never_reach_logs_debug_or_errors() {
         secrets.push(token.access_token.expose_secret().to_owned());
         shown.push(format!("{token:?}"));
     }
-    let header = authorization(&account.key_pair(), b"").unwrap();
+    let header = SigningKey::new(&account.key_pair())
+        .unwrap()
+        .authorization(b"");
     let signature = header
         .expose_secret()
         .rsplit(':')
