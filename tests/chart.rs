@@ -624,7 +624,7 @@ async fn denied(client: &Client) -> Result<()> {
         ("", "events", "create"),
         ("imbursepayments.com", "tenantsecuritykeys", "create"),
         ("imbursepayments.com", "tenantsecuritykeys", "delete"),
-        ("imbursepayments.com", "imburseaccounts", "patch"),
+        ("imbursepayments.com", "imburseaccounts", "update"),
         ("imbursepayments.com", "clusterimburseaccounts", "delete"),
         ("rbac.authorization.k8s.io", "clusterroles", "bind"),
     ] {

@@ -95,6 +95,10 @@ fn main() -> std::process::ExitCode {
             "a_secret_that_appears_meanwhile_is_never_overwritten",
             a_secret_that_appears_meanwhile_is_never_overwritten,
         ),
+        (
+            "a_key_whose_tenant_is_gone_counts_as_revoked",
+            a_key_whose_tenant_is_gone_counts_as_revoked,
+        ),
     ];
     support::run_one_at_a_time(args, env, tests)
 }
@@ -824,6 +828,35 @@ fn a_secret_that_appears_meanwhile_is_never_overwritten(env: &Env) -> Result<()>
             "the undeliverable key to be revoked",
         )
         .await?;
+        Ok(())
+    })
+}
+
+/// Imburse answers a revocation with its documented "tenant not found": the tenant, and its
+/// keys with it, are gone, so the key counts as revoked and deletion finishes, with an Event
+/// that says so.
+fn a_key_whose_tenant_is_gone_counts_as_revoked(env: &Env) -> Result<()> {
+    env.block_on(async {
+        let ns = "tenant-gone";
+        env.namespace_with_account(ns, 0).await?;
+        let tenant = env.tenant(0, 19);
+        env.create_key(ns, "orphaned", &tenant, json!({})).await?;
+        expect_single_key(env, ns, "orphaned", &tenant).await?;
+        env.sandbox
+            .admin()
+            .set_faults(&Faults::scripted(
+                imburse::Operation::DeleteKey,
+                1_000,
+                Misbehaviour::Status {
+                    status: 404,
+                    body: r#"{"errors":[{"errorCode":"TENANT_NOT_FOUND"}]}"#.into(),
+                    retry_after_seconds: None,
+                },
+            ))
+            .await?;
+        env.delete_key(ns, "orphaned").await?;
+        env.wait_gone(ns, "orphaned").await?;
+        env.wait_event(ns, "orphaned", "TenantGone").await?;
         Ok(())
     })
 }
