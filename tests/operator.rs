@@ -16,7 +16,10 @@ use kube::{
 use libtest_mimic::{Arguments, Trial};
 use serde_json::json;
 use support::{Env, create_namespace, create_secret, ready, secret_key_pair, wait_for};
-use tenant_key_operator::crd::{ClusterImburseAccount, ImburseAccount, TenantSecurityKey};
+use tenant_key_operator::{
+    controller::intent,
+    crd::{ClusterImburseAccount, ImburseAccount, TenantSecurityKey},
+};
 
 type TestFn = fn(&Env) -> Result<()>;
 
@@ -230,9 +233,13 @@ fn secret_template_is_honoured(env: &Env) -> Result<()> {
         ensure!(
             data.contains_key("IMBURSE_PRIVATE_KEY") && data.contains_key("IMBURSE_PUBLIC_KEY")
         );
+        // The name at Imburse is the human name, marked with the resource and the attempt.
         let listed = env.sandbox.admin().keys(Some(&tenant)).await?;
+        let uid = key.uid().context("uid")?;
         ensure!(
-            listed.len() == 1 && listed[0].name == "Payments Key",
+            listed.len() == 1
+                && intent::human_name(&listed[0].name) == "Payments Key"
+                && intent::made_for(&listed[0].name, &uid),
             "{listed:?}"
         );
         Ok(())
