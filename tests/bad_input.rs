@@ -135,11 +135,10 @@ fn pair(public_key: &str, private_key: &str) -> BTreeMap<String, String> {
 }
 
 fn status(status: u16) -> Misbehaviour {
-    Misbehaviour::Status {
+    Misbehaviour::status(
         status,
-        body: format!(r#"{{"errors":[{{"errorCode":"SCRIPTED_{status}","message":"scripted"}}]}}"#),
-        retry_after_seconds: None,
-    }
+        format!(r#"{{"errors":[{{"errorCode":"SCRIPTED_{status}","message":"scripted"}}]}}"#),
+    )
 }
 
 fn create_once(misbehaviour: Misbehaviour) -> Faults {

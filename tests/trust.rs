@@ -704,11 +704,7 @@ fn a_refusal_of_the_moment_does_not_stall_an_account(env: &Env) -> Result<()> {
             .set_faults(&Faults::scripted(
                 imburse::Operation::Token,
                 2,
-                Misbehaviour::Status {
-                    status: 401,
-                    body: r#"{"errors":[{"errorCode":"INVALID_SIGNATURE"}]}"#.into(),
-                    retry_after_seconds: None,
-                },
+                Misbehaviour::status(401, r#"{"errors":[{"errorCode":"INVALID_SIGNATURE"}]}"#),
             ))
             .await?;
         // Another spelling of the sandbox's host, so that no token cached for the account's
@@ -745,11 +741,7 @@ fn a_404_without_imburse_error_body_is_no_revocation(env: &Env) -> Result<()> {
             .set_faults(&Faults::scripted(
                 imburse::Operation::DeleteKey,
                 1_000,
-                Misbehaviour::Status {
-                    status: 404,
-                    body: "Not Found".into(),
-                    retry_after_seconds: None,
-                },
+                Misbehaviour::status(404, "Not Found"),
             ))
             .await?;
         env.secrets(ns)
@@ -847,11 +839,7 @@ fn a_key_whose_tenant_is_gone_counts_as_revoked(env: &Env) -> Result<()> {
             .set_faults(&Faults::scripted(
                 imburse::Operation::DeleteKey,
                 1_000,
-                Misbehaviour::Status {
-                    status: 404,
-                    body: r#"{"errors":[{"errorCode":"TENANT_NOT_FOUND"}]}"#.into(),
-                    retry_after_seconds: None,
-                },
+                Misbehaviour::status(404, r#"{"errors":[{"errorCode":"TENANT_NOT_FOUND"}]}"#),
             ))
             .await?;
         env.delete_key(ns, "orphaned").await?;

@@ -88,7 +88,7 @@ pub const IN_USE_FINALIZER: &str = "imbursepayments.com/in-use";
 pub struct ResolvedAccount {
     pub spec: AccountSpec,
     pub secret_namespace: String,
-    kind: &'static str,
+    kind: AccountKind,
     name: String,
     /// Set for namespaced accounts.
     namespace: Option<String>,
@@ -122,7 +122,7 @@ impl ResolvedAccount {
         Self {
             spec: spec.clone(),
             secret_namespace: account.secret_namespace(ctx),
-            kind: A::KIND,
+            kind: A::ACCOUNT_KIND,
             name: account.name_any(),
             namespace: account.namespace(),
             ready,
@@ -135,7 +135,7 @@ impl ResolvedAccount {
     pub fn authorize(&self, tenant_id: &str, roles: &[String]) -> Result<()> {
         if !self.spec.allows_tenant(tenant_id) {
             return Err(Error::TenantNotAllowed {
-                kind: self.kind,
+                kind: kind_name(self.kind),
                 name: self.name.clone(),
                 tenant_id: tenant_id.into(),
             });
@@ -143,7 +143,7 @@ impl ResolvedAccount {
         let refused = self.spec.disallowed_roles(roles);
         if !refused.is_empty() {
             return Err(Error::RolesNotAllowed {
-                kind: self.kind,
+                kind: kind_name(self.kind),
                 name: self.name.clone(),
                 roles: refused.into_iter().map(Into::into).collect(),
             });
@@ -156,15 +156,27 @@ impl ResolvedAccount {
         if self.held {
             return Ok(());
         }
-        set_in_use(ctx, self.kind, &self.name, self.namespace.as_deref(), true).await?;
+        self.set_in_use(ctx, true).await
+    }
+
+    /// Adds or removes [`IN_USE_FINALIZER`] on the credentials Secret, then on the account. The
+    /// account's finalizer is what [`Self::hold`] and [`release_if_unused`] look at, so it goes
+    /// last either way: after a crash in between, the next call does both again.
+    async fn set_in_use(&self, ctx: &Context, held: bool) -> Result<()> {
+        let metrics = &ctx.metrics;
         let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &self.secret_namespace);
-        ctx.metrics.kube_write("secrets", "patch");
-        finalizer::add(
-            &secrets,
-            &self.spec.credentials_secret_ref.name,
-            IN_USE_FINALIZER,
-        )
-        .await?;
+        let credentials = &self.spec.credentials_secret_ref.name;
+        finalizer::set(&secrets, credentials, IN_USE_FINALIZER, held, metrics).await?;
+        match self.kind {
+            AccountKind::ImburseAccount => {
+                let api = ImburseAccount::api(ctx, self.namespace.as_deref());
+                finalizer::set(&api, &self.name, IN_USE_FINALIZER, held, metrics).await?
+            }
+            AccountKind::ClusterImburseAccount => {
+                let api = ClusterImburseAccount::api(ctx, None);
+                finalizer::set(&api, &self.name, IN_USE_FINALIZER, held, metrics).await?
+            }
+        };
         Ok(())
     }
 
@@ -187,7 +199,7 @@ impl ResolvedAccount {
     ) -> Result<imburse::AccountClient> {
         if !self.ready {
             return Err(Error::AccountNotReady {
-                kind: self.kind,
+                kind: kind_name(self.kind),
                 name: self.name.clone(),
             });
         }
@@ -254,33 +266,11 @@ pub async fn resolve(
     }
 }
 
-/// Adds or removes [`IN_USE_FINALIZER`] on the account itself.
-async fn set_in_use(
-    ctx: &Context,
-    kind: &str,
-    name: &str,
-    namespace: Option<&str>,
-    held: bool,
-) -> Result<()> {
-    async fn apply<A: AccountResource>(
-        ctx: &Context,
-        name: &str,
-        namespace: Option<&str>,
-        held: bool,
-    ) -> Result<()> {
-        let api = A::api(ctx, namespace);
-        ctx.metrics.kube_write(&A::plural(&()), "patch");
-        if held {
-            finalizer::add(&api, name, IN_USE_FINALIZER).await?;
-        } else {
-            finalizer::remove(&api, name, IN_USE_FINALIZER).await?;
-        }
-        Ok(())
-    }
-    if kind == ImburseAccount::KIND {
-        apply::<ImburseAccount>(ctx, name, namespace, held).await
-    } else {
-        apply::<ClusterImburseAccount>(ctx, name, None, held).await
+/// The name of an account kind, for messages.
+fn kind_name(kind: AccountKind) -> &'static str {
+    match kind {
+        AccountKind::ImburseAccount => ImburseAccount::KIND,
+        AccountKind::ClusterImburseAccount => ClusterImburseAccount::KIND,
     }
 }
 
@@ -313,9 +303,9 @@ pub async fn release_if_unused(
     account_ref: &AccountRef,
     released: Option<&str>,
 ) -> Result<bool> {
-    let (kind, namespace) = match account_ref.kind {
-        AccountKind::ImburseAccount => (ImburseAccount::KIND, Some(key_namespace)),
-        AccountKind::ClusterImburseAccount => (ClusterImburseAccount::KIND, None),
+    let namespace = match account_ref.kind {
+        AccountKind::ImburseAccount => Some(key_namespace),
+        AccountKind::ClusterImburseAccount => None,
     };
     if in_use(
         ctx,
@@ -336,18 +326,9 @@ pub async fn release_if_unused(
             .await?
             .map(|a| ResolvedAccount::describe(&a, ctx)),
     };
-    let Some(account) = account.filter(|a| a.held) else {
-        return Ok(true);
-    };
-    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &account.secret_namespace);
-    ctx.metrics.kube_write("secrets", "patch");
-    finalizer::remove(
-        &secrets,
-        &account.spec.credentials_secret_ref.name,
-        IN_USE_FINALIZER,
-    )
-    .await?;
-    set_in_use(ctx, kind, &account_ref.name, namespace, false).await?;
+    if let Some(account) = account.filter(|a| a.held) {
+        account.set_in_use(ctx, false).await?;
+    }
     Ok(true)
 }
 

@@ -552,12 +552,6 @@ mod tests {
     }
 
     #[test]
-    fn key_name_change_alone_keeps_the_key() {
-        // The human name is not part of the decision at all: only what identifies the key.
-        assert_eq!(next_step(&ready()), Step::Settled);
-    }
-
-    #[test]
     fn deleted_secret_replaces_the_key() {
         let o = Observed {
             secret: SecretState::Missing,

@@ -15,16 +15,38 @@ use kube::{
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use super::error::{Error, Result};
+use crate::metrics::Metrics;
+
 /// Attempts before giving up on an object that keeps changing under the patch.
 const TRIES: usize = 3;
 
+/// Adds `finalizer` to the object named `name` (`present`) or removes it, and confirms the
+/// result. Returns false when the object does not exist (any more).
+pub async fn set<K>(
+    api: &Api<K>,
+    name: &str,
+    finalizer: &str,
+    present: bool,
+    metrics: &Metrics,
+) -> Result<bool>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    if present {
+        add(api, name, finalizer, metrics).await
+    } else {
+        remove(api, name, finalizer, metrics).await
+    }
+}
+
 /// Adds `finalizer` to the object named `name` unless it is there. Returns false when the
 /// object does not exist.
-pub async fn add<K>(api: &Api<K>, name: &str, finalizer: &str) -> Result<bool, kube::Error>
+async fn add<K>(api: &Api<K>, name: &str, finalizer: &str, metrics: &Metrics) -> Result<bool>
 where
-    K: Resource + Clone + DeserializeOwned + Debug,
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
 {
-    retry(api, name, finalizer, |obj| {
+    retry(api, name, finalizer, metrics, |obj| {
         if obj.finalizers().iter().any(|f| f == finalizer) {
             return None;
         }
@@ -40,11 +62,11 @@ where
 
 /// Removes `finalizer` from the object named `name` and confirms it is gone. Returns false
 /// when the object does not exist (any more).
-pub async fn remove<K>(api: &Api<K>, name: &str, finalizer: &str) -> Result<bool, kube::Error>
+pub async fn remove<K>(api: &Api<K>, name: &str, finalizer: &str, metrics: &Metrics) -> Result<bool>
 where
-    K: Resource + Clone + DeserializeOwned + Debug,
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
 {
-    retry(api, name, finalizer, |obj| {
+    retry(api, name, finalizer, metrics, |obj| {
         let index = obj.finalizers().iter().position(|f| f == finalizer)?;
         let path = format!("/metadata/finalizers/{index}");
         Some(vec![
@@ -61,10 +83,11 @@ async fn retry<K>(
     api: &Api<K>,
     name: &str,
     finalizer: &str,
+    metrics: &Metrics,
     ops: impl Fn(&K) -> Option<Vec<Value>>,
-) -> Result<bool, kube::Error>
+) -> Result<bool>
 where
-    K: Resource + Clone + DeserializeOwned + Debug,
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
 {
     for _ in 0..TRIES {
         let Some(obj) = api.get_opt(name).await? else {
@@ -79,8 +102,9 @@ where
             "value": obj.resource_version(),
         })];
         operations.extend(changes);
-        let patch: json_patch::Patch =
-            serde_json::from_value(Value::Array(operations)).map_err(kube::Error::SerdeError)?;
+        let patch: json_patch::Patch = serde_json::from_value(Value::Array(operations))
+            .map_err(|e| Error::Kube(kube::Error::SerdeError(e)))?;
+        metrics.kube_write(&K::plural(&()), "patch");
         match api
             .patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
             .await
@@ -90,15 +114,10 @@ where
             Err(kube::Error::Api(e)) if e.code == 404 => return Ok(false),
             // A failed test (the object changed since it was read): read it again.
             Err(kube::Error::Api(e)) if e.code == 409 || e.code == 422 => {}
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
-    Err(kube::Error::Api(
-        kube::core::Status::failure(
-            &format!("finalizer {finalizer} on {name}: the object keeps changing"),
-            "Conflict",
-        )
-        .with_code(409)
-        .boxed(),
-    ))
+    Err(Error::conflict(&format!(
+        "finalizer {finalizer} on {name}: the object keeps changing"
+    )))
 }

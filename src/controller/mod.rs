@@ -187,12 +187,7 @@ impl Context {
             .get(uid)
             .filter(|r| r.generation == generation)
             .map_or(1, |r| r.count.saturating_add(1));
-        let cap = Duration::from_secs(3600).max(self.settings.stalled_retry);
-        let delay = self
-            .settings
-            .stalled_retry
-            .saturating_mul(2u32.saturating_pow(count.saturating_sub(1).min(16)))
-            .min(cap);
+        let delay = doubled(self.settings.stalled_retry, count, self.stalled_cap());
         map.insert(
             uid.to_owned(),
             Refusal {
@@ -233,8 +228,12 @@ impl Context {
 
     /// Delay before verifying again an account whose credentials Imburse refused.
     fn stalled_retry<K: Resource<DynamicType = ()>>(&self, obj: &K) -> Duration {
-        let cap = Duration::from_secs(3600).max(self.settings.stalled_retry);
-        self.exponential(obj, self.settings.stalled_retry, cap)
+        self.exponential(obj, self.settings.stalled_retry, self.stalled_cap())
+    }
+
+    /// Longest wait before asking again what Imburse refused: an hour.
+    fn stalled_cap(&self) -> Duration {
+        Duration::from_secs(3600).max(self.settings.stalled_retry)
     }
 
     /// `base` doubled per consecutive failure of `obj`, capped, with jitter so that objects
@@ -255,10 +254,7 @@ impl Context {
             entry.count = entry.count.saturating_add(1);
             entry.count
         };
-        let exp = base
-            .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
-            .min(cap);
-        exp.mul_f64(rand::random_range(0.5..=1.0))
+        doubled(base, failures, cap).mul_f64(rand::random_range(0.5..=1.0))
     }
 
     fn succeeded<K: Resource<DynamicType = ()>>(&self, obj: &K) {
@@ -267,6 +263,12 @@ impl Context {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&Self::failure_key(obj));
     }
+}
+
+/// `base` doubled for each of `count` consecutive failures after the first, capped.
+fn doubled(base: Duration, count: u32, cap: Duration) -> Duration {
+    base.saturating_mul(2u32.saturating_pow(count.saturating_sub(1).min(16)))
+        .min(cap)
 }
 
 fn error_policy<K: Resource<DynamicType = ()>>(

@@ -119,6 +119,15 @@ pub enum Misbehaviour {
 }
 
 impl Misbehaviour {
+    /// A gateway's answer with `status` and `body`, without `Retry-After`.
+    pub fn status(status: u16, body: impl Into<String>) -> Self {
+        Self::Status {
+            status,
+            body: body.into(),
+            retry_after_seconds: None,
+        }
+    }
+
     /// Whether the misbehaviour answers in front of the API (the call has no effect) rather
     /// than spoiling the API's successful answer.
     pub fn replaces_call(&self) -> bool {
@@ -251,11 +260,7 @@ mod tests {
         );
         assert_eq!(
             faults.scripted[2].misbehaviour,
-            Misbehaviour::Status {
-                status: 502,
-                body: "<html/>".into(),
-                retry_after_seconds: None
-            }
+            Misbehaviour::status(502, "<html/>")
         );
         let round_trip: Faults =
             serde_json::from_value(serde_json::to_value(&faults).unwrap()).unwrap();
@@ -290,14 +295,7 @@ mod tests {
                     location: "ftp://127.0.0.1/".into(),
                 },
             ),
-            (
-                Operation::Token,
-                Misbehaviour::Status {
-                    status: 102,
-                    body: String::new(),
-                    retry_after_seconds: None,
-                },
-            ),
+            (Operation::Token, Misbehaviour::status(102, String::new())),
         ] {
             let faults = Faults::scripted(operation, 1, misbehaviour.clone());
             assert!(faults.validate().is_err(), "{operation} {misbehaviour:?}");
@@ -325,11 +323,7 @@ mod tests {
             .and_scripted(
                 Operation::CreateKey,
                 1,
-                Misbehaviour::Status {
-                    status: 400,
-                    body: String::new(),
-                    retry_after_seconds: None,
-                },
+                Misbehaviour::status(400, String::new()),
             );
         assert_eq!(faults.take_scripted(Operation::ListKeys, false), None);
         assert!(matches!(

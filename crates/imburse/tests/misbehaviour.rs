@@ -165,11 +165,7 @@ async fn oversized_answers_are_refused_and_error_statuses_keep_their_meaning() {
     env.script(
         Operation::ListKeys,
         10,
-        Misbehaviour::Status {
-            status: 502,
-            body: "x".repeat(MAX_RESPONSE_BYTES + MAX_RESPONSE_BYTES / 2),
-            retry_after_seconds: None,
-        },
+        Misbehaviour::status(502, "x".repeat(MAX_RESPONSE_BYTES + MAX_RESPONSE_BYTES / 2)),
     )
     .await;
     let err = account.list_keys(&env.tenant()).await.unwrap_err();
@@ -229,16 +225,8 @@ async fn arbitrary_statuses_map_to_typed_errors_without_their_bodies() {
         (500, |e| matches!(e, Error::Server { status: 500, .. })),
         (200, |e| matches!(e, Error::CreateOutcomeUnknown { .. })),
     ] {
-        env.script(
-            Operation::CreateKey,
-            1,
-            Misbehaviour::Status {
-                status,
-                body: body.into(),
-                retry_after_seconds: None,
-            },
-        )
-        .await;
+        env.script(Operation::CreateKey, 1, Misbehaviour::status(status, body))
+            .await;
         let err = account
             .create_key(&env.tenant(), &new_key())
             .await
@@ -254,11 +242,7 @@ async fn arbitrary_statuses_map_to_typed_errors_without_their_bodies() {
     env.script(
         Operation::CreateKey,
         2,
-        Misbehaviour::Status {
-            status: 401,
-            body: "<html>denied</html>".into(),
-            retry_after_seconds: None,
-        },
+        Misbehaviour::status(401, "<html>denied</html>"),
     )
     .await;
     let err = account

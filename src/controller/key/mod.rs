@@ -136,9 +136,9 @@ struct Run<'a> {
     guarded: bool,
     /// When to look again after a permanent failure that may pass (a refused create).
     retry_in: Option<std::time::Duration>,
-    /// The resource is in its backoff after a transient failure: nothing was done, and the
-    /// status still tells why.
-    waiting: bool,
+    /// The resource is in its backoff after a transient failure for this long: nothing was
+    /// done, and the status still tells why.
+    waiting: Option<std::time::Duration>,
     released: bool,
     /// The resource was confirmed current against the API server during this reconcile.
     confirmed_fresh: bool,
@@ -155,8 +155,7 @@ impl Run<'_> {
             if step.needs_latest_resource()
                 && let Some(left) = self.ctx.backing_off(self.tsk)
             {
-                self.retry_in = Some(left);
-                self.waiting = true;
+                self.waiting = Some(left);
                 return Ok(());
             }
             if step.needs_latest_resource() && !self.confirmed_fresh {

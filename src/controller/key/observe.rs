@@ -50,7 +50,7 @@ impl<'a> Run<'a> {
             resource_version: tsk.resource_version(),
             guarded: false,
             retry_in: None,
-            waiting: false,
+            waiting: None,
             released: false,
             confirmed_fresh: false,
             stale: false,

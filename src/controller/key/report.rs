@@ -19,8 +19,10 @@ impl Run<'_> {
             self.ctx.forget_refusal(&self.uid);
             return Ok(Action::await_change());
         }
-        if self.waiting && result.is_ok() {
-            return Ok(Action::requeue(self.retry_in.unwrap_or_default()));
+        if let Some(left) = self.waiting
+            && result.is_ok()
+        {
+            return Ok(Action::requeue(left));
         }
         if self.stale && result.is_ok() {
             tracing::debug!("cache behind the API server; deciding again shortly");

@@ -54,21 +54,31 @@ impl Run<'_> {
 
     /// A client for where a recorded key lives: its account (which the namespace may no longer
     /// be allowed to create keys with) at its recorded endpoint, or where the account points
-    /// for keys recorded without one.
+    /// for keys recorded without one. Also tells whether that is elsewhere than the account
+    /// points now.
     async fn client_for(
         &mut self,
         account_ref: &AccountRef,
         endpoint: Option<&Endpoint>,
     ) -> Result<(imburse::AccountClient, bool)> {
-        let namespace = self.tsk.namespace().unwrap_or_default();
-        let account = account::resolve(self.ctx, &namespace, account_ref, Purpose::Revoke).await?;
+        let resolved;
+        let account = match &self.account {
+            Some(account) if *account_ref == self.desired.account => account,
+            _ => {
+                let namespace = self.tsk.namespace().unwrap_or_default();
+                resolved =
+                    account::resolve(self.ctx, &namespace, account_ref, Purpose::Revoke).await?;
+                &resolved
+            }
+        };
         let now = account.endpoint();
-        let at = endpoint.unwrap_or(&now);
-        let moved = *at != now;
-        if !moved && account_ref == &self.desired.account && self.account.is_some() {
-            return Ok((self.client().await?, false));
+        match endpoint.filter(|at| **at != now) {
+            Some(at) => Ok((account.connect_at(self.ctx, at).await?, true)),
+            None if self.account.is_some() && *account_ref == self.desired.account => {
+                Ok((self.client().await?, false))
+            }
+            None => Ok((account.connect(self.ctx).await?, false)),
         }
-        Ok((account.connect_at(self.ctx, at).await?, moved))
     }
 
     /// Server-side applies the operator's metadata, conditional on the latest known resource
@@ -104,8 +114,7 @@ impl Run<'_> {
     /// Removes the finalizer (see [`finalizer::remove`]), then lets the account go if no other
     /// key uses it.
     pub(super) async fn remove_finalizer(&mut self) -> Result<()> {
-        self.ctx.metrics.kube_write("tenantsecuritykeys", "patch");
-        finalizer::remove(&self.keys, &self.name, FINALIZER).await?;
+        finalizer::remove(&self.keys, &self.name, FINALIZER, &self.ctx.metrics).await?;
         self.has_finalizer = false;
         let namespace = self.tsk.namespace().unwrap_or_default();
         let accounts = self
@@ -164,26 +173,24 @@ impl Run<'_> {
             Some(Recorded::Legacy { name, .. }) => Some(name.clone()),
             _ => None,
         };
-        let client = if self.deleting {
-            let account_ref = self
-                .status
-                .account_ref
-                .clone()
-                .unwrap_or_else(|| self.desired.account.clone());
-            let endpoint = match &self.intent {
-                Some(Recorded::Current(i)) => Some(i.endpoint.clone()),
-                _ => self.status.endpoint.clone(),
-            };
-            self.client_for(&account_ref, endpoint.as_ref()).await?.0
-        } else {
-            let client = self.client().await?;
+        // Orphans are where the attempt went: its account and endpoint, which the spec may no
+        // longer name. Without that record: where the spec points (an attempt was made for it),
+        // or while deleting, where the status's keys live.
+        let (account_ref, endpoint) = match (&self.intent, &self.status.account_ref) {
+            (Some(Recorded::Current(i)), _) => (i.account_ref.clone(), Some(i.endpoint.clone())),
+            (_, Some(recorded)) if self.deleting => {
+                (recorded.clone(), self.status.endpoint.clone())
+            }
+            _ => (self.desired.account.clone(), None),
+        };
+        let (client, _) = self.client_for(&account_ref, endpoint.as_ref()).await?;
+        if !self.deleting {
             if self.intent.is_some() {
                 self.dry_run_secret().await?;
                 self.intent = Some(Recorded::Current(self.new_intent()?));
             }
             self.write_metadata(true).await?;
-            client
-        };
+        }
         if !client.supports_listing() {
             return Err(Error::ListingUnsupported(human_name(self.tsk)));
         }
@@ -191,7 +198,7 @@ impl Run<'_> {
         let listed = match client.list_keys(&tenant_id).await {
             Ok(keys) => keys,
             Err(imburse::Error::TenantNotFound(_)) => {
-                self.tenant_gone("no key of an interrupted creation can remain")
+                self.tenant_gone(&tenant_id, "no key of an interrupted creation can remain")
                     .await;
                 Vec::new()
             }
@@ -397,6 +404,7 @@ impl Run<'_> {
             if !secret::is_owned_by(found, self.tsk) {
                 return Err(Error::SecretConflict(self.desired.secret_name.clone()));
             }
+            self.ensure_latest_intent().await?;
             // The type of a Secret is immutable: replace the object when it changes.
             if found.type_ != desired.type_ {
                 self.delete_secret(found).await?;
@@ -412,7 +420,6 @@ impl Run<'_> {
                     .map_err(|e| self.secret_error(e))?
             }
             Some(found) => {
-                self.ensure_latest_intent().await?;
                 desired.metadata.resource_version = found.resource_version();
                 self.ctx.metrics.kube_write("secrets", "apply");
                 let params = PatchParams::apply(FIELD_MANAGER).force();
@@ -426,9 +433,9 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Before a key of this reconcile replaces what a Secret holds: the resource must still be
-    /// at the version this reconcile wrote its intent on. Otherwise another process took the
-    /// resource over (superseding the attempt), and its key must not be overwritten.
+    /// Before a key of this reconcile replaces or deletes what a Secret holds: the resource must
+    /// still be at the version this reconcile wrote its intent on. Otherwise another process
+    /// took the resource over (superseding the attempt), and its key must not be overwritten.
     async fn ensure_latest_intent(&self) -> Result<()> {
         if !self.guarded {
             return Ok(());
@@ -609,7 +616,7 @@ impl Run<'_> {
                 Ok(Revoked::Done)
             }
             Err(Error::Imburse(imburse::Error::TenantNotFound(_))) => {
-                self.tenant_gone(&format!("key {public_key} counts as revoked"))
+                self.tenant_gone(tenant_id, &format!("key {public_key} counts as revoked"))
                     .await;
                 Ok(Revoked::TenantGone)
             }
@@ -630,16 +637,13 @@ impl Run<'_> {
         }
     }
 
-    async fn tenant_gone(&self, consequence: &str) {
-        tracing::warn!(tenant_id = %self.desired.tenant_id, "tenant not found at Imburse");
+    async fn tenant_gone(&self, tenant_id: &str, consequence: &str) {
+        tracing::warn!(tenant_id, "tenant not found at Imburse");
         self.event(
             EventType::Warning,
             "TenantGone",
             "RevokeKey",
-            format!(
-                "tenant {} no longer exists at Imburse: {consequence}",
-                self.desired.tenant_id
-            ),
+            format!("tenant {tenant_id} no longer exists at Imburse: {consequence}"),
         )
         .await;
     }
