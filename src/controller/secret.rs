@@ -334,6 +334,9 @@ mod tests {
                 name: None,
                 secret: template,
                 deletion_policy: None,
+                rotation: None,
+                rollout_restart_targets: Vec::new(),
+                adopt: None,
             },
         );
         tsk.metadata = ObjectMeta {

@@ -121,6 +121,78 @@ pub fn is_allowed_secret_type(value: &str) -> bool {
     domain.contains('.') && domain.split('.').all(label) && name_ok && !reserved
 }
 
+/// Go-style durations (`720h`, `90m`, `1h30m`, `0s`), as Kubernetes fields spell them.
+const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
+
+/// When keys are replaced on a schedule, and how long a replaced key stays valid.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationPolicy {
+    /// Age at which a key is replaced by a new one, e.g. `720h`. Absent: only on request or
+    /// when the spec changes. Each resource rotates up to a tenth of the interval early, so a
+    /// fleet created at once does not rotate at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub interval: Option<String>,
+    /// How long a replaced key stays valid after the Secret holds its successor, so running
+    /// workloads can reload (default `5m`; `0s` revokes at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub grace_period: Option<String>,
+}
+
+/// Default of `rotation.gracePeriod`.
+pub const DEFAULT_GRACE_PERIOD: &str = "5m";
+
+/// Parses a Go-style duration as the schema admits it (an older CRD may not have checked it).
+pub fn parse_duration(value: &str) -> Option<std::time::Duration> {
+    let mut total = 0f64;
+    let mut rest = value;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter(|&i| i > 0)?;
+        let number: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        total += number * seconds;
+        rest = &rest[unit_len..];
+    }
+    std::time::Duration::try_from_secs_f64(total).ok()
+}
+
+/// Kind of workload restarted when the key changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+}
+
+/// A workload in the resource's namespace that is restarted when the Secret's key changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutRestartTarget {
+    /// `Deployment`, `StatefulSet` or `DaemonSet`.
+    pub kind: WorkloadKind,
+    /// Name of the workload.
+    pub name: String,
+}
+
 /// Where a key lives at Imburse: the API endpoint and account it was created with. A key can
 /// only be used and revoked there, so a change of any of these replaces the key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -151,6 +223,8 @@ pub struct Endpoint {
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Secret","type":"string","jsonPath":".status.secretName"}"#,
+    printcolumn = r#"{"name":"Key Age","type":"date","jsonPath":".status.createdAt"}"#,
+    printcolumn = r#"{"name":"Next Rotation","type":"string","jsonPath":".status.nextRotationAt"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -178,6 +252,41 @@ pub struct TenantSecurityKeySpec {
     /// is deleted; `Retain` leaves both.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_policy: Option<DeletionPolicy>,
+    /// Scheduled rotation and the grace period of replaced keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationPolicy>,
+    /// Workloads whose pods are restarted (through a pod template annotation) once each time
+    /// the Secret's key changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub rollout_restart_targets: Vec<RolloutRestartTarget>,
+    /// Take over an existing Secret that holds a key made by other means (for example by
+    /// hand), instead of refusing it: the pair must authenticate at Imburse and the public key
+    /// must belong to the tenant. No key is created. Without it, such a Secret is a conflict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopt: Option<bool>,
+}
+
+impl TenantSecurityKeySpec {
+    /// The grace period of replaced keys; an unparsable value (which the schema refuses) means
+    /// the default rather than revoking at once.
+    pub fn grace_period(&self) -> std::time::Duration {
+        self.rotation
+            .as_ref()
+            .and_then(|r| r.grace_period.as_deref())
+            .or(Some(DEFAULT_GRACE_PERIOD))
+            .and_then(parse_duration)
+            .unwrap_or_default()
+    }
+
+    /// The rotation interval, when set and not zero.
+    pub fn rotation_interval(&self) -> Option<std::time::Duration> {
+        self.rotation
+            .as_ref()
+            .and_then(|r| r.interval.as_deref())
+            .and_then(parse_duration)
+            .filter(|d| !d.is_zero())
+    }
 }
 
 /// A key that was replaced and still has to be revoked at Imburse.
@@ -249,4 +358,37 @@ pub struct TenantSecurityKeyStatus {
     /// Replaced keys that still have to be revoked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub previous_keys: Vec<PreviousKey>,
+    /// When the current key is due for scheduled rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation_at: Option<Time>,
+    /// Last value of the `imbursepayments.com/rotate-requested-at` annotation that was
+    /// handled: a new value rotates the key once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_rotate_request: Option<String>,
+    /// Fingerprint of the key the rollout restart targets were last restarted for (or found
+    /// with): they are restarted when the current fingerprint differs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_restart_fingerprint: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::parse_duration;
+
+    #[test]
+    fn durations_read_like_kubernetes_fields() {
+        assert_eq!(
+            parse_duration("720h"),
+            Some(Duration::from_secs(720 * 3600))
+        );
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1.5h"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("0s"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        for bad in ["", "5", "m", "5d", "-5m", "5 m", "1h-2m"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
 }

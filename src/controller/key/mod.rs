@@ -229,6 +229,9 @@ mod tests {
             name: None,
             secret: None,
             deletion_policy: None,
+            rotation: None,
+            rollout_restart_targets: Vec::new(),
+            adopt: None,
         };
         spec(&mut s);
         let mut t = TenantSecurityKey::new("pay", s);
