@@ -89,6 +89,11 @@ struct RunArgs {
     /// and nothing in the cluster changes when Imburse recovers.
     #[arg(long, env = "CREDENTIALS_RETRY_SECONDS", default_value_t = 120)]
     credentials_retry_seconds: u64,
+    /// How often every live key is checked at Imburse, as a duration (`1h`, `30m`; `0s`
+    /// never checks). One listing per account and tenant, not per key; a key Imburse no
+    /// longer knows is replaced.
+    #[arg(long, env = "VERIFY_INTERVAL", default_value = "1h", value_parser = parse_interval)]
+    verify_interval: Duration,
     /// Kubeconfig to use instead of the in-cluster configuration or $KUBECONFIG.
     #[arg(long)]
     kubeconfig: Option<std::path::PathBuf>,
@@ -142,6 +147,11 @@ fn init_tracing(filter: &str, format: LogFormat) -> Result<(), BoxError> {
         LogFormat::Json => builder.json().init(),
     }
     Ok(())
+}
+
+fn parse_interval(value: &str) -> Result<Duration, String> {
+    crate::crd::parse_duration(value)
+        .ok_or_else(|| format!("{value:?} is not a duration such as 1h, 30m or 0s"))
 }
 
 fn run(args: RunArgs) -> Result<(), BoxError> {
@@ -223,6 +233,7 @@ async fn run_async(args: RunArgs) -> Result<(), BoxError> {
         backoff_base: Duration::from_secs(1),
         backoff_cap: Duration::from_secs(300),
         stalled_retry: Duration::from_secs(args.credentials_retry_seconds.max(1)),
+        verify_interval: (!args.verify_interval.is_zero()).then_some(args.verify_interval),
     };
     let ready = Arc::new(AtomicBool::new(false));
     let ctx = Arc::new(Context::new(

@@ -326,7 +326,7 @@ async fn expect_replacement(
         secret_key_pair(&secret)?.public_key == new,
         "Secret not switched"
     );
-    env.wait_event(ns, name, "KeyRevoked").await?;
+    env.wait_event(ns, name, "PreviousKeyRevoked").await?;
     Ok(())
 }
 

@@ -15,7 +15,10 @@ use kube::{
 };
 use libtest_mimic::Arguments;
 use serde_json::json;
-use support::{Env, TestFn, create_namespace, poll, secret_key_pair, wait_for};
+use support::{
+    Env, TestFn, by_hand, create_namespace, expect_single_key, expect_single_key_at, poll,
+    secret_key_pair, wait_for,
+};
 use tenant_key_operator::crd::{ClusterImburseAccount, ImburseAccount, TenantSecurityKey};
 
 const FINALIZER: &str = "imbursepayments.com/revoke-key";
@@ -101,55 +104,6 @@ fn main() -> std::process::ExitCode {
         ),
     ];
     support::run_one_at_a_time(args, env, tests)
-}
-
-/// Waits until the key is Ready, its tenant has exactly that key at `sandbox`, and its Secret
-/// holds it and authenticates there. Returns the public key.
-async fn expect_single_key_at(
-    env: &Env,
-    sandbox: &Sandbox,
-    ns: &str,
-    name: &str,
-    tenant: &str,
-) -> Result<String> {
-    let key = env.wait_ready(ns, name).await?;
-    let status = key.status.context("status")?;
-    let public_key = status.public_key.context("publicKey")?;
-    let secret_name = status.secret_name.context("secretName")?;
-    poll(
-        || async { Ok(support::tenant_keys(sandbox, tenant).await? == [public_key.clone()]) },
-        &format!("{ns}/{name} to be the tenant's only key"),
-    )
-    .await?;
-    let pair = secret_key_pair(&env.secrets(ns).get(&secret_name).await?)?;
-    ensure!(
-        pair.public_key == public_key,
-        "the Secret holds another key"
-    );
-    let http = imburse::Client::new(Default::default())?;
-    imburse::authenticate(
-        &http,
-        &sandbox.base_url(),
-        imburse::ApiGeneration::Seed,
-        &pair,
-    )
-    .await?;
-    Ok(public_key)
-}
-
-async fn expect_single_key(env: &Env, ns: &str, name: &str, tenant: &str) -> Result<String> {
-    expect_single_key_at(env, &env.sandbox, ns, name, tenant).await
-}
-
-/// An Imburse client acting as the sandbox's account, as a person following the tutorial.
-fn by_hand(env: &Env, base_url: &str) -> Result<imburse::AccountClient> {
-    let http = imburse::Client::new(Default::default())?;
-    Ok(http.account(imburse::AccountConfig {
-        base_url: base_url.into(),
-        generation: imburse::ApiGeneration::Seed,
-        account_id: None,
-        credentials: env.account(0).key_pair(),
-    })?)
 }
 
 /// Two resources with the same key name and a key made by hand with that name too: the

@@ -20,6 +20,17 @@
 //! every key marked for this resource that neither the status nor the Secret holds. The same
 //! sweep runs when the operator's metadata was wiped (`kubectl replace`) from a resource it
 //! had already worked on.
+//!
+//! Rotation (on schedule, on request, or because the key was revoked at Imburse behind the
+//! operator's back) is a replacement like any other: the same three steps create the new key,
+//! and recording it moves the old one to `previousKeys` with the time its grace period ends.
+//! The status write that records the new key is the commit point; a crash before it is
+//! recovered like any interrupted create, a crash after it leaves a replaced key that is
+//! revoked when its time comes (restarts included, as the time is recorded). The rotation
+//! request handled by an attempt is part of its intent, so a recovered attempt closes the
+//! request it was made for and a request is never served twice. Workloads listed as restart
+//! targets are restarted (an idempotent patch of their pod template) once per key change,
+//! before the change is recorded as rolled out.
 
 use crate::crd::{AccountRef, DeletionPolicy, Endpoint};
 
@@ -103,6 +114,24 @@ pub struct Observed {
     /// The operator's metadata is gone from a resource it already worked on (a replace wiped
     /// finalizer and intent): keys of an attempt it no longer knows may exist.
     pub sweep_needed: bool,
+    /// Why the current key should be replaced although spec and Secret still match it.
+    pub rotation: Option<Rotation>,
+    /// Restart targets exist and were not restarted for the current key yet.
+    pub restart_pending: bool,
+    /// `spec.adopt`: a Secret that is not the operator's may be taken over.
+    pub adopt: bool,
+}
+
+/// Why a key that still matches the spec is replaced. When several apply, the first listed
+/// wins: a key that no longer works matters more than a request, a request more than a date.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Rotation {
+    /// Imburse no longer knows the key.
+    RevokedExternally,
+    /// The rotation request annotation has a value not handled yet.
+    Requested,
+    /// `rotation.interval` has passed since the key was created.
+    Scheduled,
 }
 
 /// Why the key has to be (re)created.
@@ -113,6 +142,7 @@ pub enum CreateReason {
     EndpointChanged,
     SecretMissing,
     SecretDamaged,
+    Rotation(Rotation),
 }
 
 impl CreateReason {
@@ -125,6 +155,11 @@ impl CreateReason {
             }
             Self::SecretMissing => "the Secret was deleted",
             Self::SecretDamaged => "the Secret no longer holds the recorded key",
+            Self::Rotation(Rotation::RevokedExternally) => {
+                "the key was revoked at Imburse by someone else"
+            }
+            Self::Rotation(Rotation::Requested) => "a rotation was requested",
+            Self::Rotation(Rotation::Scheduled) => "the key reached its rotation interval",
         }
     }
 }
@@ -157,6 +192,10 @@ pub enum Step {
     ReleaseSecret,
     /// Deletion is complete: let the resource go.
     RemoveFinalizer,
+    /// `spec.adopt`: prove the key in the existing Secret and take both over.
+    AdoptExisting,
+    /// Restart the rollout restart targets for the current key.
+    RestartWorkloads,
     /// A Secret of that name exists and belongs to someone else.
     SecretConflict,
     /// Nothing left to do; the key is ready (or the resource is gone).
@@ -176,6 +215,7 @@ impl Step {
                 | Self::CleanupOrphans
                 | Self::Create
                 | Self::AdoptFromSecret
+                | Self::AdoptExisting
                 | Self::RevokeRetired(_)
                 | Self::RevokeCurrent
         )
@@ -188,7 +228,17 @@ pub fn next_step(o: &Observed) -> Step {
         return next_deletion_step(o);
     }
     if o.secret == SecretState::NotOwned {
-        return Step::SecretConflict;
+        // Only a resource without a key of its own adopts: one that has a key lost its Secret
+        // to someone else, and taking theirs over would hide that. An interrupted attempt's
+        // key is swept first.
+        if !o.adopt || o.current.is_some() {
+            return Step::SecretConflict;
+        }
+        return if o.sweep_needed || o.pending.as_ref().is_some_and(|p| !p.clean) {
+            Step::CleanupOrphans
+        } else {
+            Step::AdoptExisting
+        };
     }
     if let Some(pending) = &o.pending {
         return if secret_from_attempt(&o.secret, &pending.attempt) {
@@ -228,6 +278,9 @@ pub fn next_step(o: &Observed) -> Step {
             if fingerprint.as_deref() != Some(current.fingerprint.as_str()) {
                 return Step::BeginCreate(CreateReason::SecretDamaged);
             }
+            if let Some(rotation) = o.rotation {
+                return Step::BeginCreate(CreateReason::Rotation(rotation));
+            }
             if !layout_matches {
                 return Step::RewriteSecret;
             }
@@ -235,6 +288,9 @@ pub fn next_step(o: &Observed) -> Step {
     }
     if !o.has_finalizer {
         return Step::AddFinalizer;
+    }
+    if o.restart_pending {
+        return Step::RestartWorkloads;
     }
     if o.stale_secret {
         return Step::DeleteStaleSecret;
@@ -354,6 +410,9 @@ mod tests {
             retired: vec![],
             stale_secret: false,
             sweep_needed: false,
+            rotation: None,
+            restart_pending: false,
+            adopt: false,
         }
     }
 
@@ -374,6 +433,7 @@ mod tests {
             Step::CleanupOrphans,
             Step::Create,
             Step::AdoptFromSecret,
+            Step::AdoptExisting,
             Step::RevokeRetired(retired("k", true)),
             Step::RevokeCurrent,
         ];
@@ -385,6 +445,7 @@ mod tests {
             Step::DeleteSecret,
             Step::ReleaseSecret,
             Step::RemoveFinalizer,
+            Step::RestartWorkloads,
             Step::SecretConflict,
             Step::Settled,
         ];
@@ -743,52 +804,88 @@ mod tests {
         assert_eq!(next_step(&o), Step::RemoveFinalizer);
     }
 
-    /// Walks the whole create protocol, simulating each step's effect, and checks that every
-    /// prefix (a crash after any step) still converges to one recorded key.
+    /// Simulates a step's effect on the observed state. After `Create` the reconciler records
+    /// the key at once, which is the effect of `AdoptFromSecret`; a crash in between leaves
+    /// exactly the state modelled here. A replaced key keeps its grace period when `grace`.
+    fn simulate(o: &mut Observed, step: &Step, grace: bool, restart_targets: bool) {
+        match step {
+            Step::BeginCreate(_) => {
+                o.has_finalizer = true;
+                o.pending = Some(pending("a9", true));
+            }
+            // The open attempt is superseded by a new one, recorded clean.
+            Step::CleanupOrphans => {
+                let p = o.pending.as_mut().unwrap();
+                p.attempt.push('+');
+                p.clean = true;
+            }
+            Step::Create => {
+                let attempt = o.pending.as_ref().unwrap().attempt.clone();
+                o.secret = owned("fp9", &attempt);
+            }
+            Step::AdoptFromSecret => {
+                if let Some(old) = o.current.take() {
+                    o.retired.push(Retired {
+                        public_key: old.public_key,
+                        tenant_id: old.tenant_id,
+                        account: old.account,
+                        endpoint: old.endpoint,
+                        due: !grace,
+                        refused: false,
+                    });
+                    o.restart_pending = restart_targets;
+                }
+                o.current = Some(CurrentKey {
+                    fingerprint: "fp9".into(),
+                    public_key: "pk9".into(),
+                    ..current()
+                });
+                o.pending = None;
+                o.rotation = None;
+            }
+            Step::RestartWorkloads => o.restart_pending = false,
+            Step::RevokeRetired(r) => o.retired.retain(|x| x != r),
+            other => panic!("unexpected step {other:?}"),
+        }
+    }
+
+    /// Runs the decision from `start` until it settles, losing `clean` (a new process cannot
+    /// know whether the attempt reached Imburse) after `crash_after` steps. When it settles
+    /// with keys still in their grace period, their time comes and it runs on.
+    fn converge(start: &Observed, crash_after: usize, grace: bool, restart: bool) -> Vec<Step> {
+        let mut o = start.clone();
+        let mut steps = Vec::new();
+        loop {
+            let step = next_step(&o);
+            if step == Step::Settled {
+                if o.retired.iter().any(|r| !r.due) {
+                    o.retired.iter_mut().for_each(|r| r.due = true);
+                    continue;
+                }
+                break;
+            }
+            simulate(&mut o, &step, grace, restart);
+            steps.push(step);
+            if steps.len() == crash_after
+                && let Some(p) = o.pending.as_mut()
+            {
+                p.clean = false;
+            }
+            assert!(steps.len() < 20, "no convergence from {start:?}");
+        }
+        assert_eq!(o.current.as_ref().unwrap().fingerprint, "fp9");
+        assert!(o.pending.is_none());
+        assert!(o.retired.is_empty());
+        assert!(o.has_finalizer);
+        assert!(o.rotation.is_none());
+        assert!(!o.restart_pending);
+        steps
+    }
+
+    /// Walks the whole create protocol and checks that every prefix (a crash after any step)
+    /// still converges to one recorded key.
     #[test]
     fn every_crash_point_of_the_create_protocol_converges() {
-        // Effects of each step on the observed state. After `Create` the reconciler records
-        // the key at once, which is the effect of `AdoptFromSecret`; a crash in between leaves
-        // exactly the state modelled here. A crash drops `clean`: a new process cannot know
-        // whether the attempt reached Imburse.
-        fn apply(o: &mut Observed, step: &Step) {
-            match step {
-                Step::BeginCreate(_) => {
-                    o.has_finalizer = true;
-                    o.pending = Some(pending("a9", true));
-                }
-                // The open attempt is superseded by a new one, recorded clean.
-                Step::CleanupOrphans => {
-                    let p = o.pending.as_mut().unwrap();
-                    p.attempt.push('+');
-                    p.clean = true;
-                }
-                Step::Create => {
-                    let attempt = o.pending.as_ref().unwrap().attempt.clone();
-                    o.secret = owned("fp9", &attempt);
-                }
-                Step::AdoptFromSecret => {
-                    if let Some(old) = o.current.take() {
-                        o.retired.push(Retired {
-                            public_key: old.public_key,
-                            tenant_id: old.tenant_id,
-                            account: old.account,
-                            endpoint: old.endpoint,
-                            due: true,
-                            refused: false,
-                        });
-                    }
-                    o.current = Some(CurrentKey {
-                        fingerprint: "fp9".into(),
-                        public_key: "pk9".into(),
-                        ..current()
-                    });
-                    o.pending = None;
-                }
-                Step::RevokeRetired(r) => o.retired.retain(|x| x != r),
-                other => panic!("unexpected step {other:?}"),
-            }
-        }
         for start in [
             fresh(),
             Observed {
@@ -797,27 +894,166 @@ mod tests {
             },
         ] {
             for crash_after in 0..6 {
-                let mut o = start.clone();
-                let mut steps = 0;
-                loop {
-                    let step = next_step(&o);
-                    if step == Step::Settled {
-                        break;
-                    }
-                    apply(&mut o, &step);
-                    steps += 1;
-                    if steps == crash_after
-                        && let Some(p) = o.pending.as_mut()
-                    {
-                        p.clean = false;
-                    }
-                    assert!(steps < 20, "no convergence from {start:?}");
-                }
-                assert_eq!(o.current.as_ref().unwrap().fingerprint, "fp9");
-                assert!(o.pending.is_none());
-                assert!(o.retired.is_empty());
-                assert!(o.has_finalizer);
+                converge(&start, crash_after, false, false);
             }
         }
+    }
+
+    /// A rotation with a grace period and restart targets: after a crash at any point, one key
+    /// is current, the old one is revoked only once its grace period ended (never before the
+    /// new key is recorded), and the workloads were restarted for the new key.
+    #[test]
+    fn every_crash_point_of_a_rotation_converges() {
+        for rotation in [
+            Rotation::Scheduled,
+            Rotation::Requested,
+            Rotation::RevokedExternally,
+        ] {
+            let start = Observed {
+                rotation: Some(rotation),
+                ..ready()
+            };
+            for crash_after in 0..7 {
+                let steps = converge(&start, crash_after, true, true);
+                assert_eq!(
+                    steps[0],
+                    Step::BeginCreate(CreateReason::Rotation(rotation))
+                );
+                let recorded = steps
+                    .iter()
+                    .position(|s| *s == Step::AdoptFromSecret)
+                    .unwrap();
+                let restarted = steps
+                    .iter()
+                    .position(|s| *s == Step::RestartWorkloads)
+                    .unwrap();
+                let revoked = steps
+                    .iter()
+                    .position(|s| matches!(s, Step::RevokeRetired(_)))
+                    .unwrap();
+                assert!(recorded < restarted && restarted < revoked, "{steps:?}");
+                assert_eq!(
+                    steps
+                        .iter()
+                        .filter(|s| matches!(s, Step::RevokeRetired(_)))
+                        .count(),
+                    1
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rotation_replaces_a_key_that_still_matches() {
+        for rotation in [
+            Rotation::Scheduled,
+            Rotation::Requested,
+            Rotation::RevokedExternally,
+        ] {
+            let o = Observed {
+                rotation: Some(rotation),
+                ..ready()
+            };
+            assert_eq!(
+                next_step(&o),
+                Step::BeginCreate(CreateReason::Rotation(rotation))
+            );
+        }
+    }
+
+    /// An open attempt, a changed spec or a broken Secret come first; the replacement they
+    /// start serves the rotation too.
+    #[test]
+    fn rotation_yields_to_what_replaces_the_key_anyway() {
+        let rotating = Observed {
+            rotation: Some(Rotation::Scheduled),
+            ..ready()
+        };
+        let open = Observed {
+            pending: Some(pending("a2", true)),
+            ..rotating.clone()
+        };
+        assert_eq!(next_step(&open), Step::Create);
+        let mut changed = rotating.clone();
+        changed.desired.roles = vec!["tenant-app-read".into()];
+        assert_eq!(
+            next_step(&changed),
+            Step::BeginCreate(CreateReason::SpecChanged)
+        );
+        let missing = Observed {
+            secret: SecretState::Missing,
+            ..rotating.clone()
+        };
+        assert_eq!(
+            next_step(&missing),
+            Step::BeginCreate(CreateReason::SecretMissing)
+        );
+        let deleting = Observed {
+            deleting: true,
+            ..rotating
+        };
+        assert_eq!(next_step(&deleting), Step::RevokeCurrent);
+    }
+
+    #[test]
+    fn workloads_restart_once_the_key_is_settled() {
+        let o = Observed {
+            restart_pending: true,
+            retired: vec![retired("old", true)],
+            ..ready()
+        };
+        assert_eq!(next_step(&o), Step::RestartWorkloads);
+        let broken = Observed {
+            secret: SecretState::Missing,
+            ..o.clone()
+        };
+        assert_eq!(
+            next_step(&broken),
+            Step::BeginCreate(CreateReason::SecretMissing)
+        );
+        let deleting = Observed {
+            deleting: true,
+            ..o
+        };
+        assert_ne!(next_step(&deleting), Step::RestartWorkloads);
+    }
+
+    #[test]
+    fn adoption_takes_over_a_foreign_secret_only_without_a_key_of_its_own() {
+        let adopting = Observed {
+            adopt: true,
+            secret: SecretState::NotOwned,
+            ..fresh()
+        };
+        assert_eq!(next_step(&adopting), Step::AdoptExisting);
+        for o in [
+            Observed {
+                adopt: false,
+                ..adopting.clone()
+            },
+            Observed {
+                adopt: true,
+                secret: SecretState::NotOwned,
+                ..ready()
+            },
+        ] {
+            assert_eq!(next_step(&o), Step::SecretConflict);
+        }
+        // An interrupted adoption (or create) is swept, then adopted afresh.
+        let interrupted = Observed {
+            pending: Some(pending("a1", false)),
+            ..adopting.clone()
+        };
+        assert_eq!(next_step(&interrupted), Step::CleanupOrphans);
+        let swept = Observed {
+            pending: Some(pending("a1", true)),
+            ..adopting.clone()
+        };
+        assert_eq!(next_step(&swept), Step::AdoptExisting);
+        let missing = Observed {
+            secret: SecretState::Missing,
+            ..adopting
+        };
+        assert_eq!(next_step(&missing), Step::BeginCreate(CreateReason::NoKey));
     }
 }

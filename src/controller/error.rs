@@ -39,6 +39,8 @@ pub enum Error {
     CredentialsInvalid(String),
     #[error("Secret {0:?} exists and is not owned by this TenantSecurityKey")]
     SecretConflict(String),
+    #[error("Secret {name:?} cannot be adopted: {why}")]
+    AdoptionRefused { name: String, why: String },
     #[error("the API server refuses Secret {name:?}: {message}")]
     SecretRejected { name: String, message: String },
     #[error(
@@ -73,6 +75,7 @@ pub enum Reason {
     ImburseUnavailable,
     ImburseRejected,
     SecretConflict,
+    AdoptionRefused,
     SecretRejected,
     ListingUnsupported,
     KubernetesError,
@@ -96,6 +99,7 @@ impl Reason {
             Self::ImburseUnavailable => "ImburseUnavailable",
             Self::ImburseRejected => "ImburseRejected",
             Self::SecretConflict => "SecretConflict",
+            Self::AdoptionRefused => "AdoptionRefused",
             Self::SecretRejected => "SecretRejected",
             Self::ListingUnsupported => "ListingUnsupported",
             Self::KubernetesError => "KubernetesError",
@@ -123,6 +127,7 @@ impl Reason {
             | Self::TenantNotFound
             | Self::ImburseRejected
             | Self::SecretConflict
+            | Self::AdoptionRefused
             | Self::SecretRejected
             | Self::ListingUnsupported => true,
             Self::AccountNotReady
@@ -150,6 +155,7 @@ impl Error {
             Self::CredentialsSecretNotFound { .. } => Reason::CredentialsSecretNotFound,
             Self::CredentialsInvalid(_) => Reason::CredentialsInvalid,
             Self::SecretConflict(_) => Reason::SecretConflict,
+            Self::AdoptionRefused { .. } => Reason::AdoptionRefused,
             Self::SecretRejected { .. } => Reason::SecretRejected,
             Self::ListingUnsupported(_) => Reason::ListingUnsupported,
             Self::Kube(_) => Reason::KubernetesError,

@@ -18,6 +18,9 @@ use crate::crd::{AccountRef, Endpoint};
 /// earlier versions read `<attempt>:<key name>`.
 pub const ANNOTATION: &str = "imbursepayments.com/create-pending";
 
+/// Annotation a user sets to any new value to have the key rotated once.
+pub const ROTATE_ANNOTATION: &str = "imbursepayments.com/rotate-requested-at";
+
 /// Separates the human part of a key name from the operator's marker.
 const MARKER: &str = " #tko:";
 
@@ -34,6 +37,10 @@ pub struct Intent {
     pub roles: Vec<String>,
     pub account_ref: AccountRef,
     pub endpoint: Endpoint,
+    /// Value of the rotation request annotation when the attempt began: the attempt serves it,
+    /// also when it is recovered after a crash, so no request is served twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_request: Option<String>,
 }
 
 /// An intent as found on a resource.
@@ -118,6 +125,7 @@ mod tests {
                 api_generation: ApiGeneration::Seed,
                 account_id: None,
             },
+            rotate_request: Some("2026-11-27T10:00:00Z".into()),
         }
     }
 

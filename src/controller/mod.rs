@@ -6,8 +6,10 @@ pub mod error;
 mod finalizer;
 pub mod intent;
 pub mod key;
+mod schedule;
 pub mod secret;
 pub mod status;
+mod verify;
 
 use std::{
     collections::HashMap,
@@ -67,6 +69,9 @@ pub struct Settings {
     /// First delay before an account whose credentials Imburse refused is verified again;
     /// doubled per consecutive refusal up to an hour.
     pub stalled_retry: Duration,
+    /// How often live keys are checked at Imburse (one listing per account and tenant);
+    /// `None` never checks.
+    pub verify_interval: Option<Duration>,
 }
 
 /// A create Imburse refused outright.
@@ -115,6 +120,8 @@ pub struct Context {
     refusals: Mutex<HashMap<String, Refusal>>,
     /// The TenantSecurityKey caches (one per watched scope), set once the controllers run.
     key_stores: OnceLock<Vec<Store<TenantSecurityKey>>>,
+    /// Public keys that verification found missing at Imburse, by resource uid.
+    revoked_remotely: Mutex<HashMap<String, String>>,
 }
 
 impl Context {
@@ -139,7 +146,33 @@ impl Context {
             failures: Mutex::default(),
             key_stores: OnceLock::new(),
             refusals: Mutex::default(),
+            revoked_remotely: Mutex::default(),
         }
+    }
+
+    /// The public key of the resource `uid` that Imburse no longer knows, if any.
+    pub fn revoked_remotely(&self, uid: &str) -> Option<String> {
+        self.revoked_remotely
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(uid)
+            .cloned()
+    }
+
+    /// Records that Imburse no longer knows the key `public_key` of the resource `uid`.
+    fn mark_revoked_remotely(&self, uid: &str, public_key: &str) {
+        self.revoked_remotely
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(uid.to_owned(), public_key.to_owned());
+    }
+
+    /// Forgets a remotely revoked key once it was replaced (or its resource is gone).
+    pub fn forget_revoked_remotely(&self, uid: &str) {
+        self.revoked_remotely
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uid);
     }
 
     fn failure_key<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectKey {
@@ -396,6 +429,8 @@ fn run_keys(
         watch.clone(),
     );
     let key_store = keys.store();
+    let (verified, gone_keys) = futures::channel::mpsc::unbounded();
+    let verifier = verify::run(ctx.clone(), key_store.clone(), verified);
     let (ns_store, cluster_store, namespace_store) =
         (key_store.clone(), key_store.clone(), key_store.clone());
     // Only the Secrets the operator labelled, and only their metadata: the data is read with
@@ -451,6 +486,7 @@ fn run_keys(
                 })
             },
         )
+        .reconcile_on(gone_keys)
         .with_config(controller_config(&ctx.settings))
         .graceful_shutdown_on(shutdown)
         .run(
@@ -459,6 +495,11 @@ fn run_keys(
             ctx.clone(),
         )
         .for_each(|_| future::ready(()));
+    // The verifier never ends on its own: the controller's end (shutdown) ends both.
+    let controller = async move {
+        futures::pin_mut!(controller, verifier);
+        future::select(controller, verifier).await;
+    };
     (key_store, controller)
 }
 

@@ -61,6 +61,16 @@ pub fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }
 
+/// The time `delay` from now, whole seconds (as Kubernetes serializes times).
+pub fn after(delay: std::time::Duration) -> Time {
+    let delay = k8s_openapi::jiff::SignedDuration::try_from(delay)
+        .unwrap_or(k8s_openapi::jiff::SignedDuration::MAX);
+    let at = k8s_openapi::jiff::Timestamp::now()
+        .checked_add(delay)
+        .unwrap_or(k8s_openapi::jiff::Timestamp::MAX);
+    Time(at.round(k8s_openapi::jiff::Unit::Second).unwrap_or(at))
+}
+
 /// Writes `status` with server-side apply: fields the operator stops setting are removed.
 /// With a `resource_version` the write only succeeds on that version of the object (a
 /// conflict otherwise), for statuses that record a key decided on that version.

@@ -13,7 +13,7 @@ use super::Condition;
 pub const DEFAULT_BASE_URL: &str = "https://sandbox-api.imbursepayments.com";
 
 /// Imburse API generation an account speaks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum ApiGeneration {
     /// The 2019 paths of the original tutorial (`/identity/v1/hmac/management`,

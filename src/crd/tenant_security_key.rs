@@ -195,7 +195,7 @@ pub struct RolloutRestartTarget {
 
 /// Where a key lives at Imburse: the API endpoint and account it was created with. A key can
 /// only be used and revoked there, so a change of any of these replaces the key.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Endpoint {
     /// Base URL of the Imburse API, without a trailing slash.

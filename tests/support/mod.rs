@@ -6,7 +6,7 @@
 
 use std::{collections::BTreeMap, future::Future, path::Path, time::Duration};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 use imburse_sandbox::{Account, Config, Options, Sandbox};
 use k8s_openapi::{
     ByteString,
@@ -210,7 +210,8 @@ impl Env {
     }
 
     /// Creates a TenantSecurityKey using the namespace's `imburse` account for tenant
-    /// `tenant`; `extra` is merged into its spec.
+    /// `tenant`; `extra` is merged into its spec. Replaced keys are revoked at once
+    /// (`gracePeriod: 0s`) unless `extra` says otherwise, so tests see the end state at once.
     pub async fn create_key(
         &self,
         namespace: &str,
@@ -222,6 +223,7 @@ impl Env {
             "accountRef": { "kind": "ImburseAccount", "name": "imburse" },
             "tenantId": tenant,
             "roles": ["tenant-admin"],
+            "rotation": { "gracePeriod": "0s" },
         });
         merge(&mut spec, extra);
         let key: TenantSecurityKey = serde_json::from_value(json!({
@@ -384,6 +386,55 @@ pub fn run_one_at_a_time(
     let conclusion = libtest_mimic::run(&args, trials);
     drop(env);
     conclusion.exit_code()
+}
+
+/// An Imburse client acting as sandbox account 0, as a person following the tutorial.
+pub fn by_hand(env: &Env, base_url: &str) -> Result<imburse::AccountClient> {
+    let http = imburse::Client::new(Default::default())?;
+    Ok(http.account(imburse::AccountConfig {
+        base_url: base_url.into(),
+        generation: imburse::ApiGeneration::Seed,
+        account_id: None,
+        credentials: env.account(0).key_pair(),
+    })?)
+}
+
+/// Waits until the key is Ready, its tenant has exactly that key at `sandbox`, and its Secret
+/// holds it and authenticates there. Returns the public key.
+pub async fn expect_single_key_at(
+    env: &Env,
+    sandbox: &Sandbox,
+    ns: &str,
+    name: &str,
+    tenant: &str,
+) -> Result<String> {
+    let key = env.wait_ready(ns, name).await?;
+    let status = key.status.context("status")?;
+    let public_key = status.public_key.context("publicKey")?;
+    let secret_name = status.secret_name.context("secretName")?;
+    poll(
+        || async { Ok(tenant_keys(sandbox, tenant).await? == [public_key.clone()]) },
+        &format!("{ns}/{name} to be the tenant's only key"),
+    )
+    .await?;
+    let pair = secret_key_pair(&env.secrets(ns).get(&secret_name).await?)?;
+    ensure!(
+        pair.public_key == public_key,
+        "the Secret holds another key"
+    );
+    let http = imburse::Client::new(Default::default())?;
+    imburse::authenticate(
+        &http,
+        &sandbox.base_url(),
+        imburse::ApiGeneration::Seed,
+        &pair,
+    )
+    .await?;
+    Ok(public_key)
+}
+
+pub async fn expect_single_key(env: &Env, ns: &str, name: &str, tenant: &str) -> Result<String> {
+    expect_single_key_at(env, &env.sandbox, ns, name, tenant).await
 }
 
 /// Public keys of the tenant's keys at the sandbox.

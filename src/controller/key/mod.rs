@@ -4,9 +4,11 @@
 //! - [`decision::next_step`] picks one step; [`steps`] has one executor per step;
 //! - [`report`]: status, Events and when to look again.
 
+mod adopt;
 mod observe;
 mod report;
 mod steps;
+mod workloads;
 
 use std::{sync::Arc, time::Instant};
 
@@ -81,6 +83,27 @@ pub fn validate(tsk: &TenantSecurityKey) -> std::result::Result<(), String> {
         return Err(format!(
             "secret.name {secret_name:?} is not a valid Secret name"
         ));
+    }
+    let rotation = spec.rotation.clone().unwrap_or_default();
+    for (field, value) in [
+        ("interval", &rotation.interval),
+        ("gracePeriod", &rotation.grace_period),
+    ] {
+        if let Some(value) = value
+            && crate::crd::parse_duration(value).is_none()
+        {
+            return Err(format!(
+                "rotation.{field} {value:?} is not a duration such as 720h or 5m"
+            ));
+        }
+    }
+    if let Some(interval) = spec.rotation_interval()
+        && interval <= spec.grace_period()
+    {
+        return Err(
+            "rotation.interval must be longer than rotation.gracePeriod, or replaced keys would pile up"
+                .into(),
+        );
     }
     secret::validate(tsk)
 }
@@ -178,7 +201,9 @@ impl Run<'_> {
                 }
                 Step::CleanupOrphans => self.cleanup_orphans().await?,
                 Step::Create => self.create().await?,
-                Step::AdoptFromSecret => self.adopt_from_secret(),
+                Step::AdoptFromSecret => self.adopt_from_secret().await,
+                Step::AdoptExisting => self.adopt_existing().await?,
+                Step::RestartWorkloads => self.restart_workloads().await?,
                 Step::RewriteSecret => self.rewrite_secret().await?,
                 Step::AddFinalizer => self.write_metadata(true).await?,
                 Step::RevokeRetired(retired) => self.revoke_retired(&retired).await?,

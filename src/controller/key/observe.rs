@@ -1,14 +1,16 @@
 //! Observing: the cached resource, the Secrets it manages, its account, and how fresh it is.
 
+use k8s_openapi::jiff::Timestamp;
 use kube::{Api, Resource, ResourceExt};
 
 use super::{FINALIZER, Run, desired, validate};
 use crate::controller::{
     Context,
     account::{self, Purpose},
-    decision::{CurrentKey, Observed, Pending, Retired},
+    decision::{CurrentKey, Observed, Pending, Retired, Rotation},
     error::{Error, Result},
     intent::{self, Recorded},
+    schedule,
     secret::{self, KeyContext},
 };
 use crate::crd::TenantSecurityKey;
@@ -117,6 +119,41 @@ impl<'a> Run<'a> {
         })
     }
 
+    /// The rotation request annotation, when set.
+    pub(super) fn rotate_request(&self) -> Option<String> {
+        self.tsk
+            .annotations()
+            .get(intent::ROTATE_ANNOTATION)
+            .filter(|v| !v.is_empty())
+            .cloned()
+    }
+
+    /// When the current key is due for scheduled rotation.
+    pub(super) fn next_rotation(&self) -> Option<Timestamp> {
+        let interval = self.tsk.spec.rotation_interval()?;
+        let created_at = self.status.created_at.as_ref()?.0;
+        let seed = format!(
+            "{}:{}",
+            self.uid,
+            self.status.attempt.as_deref().unwrap_or_default()
+        );
+        Some(schedule::next_rotation(created_at, interval, &seed))
+    }
+
+    fn rotation(&self, now: Timestamp) -> Option<Rotation> {
+        let current = self.status.public_key.as_deref()?;
+        if self.ctx.revoked_remotely(&self.uid).as_deref() == Some(current) {
+            return Some(Rotation::RevokedExternally);
+        }
+        let request = self.rotate_request();
+        if request.is_some() && request != self.status.last_handled_rotate_request {
+            return Some(Rotation::Requested);
+        }
+        self.next_rotation()
+            .is_some_and(|at| at <= now)
+            .then_some(Rotation::Scheduled)
+    }
+
     pub(super) fn observed(&self) -> Observed {
         let s = &self.status;
         let current = match (&s.public_key, &s.tenant_id, &s.account_ref, &s.fingerprint) {
@@ -132,7 +169,7 @@ impl<'a> Run<'a> {
             }
             _ => None,
         };
-        let now = k8s_openapi::jiff::Timestamp::now();
+        let now = Timestamp::now();
         Observed {
             deleting: self.deleting,
             deletion_policy: self.tsk.spec.deletion_policy.unwrap_or_default(),
@@ -146,6 +183,12 @@ impl<'a> Run<'a> {
             secret: secret::observe(self.tsk, self.secret.as_ref(), self.key_context().as_ref()),
             stale_secret: self.stale_secret.is_some(),
             sweep_needed: self.sweep_needed,
+            rotation: self.rotation(now),
+            restart_pending: !self.tsk.spec.rollout_restart_targets.is_empty()
+                && s.fingerprint.is_some()
+                && s.rollout_restart_fingerprint.is_some()
+                && s.rollout_restart_fingerprint != s.fingerprint,
+            adopt: self.tsk.spec.adopt.unwrap_or(false),
             retired: s
                 .previous_keys
                 .iter()

@@ -2,11 +2,13 @@
 
 use std::time::Duration;
 
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{Resource, runtime::controller::Action, runtime::events::EventType};
 
 use super::Run;
 use crate::controller::{
     error::{Error, Result},
+    schedule,
     status::{self, Outcome},
 };
 use crate::crd::TenantSecurityKeyStatus;
@@ -60,6 +62,7 @@ impl Run<'_> {
         if self.status.public_key.is_some() && self.status.endpoint.is_none() && result.is_ok() {
             self.status.endpoint = self.desired.endpoint.clone();
         }
+        self.schedule();
         let previous = self.tsk.status.clone().unwrap_or_default();
         status::set_outcome(
             &mut self.status.conditions,
@@ -80,8 +83,17 @@ impl Run<'_> {
         match result {
             Ok(()) => {
                 self.ctx.forget_refusal(&self.uid);
+                let now = Timestamp::now();
+                let next_rotation = self
+                    .status
+                    .next_rotation_at
+                    .as_ref()
+                    .and_then(|t| schedule::until(now, t.0));
                 Ok(self
                     .next_revocation()
+                    .into_iter()
+                    .chain(next_rotation)
+                    .min()
                     .map_or_else(Action::await_change, Action::requeue))
             }
             Err(e) => {
@@ -107,9 +119,21 @@ impl Run<'_> {
         }
     }
 
+    /// Brings the recorded schedule in line with the spec and the current key: the next
+    /// rotation, and which key the restart targets know. Targets listed for the first time
+    /// are taken to run with the current key, so only a later key change restarts them.
+    fn schedule(&mut self) {
+        self.status.next_rotation_at = self.next_rotation().map(Time);
+        if self.tsk.spec.rollout_restart_targets.is_empty() {
+            self.status.rollout_restart_fingerprint = None;
+        } else if self.status.rollout_restart_fingerprint.is_none() {
+            self.status.rollout_restart_fingerprint = self.status.fingerprint.clone();
+        }
+    }
+
     /// Time until the next replaced key leaves its grace period.
     fn next_revocation(&self) -> Option<Duration> {
-        let now = k8s_openapi::jiff::Timestamp::now();
+        let now = Timestamp::now();
         self.status
             .previous_keys
             .iter()

@@ -15,7 +15,7 @@ use super::{FINALIZER, KIND, Run, human_name};
 use crate::controller::{
     FIELD_MANAGER,
     account::{self, Purpose},
-    decision::{CreateReason, Retired},
+    decision::{CreateReason, Retired, Rotation},
     error::{Error, Result},
     finalizer,
     intent::{self, Intent, Recorded},
@@ -39,7 +39,7 @@ enum Revoked {
 
 impl Run<'_> {
     /// The account's client, connected once per reconcile.
-    async fn client(&mut self) -> Result<imburse::AccountClient> {
+    pub(super) async fn client(&mut self) -> Result<imburse::AccountClient> {
         if let Some(client) = &self.imburse {
             return Ok(client.clone());
         }
@@ -143,6 +143,7 @@ impl Run<'_> {
             roles: self.desired.roles.clone(),
             account_ref: self.desired.account.clone(),
             endpoint,
+            rotate_request: self.rotate_request(),
         })
     }
 
@@ -155,9 +156,16 @@ impl Run<'_> {
         self.write_metadata(true).await?;
         self.clean = true;
         tracing::info!(reason = reason.describe(), "creating key");
+        let (type_, event) = match reason {
+            CreateReason::Rotation(Rotation::RevokedExternally) => {
+                (EventType::Warning, "KeyRevokedExternally")
+            }
+            CreateReason::Rotation(_) => (EventType::Normal, "RotationStarted"),
+            _ => (EventType::Normal, "CreatingKey"),
+        };
         self.event(
-            EventType::Normal,
-            "CreatingKey",
+            type_,
+            event,
             "CreateKey",
             format!("creating a key: {}", reason.describe()),
         )
@@ -313,7 +321,8 @@ impl Run<'_> {
             ),
         )
         .await;
-        self.record(&material, &intent);
+        let replaced = self.record(&material, &intent);
+        self.rotated(replaced).await;
         Ok(())
     }
 
@@ -349,7 +358,7 @@ impl Run<'_> {
 
     /// A refused Secret write as the error users see: permanent when the API server refused
     /// the object itself (validation, admission, quota), transient otherwise.
-    fn secret_error(&self, error: kube::Error) -> Error {
+    pub(super) fn secret_error(&self, error: kube::Error) -> Error {
         match error {
             kube::Error::Api(e) if matches!(e.code, 400 | 403 | 422) => Error::SecretRejected {
                 name: self.desired.secret_name.clone(),
@@ -450,7 +459,7 @@ impl Run<'_> {
         }
     }
 
-    pub(super) fn adopt_from_secret(&mut self) {
+    pub(super) async fn adopt_from_secret(&mut self) {
         let Some(material) = self
             .secret
             .as_ref()
@@ -471,32 +480,44 @@ impl Run<'_> {
                     Some(endpoint) => endpoint,
                     None => return,
                 },
+                rotate_request: None,
             },
             None => return,
         };
         tracing::info!(public_key = %material.public_key, "recovered key from its Secret");
         self.guarded = true;
-        self.record(&material, &intent);
+        let replaced = self.record(&material, &intent);
+        self.rotated(replaced).await;
     }
 
-    /// Records a key as current, as the intent requested it; the key it replaces is queued
-    /// for revocation where it lives.
-    fn record(&mut self, material: &KeyMaterial, intent: &Intent) {
+    /// Records a key as current, as the intent requested it. The key it replaces is queued
+    /// for revocation where it lives, after the grace period; a key Imburse no longer knows is
+    /// just dropped. Returns the replaced key.
+    pub(super) fn record(&mut self, material: &KeyMaterial, intent: &Intent) -> Option<String> {
+        let gone = self.ctx.revoked_remotely(&self.uid);
+        let grace = self.tsk.spec.grace_period();
         let s = &mut self.status;
+        let mut replaced = None;
         if let (Some(old), Some(tenant_id), Some(account_ref)) = (
             s.public_key.take(),
             s.tenant_id.take(),
             s.account_ref.take(),
         ) && old != material.public_key
         {
-            s.previous_keys.push(PreviousKey {
-                public_key: old,
-                tenant_id,
-                account_ref,
-                endpoint: s.endpoint.take(),
-                revoke_after: None,
-                revocation_error: None,
-            });
+            if gone.as_deref() != Some(old.as_str()) {
+                s.previous_keys.push(PreviousKey {
+                    public_key: old.clone(),
+                    tenant_id,
+                    account_ref,
+                    endpoint: s.endpoint.take(),
+                    revoke_after: (!grace.is_zero()).then(|| status::after(grace)),
+                    revocation_error: None,
+                });
+            }
+            replaced = Some(old);
+        }
+        if intent.rotate_request.is_some() {
+            s.last_handled_rotate_request = intent.rotate_request.clone();
         }
         s.public_key = Some(material.public_key.clone());
         s.key_name = Some(intent.name.clone());
@@ -509,6 +530,37 @@ impl Run<'_> {
         s.roles = intent.roles.clone();
         s.attempt = Some(intent.attempt.clone());
         self.intent = None;
+        self.ctx.forget_revoked_remotely(&self.uid);
+        replaced
+    }
+
+    /// Reports that the key `replaced` (if any) gave way to the current one.
+    async fn rotated(&self, replaced: Option<String>) {
+        let Some(old) = replaced else {
+            return;
+        };
+        let until = self
+            .status
+            .previous_keys
+            .iter()
+            .find(|p| p.public_key == old)
+            .map(|p| {
+                p.revoke_after
+                    .as_ref()
+                    .map_or_else(|| "now".to_owned(), |t| format!("after {}", t.0))
+            });
+        let note = match until {
+            Some(when) => format!(
+                "key {} replaced key {old}, which is revoked {when}",
+                self.status.public_key.as_deref().unwrap_or_default()
+            ),
+            None => format!(
+                "key {} replaced key {old}, which Imburse no longer knew",
+                self.status.public_key.as_deref().unwrap_or_default()
+            ),
+        };
+        self.event(EventType::Normal, "KeyRotated", "RotateKey", note)
+            .await;
     }
 
     pub(super) async fn rewrite_secret(&mut self) -> Result<()> {
@@ -563,7 +615,7 @@ impl Run<'_> {
                 tracing::info!(public_key = %retired.public_key, "revoked replaced key");
                 self.event(
                     EventType::Normal,
-                    "KeyRevoked",
+                    "PreviousKeyRevoked",
                     "RevokeKey",
                     format!("revoked replaced key {}", retired.public_key),
                 )

@@ -1,0 +1,143 @@
+//! Adoption (`spec.adopt`): taking over a Secret that holds a key made by other means.
+
+use kube::{
+    ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::events::EventType,
+};
+
+use super::Run;
+use crate::controller::{
+    FIELD_MANAGER,
+    error::{Error, Result},
+    intent::{self, Intent, Recorded},
+    secret,
+};
+
+impl Run<'_> {
+    /// Proves the key in the Secret and takes both over, creating no key:
+    /// 1. the pair must authenticate at Imburse (a tenant token is issued for it) and the
+    ///    account's listing of the tenant's keys must show the public key;
+    /// 2. an intent naming the key is recorded, conditional on the resource version;
+    /// 3. the Secret gets the operator's metadata, conditional on the version that was read,
+    ///    so a Secret changed in between is not taken;
+    /// 4. the key is recorded like a created one.
+    ///
+    /// A crash after 2 leaves an open intent and a Secret that is still someone else's, which
+    /// the next reconcile adopts again (after a sweep that finds nothing marked for this
+    /// resource); a crash after 3 leaves the Secret of the open attempt, recorded from there.
+    /// The hand-made key never carries this resource's marker, so no sweep ever revokes it.
+    pub(super) async fn adopt_existing(&mut self) -> Result<()> {
+        let Some(found) = self.secret.clone() else {
+            return Ok(());
+        };
+        let name = self.desired.secret_name.clone();
+        let refuse = |why: String| Error::AdoptionRefused {
+            name: name.clone(),
+            why,
+        };
+        let material = secret::material(self.tsk, &found).ok_or_else(|| {
+            refuse("it has no public and private key in the entries the spec names".into())
+        })?;
+        let ctx = self
+            .key_context()
+            .ok_or_else(|| Error::InvalidSpec("no account resolved".into()))?;
+        // The type of a Secret is immutable, and replacing the object is not taking it over.
+        let wanted = secret::build(self.tsk, &secret::placeholder(), &ctx, "").type_;
+        if wanted != found.type_ {
+            return Err(refuse(format!(
+                "its type {:?} differs from the spec's {:?}",
+                found.type_.as_deref().unwrap_or("Opaque"),
+                wanted.as_deref().unwrap_or("Opaque")
+            )));
+        }
+        let endpoint = self
+            .desired
+            .endpoint
+            .clone()
+            .ok_or_else(|| Error::InvalidSpec("no account resolved".into()))?;
+        let pair = imburse::KeyPair {
+            public_key: material.public_key.clone(),
+            private_key: material.private_key.clone(),
+        };
+        match imburse::authenticate(
+            &self.ctx.imburse,
+            &endpoint.base_url,
+            endpoint.api_generation.into(),
+            &pair,
+        )
+        .await
+        {
+            Ok(_) => {}
+            Err(
+                e @ (imburse::Error::Unauthorized(_)
+                | imburse::Error::Forbidden(_)
+                | imburse::Error::InvalidConfig(_)),
+            ) => {
+                return Err(refuse(format!(
+                    "its key pair does not authenticate at Imburse ({e})"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let client = self.client().await?;
+        if !client.supports_listing() {
+            return Err(Error::ListingUnsupported(self.desired.secret_name.clone()));
+        }
+        let tenant_id = self.desired.tenant_id.clone();
+        let listed = client.list_keys(&tenant_id).await?;
+        let Some(key) = listed
+            .into_iter()
+            .find(|k| k.public_key == material.public_key)
+        else {
+            return Err(refuse(format!(
+                "key {} is not a key of tenant {tenant_id}",
+                material.public_key
+            )));
+        };
+        let mut roles = key.roles.clone();
+        roles.sort();
+        roles.dedup();
+        let adopted = Intent {
+            attempt: intent::new_attempt(),
+            name: key.name.clone().unwrap_or_default(),
+            tenant_id,
+            roles,
+            account_ref: self.desired.account.clone(),
+            endpoint,
+            rotate_request: self.rotate_request(),
+        };
+        self.intent = Some(Recorded::Current(adopted.clone()));
+        self.write_metadata(true).await?;
+        let ctx = self
+            .key_context()
+            .ok_or_else(|| Error::InvalidSpec("no account resolved".into()))?;
+        let mut desired = secret::build(self.tsk, &material, &ctx, &adopted.attempt);
+        desired.metadata.resource_version = found.resource_version();
+        self.ctx.metrics.kube_write("secrets", "apply");
+        let written = self
+            .secrets
+            .patch(
+                &self.desired.secret_name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&desired),
+            )
+            .await
+            .map_err(|e| self.secret_error(e))?;
+        self.secret = Some(written);
+        tracing::info!(public_key = %material.public_key, "adopted key");
+        self.record(&material, &adopted);
+        self.event(
+            EventType::Normal,
+            "KeyAdopted",
+            "AdoptKey",
+            format!(
+                "adopted key {} from Secret {}",
+                material.public_key,
+                found.name_any()
+            ),
+        )
+        .await;
+        Ok(())
+    }
+}

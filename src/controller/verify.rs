@@ -1,0 +1,133 @@
+//! Verification of live keys: a key revoked at Imburse behind the operator's back is found
+//! and replaced.
+//!
+//! Every interval (less up to a tenth, so replicas and restarts drift apart) the keys in the
+//! cache are grouped by where they live (account, endpoint, tenant), and each group costs one
+//! listing, however many keys it has. A key missing from its listing is remembered for its
+//! resource, whose reconcile is then triggered: the decision replaces it
+//! ([`crate::controller::decision::Rotation::RevokedExternally`]).
+
+use std::{collections::HashMap, sync::Arc};
+
+use futures::channel::mpsc::UnboundedSender;
+use k8s_openapi::jiff::Timestamp;
+use kube::{
+    ResourceExt,
+    runtime::reflector::{ObjectRef, Store},
+};
+
+use super::{
+    Context,
+    account::{self, Purpose},
+    error::Result,
+    status,
+};
+use crate::crd::{AccountKind, AccountRef, Endpoint, TenantSecurityKey};
+
+/// Keys that live in the same place: one listing answers for all of them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Place {
+    /// Namespace of the account for `ImburseAccount`s (the key's own), none for cluster ones.
+    namespace: Option<String>,
+    account: AccountRef,
+    endpoint: Option<Endpoint>,
+    tenant_id: String,
+}
+
+/// Runs until dropped: every `interval`, checks the keys in `store` at Imburse and sends the
+/// resources whose key is gone to `trigger`.
+pub async fn run(
+    ctx: Arc<Context>,
+    store: Store<TenantSecurityKey>,
+    trigger: UnboundedSender<ObjectRef<TenantSecurityKey>>,
+) {
+    let Some(interval) = ctx.settings.verify_interval else {
+        return futures::future::pending().await;
+    };
+    if store.wait_until_ready().await.is_err() {
+        return futures::future::pending().await;
+    }
+    loop {
+        tokio::time::sleep(interval.mul_f64(rand::random_range(0.9..=1.0))).await;
+        verify(&ctx, &store, &trigger).await;
+    }
+}
+
+async fn verify(
+    ctx: &Context,
+    store: &Store<TenantSecurityKey>,
+    trigger: &UnboundedSender<ObjectRef<TenantSecurityKey>>,
+) {
+    let started = Timestamp::now();
+    let mut places: HashMap<Place, Vec<(Arc<TenantSecurityKey>, String)>> = HashMap::new();
+    for key in store.state() {
+        if let Some((place, public_key)) = place_of(&key, started) {
+            places.entry(place).or_default().push((key, public_key));
+        }
+    }
+    for (place, keys) in places {
+        let live = match list(ctx, &place).await {
+            Ok(Some(live)) => live,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(tenant_id = %place.tenant_id, error = %e, "could not verify keys");
+                continue;
+            }
+        };
+        for (key, public_key) in keys {
+            if live.contains(&public_key) {
+                continue;
+            }
+            tracing::warn!(
+                namespace = key.namespace().unwrap_or_default(),
+                name = %key.name_any(),
+                %public_key,
+                "key no longer exists at Imburse"
+            );
+            ctx.mark_revoked_remotely(&key.uid().unwrap_or_default(), &public_key);
+            // The receiver lives as long as the controller; a send after it stopped is moot.
+            let _ = trigger.unbounded_send(ObjectRef::from_obj(key.as_ref()));
+        }
+    }
+}
+
+/// Where a Ready key lives and its public key. Keys created after the listing began, deleting
+/// or not Ready are left to their reconcile: a listing could miss them for good reason.
+fn place_of(key: &TenantSecurityKey, listed_from: Timestamp) -> Option<(Place, String)> {
+    let s = key.status.as_ref()?;
+    let ready = s
+        .conditions
+        .iter()
+        .any(|c| c.type_ == status::READY && c.status == "True");
+    if !ready
+        || key.metadata.deletion_timestamp.is_some()
+        || s.created_at.as_ref()?.0 >= listed_from
+    {
+        return None;
+    }
+    let account = s.account_ref.clone()?;
+    let place = Place {
+        namespace: (account.kind == AccountKind::ImburseAccount)
+            .then(|| key.namespace())
+            .flatten(),
+        account,
+        endpoint: s.endpoint.clone(),
+        tenant_id: s.tenant_id.clone()?,
+    };
+    Some((place, s.public_key.clone()?))
+}
+
+/// The public keys Imburse lists for the place, or `None` when its API cannot list.
+async fn list(ctx: &Context, place: &Place) -> Result<Option<Vec<String>>> {
+    let namespace = place.namespace.clone().unwrap_or_default();
+    let account = account::resolve(ctx, &namespace, &place.account, Purpose::Revoke).await?;
+    let client = match &place.endpoint {
+        Some(at) if *at != account.endpoint() => account.connect_at(ctx, at).await?,
+        _ => account.connect(ctx).await?,
+    };
+    if !client.supports_listing() {
+        return Ok(None);
+    }
+    let keys = client.list_keys(&place.tenant_id).await?;
+    Ok(Some(keys.into_iter().map(|k| k.public_key).collect()))
+}
