@@ -62,6 +62,11 @@ fn main() -> std::process::ExitCode {
             "a_key_revoked_elsewhere_is_replaced",
             a_key_revoked_elsewhere_is_replaced,
         ),
+        // Last: scans what every test above made the operator write.
+        (
+            "no_secret_in_logs_events_or_status",
+            support::no_secret_in_logs_events_or_status,
+        ),
     ];
     support::run_one_at_a_time(args, env, tests)
 }

@@ -573,3 +573,73 @@ pub fn secret_key_pair(secret: &Secret) -> Result<imburse::KeyPair> {
         imburse::SecretString::from(entry("privateKey")?),
     ))
 }
+
+/// No private key, bearer token or signature in the operator's log, in Events, or in any
+/// status the operator wrote.
+pub fn no_secret_in_logs_events_or_status(env: &Env) -> Result<()> {
+    env.block_on(async {
+        let mut secrets: Vec<String> = env
+            .config
+            .accounts
+            .iter()
+            .map(|a| secrecy::ExposeSecret::expose_secret(&a.private_key).to_owned())
+            .collect();
+        let managed =
+            ListParams::default().labels("app.kubernetes.io/managed-by=tenant-key-operator");
+        for secret in Api::<Secret>::all(env.client.clone())
+            .list(&managed)
+            .await?
+        {
+            for (name, value) in secret.data.unwrap_or_default() {
+                if name.to_lowercase().contains("private") {
+                    secrets.push(String::from_utf8_lossy(&value.0).into_owned());
+                }
+            }
+        }
+        ensure!(
+            secrets.len() > 5,
+            "too few keys to make the scan meaningful"
+        );
+        let log = env.operator_log()?;
+        let events: Vec<k8s_openapi::api::events::v1::Event> = Api::all(env.client.clone())
+            .list(&ListParams::default())
+            .await?
+            .items;
+        let keys: Vec<TenantSecurityKey> = Api::all(env.client.clone())
+            .list(&ListParams::default())
+            .await?
+            .items;
+        let accounts: Vec<ImburseAccount> = Api::all(env.client.clone())
+            .list(&ListParams::default())
+            .await?
+            .items;
+        let written = [
+            ("log", log),
+            ("events", serde_json::to_string(&events)?),
+            (
+                "statuses",
+                serde_json::to_string(&keys.iter().map(|k| &k.status).collect::<Vec<_>>())?,
+            ),
+            (
+                "account statuses",
+                serde_json::to_string(&accounts.iter().map(|a| &a.status).collect::<Vec<_>>())?,
+            ),
+        ];
+        for (what, text) in &written {
+            for secret in &secrets {
+                ensure!(
+                    !text.contains(secret.as_str()),
+                    "a private key appears in the {what}"
+                );
+            }
+            for marker in ["Bearer ", "Hmac ", "accessToken", "authorization:"] {
+                ensure!(!text.contains(marker), "{marker:?} appears in the {what}");
+            }
+        }
+        ensure!(
+            written[0].1.contains("created key"),
+            "the log scan read no reconcile output"
+        );
+        Ok(())
+    })
+}

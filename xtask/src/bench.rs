@@ -42,8 +42,15 @@ pub struct Args {
     /// The operator's reconcile concurrency.
     #[arg(long, default_value_t = 8)]
     concurrency: u16,
+    /// Tenants the keys are spread over (round robin).
+    #[arg(long, default_value_t = 4)]
+    tenants: usize,
+    /// How often the operator verifies live keys at Imburse, in seconds; at rest it should
+    /// list once per tenant per interval, whatever the number of keys.
+    #[arg(long, default_value_t = 5)]
+    verify_seconds: u64,
     /// How long to watch the operator at rest after all keys are Ready, in seconds.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 20)]
     rest_seconds: u64,
     /// Where to write the figures (default: <target>/bench/results.json).
     #[arg(long)]
@@ -57,7 +64,7 @@ pub async fn run(args: Args) -> Result<()> {
     let plane = ControlPlane::start().await?;
     let client = plane.client().await?;
     testenv::install_crds(&client, &workspace::root().join("crds")).await?;
-    let config = Config::generate(1, 1);
+    let config = Config::generate(1, args.tenants.max(1));
     let faults = Faults {
         latency_ms: args.latency_ms,
         ..Faults::default()
@@ -73,6 +80,7 @@ pub async fn run(args: Args) -> Result<()> {
     let metrics_port = workspace::free_port()?;
     let listen = format!("127.0.0.1:{metrics_port}");
     let concurrency = args.concurrency.to_string();
+    let verify_interval = format!("{}s", args.verify_seconds);
     let operator = Operator::start(
         "operator",
         &binary,
@@ -85,6 +93,8 @@ pub async fn run(args: Args) -> Result<()> {
             &concurrency,
             "--imburse-rate-limit",
             "0",
+            "--verify-interval",
+            &verify_interval,
             "--log-filter",
             "warn",
         ],
@@ -96,10 +106,14 @@ pub async fn run(args: Args) -> Result<()> {
     admin.reset_stats().await?;
     let writes_before = kube_writes(&listen).await?;
     let started = Instant::now();
-    let tenant = config.tenants[0].tenant_id.clone();
+    let tenants: Vec<&str> = config
+        .tenants
+        .iter()
+        .map(|t| t.tenant_id.as_str())
+        .collect();
     let keys: Api<TenantSecurityKey> = Api::namespaced(client.clone(), NAMESPACE);
     stream::iter(0..args.keys)
-        .map(|i| create_key(&keys, i, &tenant))
+        .map(|i| create_key(&keys, i, tenants[i % tenants.len()]))
         .buffer_unordered(16)
         .try_collect::<Vec<()>>()
         .await?;
@@ -140,6 +154,13 @@ pub async fn run(args: Args) -> Result<()> {
         "kubeWritesPerKey": writes.values().sum::<u64>() as f64 / n,
         "kubeWrites": writes,
         "imburseCallsAtRest": calls_at_rest,
+        "tenants": tenants.len(),
+        "verifySeconds": args.verify_seconds,
+        "restSeconds": args.rest_seconds,
+        "listCallsAtRest": rest.total(Operation::ListKeys),
+        "listCallsPerTenantPerVerifyInterval": rest.total(Operation::ListKeys) as f64
+            / tenants.len() as f64
+            / (args.rest_seconds as f64 / args.verify_seconds.max(1) as f64),
         "kubeWritesAtRest": writes_at_rest,
         "operatorRssMiB": rss_kib as f64 / 1024.0,
         "sandboxCalls": stats.calls,
