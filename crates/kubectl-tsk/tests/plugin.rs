@@ -27,7 +27,9 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 use tenant_key_operator::{
     controller::secret::{self, KeyContext, KeyMaterial},
-    crd::{ImburseAccount, ROTATE_REQUESTED_AT_ANNOTATION, TenantSecurityKey},
+    crd::{
+        ClusterImburseAccount, ImburseAccount, ROTATE_REQUESTED_AT_ANNOTATION, TenantSecurityKey,
+    },
 };
 use testenv::ControlPlane;
 
@@ -66,6 +68,10 @@ fn main() -> ExitCode {
         (
             "status_finds_a_secret_that_differs",
             status_finds_a_secret_that_differs,
+        ),
+        (
+            "status_of_a_new_key_with_a_cluster_account",
+            status_of_a_new_key_with_a_cluster_account,
         ),
         ("status_lists_every_key", status_lists_every_key),
         (
@@ -406,14 +412,14 @@ fn status_shows_the_whole_picture(world: &World) -> Result<()> {
         .ok()?;
     let yaml: Value = serde_yaml::from_str(&yaml.stdout)?;
     ensure!(
-        yaml == json_without_age(json.clone(), &yaml),
+        yaml == with_key_age_of(json.clone(), &yaml),
         "YAML and JSON differ"
     );
     Ok(())
 }
 
 /// `json` with the key age of `other`: the two runs happen a moment apart.
-fn json_without_age(mut json: Value, other: &Value) -> Value {
+fn with_key_age_of(mut json: Value, other: &Value) -> Value {
     json["keyAgeSeconds"] = other["keyAgeSeconds"].clone();
     json
 }
@@ -440,6 +446,53 @@ fn status_finds_a_secret_that_differs(world: &World) -> Result<()> {
         .ok()?
         .json()?;
     ensure!(json["secret"]["fingerprint"] == "Differs", "{json:#}");
+    Ok(())
+}
+
+fn status_of_a_new_key_with_a_cluster_account(world: &World) -> Result<()> {
+    let ns = "status-new";
+    world.block_on(async {
+        world.namespace(ns).await?;
+        let account: ClusterImburseAccount = serde_json::from_value(json!({
+            "apiVersion": "imbursepayments.com/v1alpha1",
+            "kind": "ClusterImburseAccount",
+            "metadata": {"name": "shared"},
+            "spec": {"credentialsSecretRef": {"name": "shared-credentials"}},
+        }))?;
+        let accounts: Api<ClusterImburseAccount> = Api::all(world.client.clone());
+        accounts.create(&PostParams::default(), &account).await?;
+        let status = json!({"status": {"conditions": [
+            condition("Ready", "False", "CredentialsInvalid", "Imburse answered 401"),
+        ]}});
+        accounts
+            .patch_status("shared", &PatchParams::default(), &Patch::Merge(&status))
+            .await?;
+        let tsk: TenantSecurityKey = serde_json::from_value(json!({
+            "apiVersion": "imbursepayments.com/v1alpha1",
+            "kind": "TenantSecurityKey",
+            "metadata": {"name": "fresh", "namespace": ns},
+            "spec": {
+                "accountRef": {"kind": "ClusterImburseAccount", "name": "shared"},
+                "tenantId": TENANT,
+                "roles": ["tenant-admin"],
+                "secret": {"name": "fresh-key"},
+            },
+        }))?;
+        world.keys(ns).create(&PostParams::default(), &tsk).await?;
+        anyhow::Ok(())
+    })?;
+    let run = world.kubectl(&["status", "fresh", "-n", ns])?.ok()?;
+    contains_all(
+        &run.stdout,
+        &[
+            "Key age:              <no key yet>",
+            "Next rotation:        not scheduled",
+            "Secret:               fresh-key: not found",
+            "Account:              ClusterImburseAccount/shared: Ready=False CredentialsInvalid: Imburse answered 401",
+            "Conditions:\n  <none>\n",
+            "Events:\n  <none>\n",
+        ],
+    )?;
     Ok(())
 }
 
