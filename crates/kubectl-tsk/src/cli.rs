@@ -10,6 +10,7 @@ use crate::{cluster, inspect, output::Format, rotate, status};
 #[derive(Debug, Parser)]
 #[command(
     name = "kubectl tsk",
+    bin_name = "kubectl tsk",
     version,
     about = "Status, rotation and key Secrets of TenantSecurityKeys"
 )]
@@ -112,10 +113,26 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, leaving out a cause the text so far already quotes: kube's and
+/// std's errors often repeat their source in their own message.
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain().map(ToString::to_string) {
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -199,6 +216,18 @@ mod tests {
         assert_eq!(args.names, ["checkout"]);
         assert!(args.wait);
         assert_eq!(args.timeout, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn causes_already_quoted_are_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let error = anyhow::Error::new(io)
+            .context("failed to read /nowhere: no such file")
+            .context("loading the kubeconfig");
+        assert_eq!(
+            describe(&error),
+            "loading the kubeconfig: failed to read /nowhere: no such file"
+        );
     }
 
     #[test]

@@ -24,8 +24,7 @@ pub async fn connect(kubeconfig: Option<&Path>, context: Option<&str>) -> Result
     };
     let config = match (kubeconfig, context) {
         (Some(path), _) => {
-            let file = Kubeconfig::read_from(path)
-                .with_context(|| format!("reading {}", path.display()))?;
+            let file = Kubeconfig::read_from(path)?;
             Config::from_custom_kubeconfig(file, &options).await?
         }
         (None, Some(_)) => Config::from_kubeconfig(&options).await?,
