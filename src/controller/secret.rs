@@ -245,11 +245,41 @@ fn entry<'s>(secret: &'s Secret, name: &str) -> Option<&'s str> {
 
 /// The key pair stored in a Secret, if both entries are present.
 pub fn material(tsk: &TenantSecurityKey, secret: &Secret) -> Option<KeyMaterial> {
-    let names = entry_names(tsk);
+    material_named(&entry_names(tsk), secret)
+}
+
+fn material_named(names: &EntryNames<'_>, secret: &Secret) -> Option<KeyMaterial> {
     Some(KeyMaterial {
         public_key: entry(secret, names.public_key)?.to_owned(),
         private_key: SecretString::from(entry(secret, names.private_key)?),
     })
+}
+
+/// What a key Secret holds, without the private key, which enters only the fingerprint: for
+/// tools that show a Secret to people.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoredKey {
+    pub public_key: Option<String>,
+    /// Fingerprint of the stored pair, as [`KeyMaterial::fingerprint`] computes it; absent
+    /// unless both halves are present.
+    pub fingerprint: Option<String>,
+    pub tenant_id: Option<String>,
+    pub account_id: Option<String>,
+    pub base_url: Option<String>,
+}
+
+/// Reads a key Secret with the entry names of a spec's `secret.keys` (the defaults when
+/// `names` is absent, e.g. for a Secret whose resource is unknown).
+pub fn stored_key(names: Option<&SecretKeyNames>, secret: &Secret) -> StoredKey {
+    let names = EntryNames::of(names);
+    let get = |name: &str| entry(secret, name).map(str::to_owned);
+    StoredKey {
+        public_key: get(names.public_key),
+        fingerprint: material_named(&names, secret).map(|m| m.fingerprint()),
+        tenant_id: get(names.tenant_id),
+        account_id: get(names.account_id),
+        base_url: get(names.base_url),
+    }
 }
 
 /// Key material that satisfies every check the API server makes, for a dry run of the write
@@ -471,6 +501,36 @@ mod tests {
             .is_err()
         );
         assert!(validate(&tsk(None)).is_ok());
+    }
+
+    #[test]
+    fn stored_key_reads_everything_but_the_private_key() {
+        let names = SecretKeyNames {
+            public_key: Some("PUB".into()),
+            base_url: Some("URL".into()),
+            ..Default::default()
+        };
+        let t = tsk(Some(SecretTemplate {
+            keys: Some(names.clone()),
+            ..Default::default()
+        }));
+        let s = build(&t, &key(), &CTX, "a1");
+        let stored = stored_key(Some(&names), &s);
+        assert_eq!(
+            stored,
+            StoredKey {
+                public_key: Some(key().public_key),
+                fingerprint: Some(key().fingerprint()),
+                tenant_id: Some(CTX.tenant_id.into()),
+                account_id: CTX.account_id.map(Into::into),
+                base_url: Some(CTX.base_url.into()),
+            }
+        );
+        // Read with the default names, the renamed entries are not found.
+        let defaults = stored_key(None, &s);
+        assert_eq!(defaults.public_key, None);
+        assert_eq!(defaults.fingerprint, None);
+        assert_eq!(defaults.tenant_id.as_deref(), Some(CTX.tenant_id));
     }
 
     #[test]

@@ -18,9 +18,9 @@ pub use account::{
 pub use conditions::{Condition, ConditionStatus, set_condition};
 pub use tenant_security_key::{
     AccountKind, AccountRef, DEFAULT_GRACE_PERIOD, DeletionPolicy, Endpoint, PreviousKey,
-    RolloutRestartTarget, RotationPolicy, SecretKeyNames, SecretTemplate, TenantSecurityKey,
-    TenantSecurityKeySpec, TenantSecurityKeyStatus, WorkloadKind, is_allowed_secret_type,
-    parse_duration,
+    ROTATE_REQUESTED_AT_ANNOTATION, RolloutRestartTarget, RotationPolicy, SecretKeyNames,
+    SecretTemplate, TenantSecurityKey, TenantSecurityKeySpec, TenantSecurityKeyStatus,
+    WorkloadKind, is_allowed_secret_type, parse_duration,
 };
 
 use kube::CustomResourceExt;

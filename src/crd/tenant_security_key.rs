@@ -141,6 +141,11 @@ pub struct RotationPolicy {
     pub grace_period: Option<String>,
 }
 
+/// Annotation on a TenantSecurityKey that requests a rotation: each new value (e.g. the
+/// current RFC 3339 time) replaces the key once, and `status.lastHandledRotateRequest` records
+/// the value once the new key is in the Secret.
+pub const ROTATE_REQUESTED_AT_ANNOTATION: &str = "imbursepayments.com/rotate-requested-at";
+
 /// Default of `rotation.gracePeriod`.
 pub const DEFAULT_GRACE_PERIOD: &str = "5m";
 

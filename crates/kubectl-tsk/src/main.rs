@@ -1,0 +1,13 @@
+//! `kubectl tsk`: a kubectl plugin for TenantSecurityKeys. kubectl runs any `kubectl-<name>`
+//! binary on the PATH as `kubectl <name>`, passing the remaining arguments unchanged.
+
+mod cli;
+mod cluster;
+mod inspect;
+mod output;
+mod rotate;
+mod status;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}
