@@ -315,7 +315,7 @@ async fn take_over(
         stats.total(imburse::Operation::DeleteKey) == revoked.len() as u64,
         "{} revocation calls for {} revoked keys",
         stats.total(imburse::Operation::DeleteKey),
-        expect.keys_revoked.len()
+        revoked.len()
     );
 
     let terminating: Vec<String> = keys

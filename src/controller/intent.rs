@@ -18,9 +18,6 @@ use crate::crd::{AccountRef, Endpoint};
 /// earlier versions read `<attempt>:<key name>`.
 pub const ANNOTATION: &str = "imbursepayments.com/create-pending";
 
-/// Annotation a user sets to any new value to have the key rotated once.
-pub const ROTATE_ANNOTATION: &str = "imbursepayments.com/rotate-requested-at";
-
 /// Separates the human part of a key name from the operator's marker.
 const MARKER: &str = " #tko:";
 

@@ -123,7 +123,7 @@ impl<'a> Run<'a> {
     pub(super) fn rotate_request(&self) -> Option<String> {
         self.tsk
             .annotations()
-            .get(intent::ROTATE_ANNOTATION)
+            .get(crate::crd::ROTATE_REQUESTED_AT_ANNOTATION)
             .filter(|v| !v.is_empty())
             .cloned()
     }
