@@ -83,7 +83,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for tools that must map each one (the Argo CD health check's test).
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 19] = [
         Self::InvalidSpec,
         Self::AccountNotFound,
         Self::NamespaceNotAllowed,
@@ -99,6 +99,7 @@ impl Reason {
         Self::ImburseUnavailable,
         Self::ImburseRejected,
         Self::SecretConflict,
+        Self::AdoptionRefused,
         Self::SecretRejected,
         Self::ListingUnsupported,
         Self::KubernetesError,
@@ -281,9 +282,10 @@ mod tests {
                 Reason::ImburseUnavailable => 12,
                 Reason::ImburseRejected => 13,
                 Reason::SecretConflict => 14,
-                Reason::SecretRejected => 15,
-                Reason::ListingUnsupported => 16,
-                Reason::KubernetesError => 17,
+                Reason::AdoptionRefused => 15,
+                Reason::SecretRejected => 16,
+                Reason::ListingUnsupported => 17,
+                Reason::KubernetesError => 18,
             };
             assert_eq!(position, expected, "{}", reason.as_str());
         }

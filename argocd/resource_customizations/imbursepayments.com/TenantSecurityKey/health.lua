@@ -19,6 +19,7 @@ local permanent = {
   TenantNotFound = true,
   ImburseRejected = true,
   SecretConflict = true,
+  AdoptionRefused = true,
   SecretRejected = true,
   ListingUnsupported = true,
 }

@@ -1,5 +1,5 @@
--- Stamps the request time: the operator rotates a key whose request is newer than the key, so
--- running the action again later rotates again.
+-- Stamps the request time: the operator rotates the key once for each new value of the
+-- annotation (it records the last one handled), so running the action again rotates again.
 local os = require("os")
 if obj.metadata.annotations == nil then
   obj.metadata.annotations = {}
