@@ -213,7 +213,7 @@ fn argocd_cm_entries_install_with_kustomize() -> Result<()> {
         dir.path().join("argocd-cm.yaml"),
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: argocd-cm\n  namespace: argocd\ndata:\n  url: https://argocd.example\n",
     )?;
-    let component = pathdiff(&root.join("argocd"), dir.path());
+    let component = relative_path(&root.join("argocd"), dir.path());
     std::fs::write(
         dir.path().join("kustomization.yaml"),
         format!("resources:\n  - argocd-cm.yaml\ncomponents:\n  - {component}\n"),
@@ -246,7 +246,7 @@ fn argocd_cm_entries_install_with_kustomize() -> Result<()> {
 }
 
 /// `target` relative to `base`, both absolute: kustomize takes components by relative path.
-fn pathdiff(target: &Path, base: &Path) -> String {
+fn relative_path(target: &Path, base: &Path) -> String {
     let ups = base.components().count() - 1;
     format!(
         "{}{}",

@@ -480,15 +480,13 @@ fn network_policy_allows_dns_api_server_imburse_and_scrapes() -> Result<()> {
     };
     let egress = policy["egress"].as_array().context("no egress")?;
     let by_ports: Vec<Vec<(i64, String)>> = egress.iter().map(ports).collect();
-    ensure!(
-        by_ports
-            == [
-                vec![(53, "UDP".into()), (53, "TCP".into())],
-                vec![(443, "TCP".into()), (6443, "TCP".into())],
-                vec![(443, "TCP".into())],
-            ],
-        "egress ports {by_ports:?}"
-    );
+    let tcp = |port: i64| (port, "TCP".to_owned());
+    let expected = vec![
+        vec![(53, "UDP".to_owned()), tcp(53)],
+        vec![tcp(443), tcp(6443)],
+        vec![tcp(443)],
+    ];
+    ensure!(by_ports == expected, "egress ports {by_ports:?}");
     ensure!(
         egress.iter().all(|rule| rule["to"].is_null()),
         "destinations without CIDRs"
@@ -504,7 +502,7 @@ fn network_policy_allows_dns_api_server_imburse_and_scrapes() -> Result<()> {
     ])?;
     let policy = &find(&narrowed, "NetworkPolicy")?["spec"];
     ensure!(policy["egress"][1]["to"] == json!([{ "ipBlock": { "cidr": "10.0.0.1/32" } }]));
-    ensure!(ports(&policy["egress"][1]) == [(8443, "TCP".to_owned())]);
+    ensure!(ports(&policy["egress"][1]) == [tcp(8443)]);
     ensure!(policy["egress"][2]["to"] == json!([{ "ipBlock": { "cidr": "203.0.113.0/24" } }]));
     ensure!(
         policy["ingress"][0]["from"]
