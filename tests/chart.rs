@@ -60,6 +60,10 @@ fn main() -> std::process::ExitCode {
             "values_are_checked_by_the_schema",
             values_are_checked_by_the_schema,
         ),
+        (
+            "artifact_hub_annotations_describe_the_crds",
+            artifact_hub_annotations_describe_the_crds,
+        ),
         ("service_monitor_is_optional", service_monitor_is_optional),
         (
             "replicas_get_a_disruption_budget_and_rolling_updates",
@@ -245,6 +249,13 @@ fn chart_lints() -> Result<()> {
         OsStr::new("serviceMonitor.enabled=true,rbac.create=false,serviceAccount.create=false,serviceAccount.name=existing"),
         chart.as_os_str(),
     ])?;
+    helm.run(&[
+        OsStr::new("lint"),
+        OsStr::new("--strict"),
+        OsStr::new("--set"),
+        OsStr::new("replicaCount=2,prometheusRule.enabled=true,grafanaDashboard.enabled=true,networkPolicy.enabled=true,crds.enabled=false"),
+        chart.as_os_str(),
+    ])?;
     Ok(())
 }
 
@@ -343,6 +354,63 @@ fn values_are_checked_by_the_schema() -> Result<()> {
         Ok(_) => bail!("the chart accepted two replicas without leader election"),
         Err(e) => ensure!(format!("{e:#}").contains("leaderElection.enabled")),
     }
+    Ok(())
+}
+
+/// Chart.yaml's Artifact Hub annotations name exactly the generated CRDs, and every example
+/// reads as the typed resource the operator would see.
+fn artifact_hub_annotations_describe_the_crds() -> Result<()> {
+    let chart: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart_dir().join("Chart.yaml"))?)?;
+    let annotations = &chart["annotations"];
+    ensure!(annotations["artifacthub.io/operator"] == "true");
+    ensure!(annotations["artifacthub.io/license"] == "Apache-2.0");
+    let listed: Vec<serde_json::Value> = serde_yaml::from_str(
+        annotations["artifacthub.io/crds"]
+            .as_str()
+            .context("no artifacthub.io/crds")?,
+    )?;
+    let listed: BTreeSet<(String, String, String)> = listed
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap_or_default().to_owned(),
+                c["kind"].as_str().unwrap_or_default().to_owned(),
+                c["version"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let generated: BTreeSet<(String, String, String)> = tenant_key_operator::crd::all()
+        .iter()
+        .map(|c| {
+            (
+                c.name_any(),
+                c.spec.names.kind.clone(),
+                c.spec.versions[0].name.clone(),
+            )
+        })
+        .collect();
+    ensure!(listed == generated, "artifacthub.io/crds lists {listed:?}");
+    let examples: Vec<serde_json::Value> = serde_yaml::from_str(
+        annotations["artifacthub.io/crdsExamples"]
+            .as_str()
+            .context("no artifacthub.io/crdsExamples")?,
+    )?;
+    let mut kinds = BTreeSet::new();
+    for example in examples {
+        let kind = example["kind"].as_str().unwrap_or_default().to_owned();
+        match kind.as_str() {
+            "TenantSecurityKey" => serde_json::from_value::<TenantSecurityKey>(example).map(drop),
+            "ImburseAccount" => serde_json::from_value::<ImburseAccount>(example).map(drop),
+            "ClusterImburseAccount" => {
+                serde_json::from_value::<ClusterImburseAccount>(example).map(drop)
+            }
+            other => bail!("an example of unknown kind {other}"),
+        }
+        .with_context(|| format!("the {kind} example"))?;
+        kinds.insert(kind);
+    }
+    ensure!(kinds.len() == generated.len(), "examples of {kinds:?} only");
     Ok(())
 }
 
