@@ -64,6 +64,10 @@ fn main() -> std::process::ExitCode {
             "artifact_hub_annotations_describe_the_crds",
             artifact_hub_annotations_describe_the_crds,
         ),
+        (
+            "flux_example_installs_this_chart",
+            flux_example_installs_this_chart,
+        ),
         ("service_monitor_is_optional", service_monitor_is_optional),
         (
             "replicas_get_a_disruption_budget_and_rolling_updates",
@@ -411,6 +415,50 @@ fn artifact_hub_annotations_describe_the_crds() -> Result<()> {
         kinds.insert(kind);
     }
     ensure!(kinds.len() == generated.len(), "examples of {kinds:?} only");
+    Ok(())
+}
+
+/// examples/flux/: the HelmRelease names this chart's path and values the chart accepts, and
+/// the Kustomizations wait for what they apply.
+fn flux_example_installs_this_chart() -> Result<()> {
+    let flux = repository().join("examples/flux");
+    let operator = documents(&std::fs::read_to_string(flux.join("operator.yaml"))?)?;
+    let release = find(&operator, "HelmRelease")?;
+    let chart = release["spec"]["chart"]["spec"]["chart"]
+        .as_str()
+        .context("the HelmRelease names no chart")?;
+    ensure!(
+        repository().join(chart) == repository().join("./charts/tenant-key-operator"),
+        "the HelmRelease installs {chart}"
+    );
+    let values = tempfile::Builder::new()
+        .prefix("tko-flux-values-")
+        .suffix(".yaml")
+        .tempfile()?;
+    std::fs::write(
+        values.path(),
+        serde_yaml::to_string(&release["spec"]["values"])?,
+    )?;
+    let helm = Helm::new()?;
+    let rendered = documents(&helm.run(&[
+        OsStr::new("template"),
+        OsStr::new(RELEASE),
+        chart_dir().as_os_str(),
+        OsStr::new("--values"),
+        values.path().as_os_str(),
+    ])?)?;
+    ensure!(kinds(&rendered).contains("PodDisruptionBudget"));
+
+    let kustomizations = documents(&std::fs::read_to_string(flux.join("kustomizations.yaml"))?)?;
+    ensure!(!kustomizations.is_empty());
+    for kustomization in &kustomizations {
+        let spec = &kustomization["spec"];
+        ensure!(
+            spec["wait"] == true || spec["healthChecks"].is_array(),
+            "Kustomization {} waits for nothing",
+            kustomization["metadata"]["name"]
+        );
+    }
     Ok(())
 }
 
