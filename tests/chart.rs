@@ -2,6 +2,10 @@
 //! enough for the operator's whole job and no more. The operator runs as a local process with
 //! the environment of the chart's Deployment and the token of the chart's ServiceAccount, so
 //! every request it makes is authorized exactly as in a cluster.
+//!
+//! Also: the schema refuses wrong values, `helm upgrade` updates the CRDs (from the previous
+//! chart layout too), the HA, network and RBAC options render as documented, and the alerts and
+//! the dashboard's queries load in Prometheus' own rule parser.
 
 mod support;
 
