@@ -111,7 +111,8 @@ pub struct Expect {
 pub enum SecretOutcome {
     /// Data, type, labels, annotations and owner stay byte for byte; not even rewritten.
     Unchanged,
-    /// As `Unchanged`, except that the resource no longer owns it (`deletionPolicy: Retain`).
+    /// As `Unchanged`, except that the resource no longer owns it (`deletionPolicy: Retain`):
+    /// no owner reference and no `imbursepayments.com/owner-uid` annotation.
     Released,
     /// The operator writes a newly created key into it.
     Written,
