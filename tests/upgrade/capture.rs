@@ -402,7 +402,10 @@ impl Capture<'_> {
 
     async fn live_key(&self, name: &str) -> Result<DynamicObject> {
         let mut key = dynamic::<TenantSecurityKey>(self.env).get(name).await?;
+        let uid = key.metadata.uid.take();
         fixture::strip_server_fields(&mut key.metadata);
+        // Recorded values name the resource by its uid; the replay maps it to the new one's.
+        key.metadata.uid = uid;
         Ok(key)
     }
 
