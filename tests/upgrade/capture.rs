@@ -134,7 +134,8 @@ impl Capture<'_> {
                 "rotated-in-grace",
                 tenant::ROTATED,
                 json!({
-                    "rotation": { "interval": "720h", "gracePeriod": "1h" },
+                    // A century: a replay must never find the scheduled rotation due.
+                    "rotation": { "interval": "876000h", "gracePeriod": "1h" },
                     "rolloutRestartTargets": [{ "kind": "Deployment", "name": "checkout" }],
                 }),
             ),
