@@ -142,8 +142,24 @@ fn holding(lease: &Lease, identity: &str, renew_deadline: Duration) -> Holding {
     }
 }
 
-fn holder(lease: &Lease) -> Option<&str> {
-    lease.spec.as_ref()?.holder_identity.as_deref()
+/// Until when a Lease is held: its holder's last renewal plus its duration.
+fn held_until(lease: &Lease) -> Option<SystemTime> {
+    let spec = lease.spec.as_ref()?;
+    spec.holder_identity.as_ref()?;
+    let renewed = SystemTime::from(spec.renew_time.as_ref()?.0);
+    let duration = u64::try_from(spec.lease_duration_seconds?).ok()?;
+    Some(renewed + Duration::from_secs(duration))
+}
+
+/// Whether the holder gave the Lease up before it expired (a leader shutting down), which the
+/// manager would only notice at the expiry. An expired Lease cleared by a follower (the
+/// manager itself, usually) is not: the manager is acquiring it already.
+fn released_early(held_until: Option<SystemTime>, now: &Lease, at: SystemTime) -> bool {
+    let unheld = now
+        .spec
+        .as_ref()
+        .is_none_or(|s| s.holder_identity.is_none());
+    unheld && held_until.is_some_and(|until| until > at)
 }
 
 /// Runs `controllers` while this process holds the Lease; returns once `shutdown` resolved
@@ -199,7 +215,7 @@ where
         );
         let events = lease_events(leases, &settings.lease_name, ListSemantic::Any);
         futures::pin_mut!(events);
-        let mut seen_holder: Option<String> = None;
+        let mut seen_until: Option<SystemTime> = None;
         loop {
             tokio::select! {
                 () = shutdown.clone() => {
@@ -215,11 +231,10 @@ where
                 },
                 event = events.next() => match event {
                     Some(Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease))) => {
-                        let now = holder(&lease).map(str::to_owned);
-                        if seen_holder.is_some() && now.is_none() {
+                        if released_early(seen_until, &lease, SystemTime::now()) {
                             break;
                         }
-                        seen_holder = now;
+                        seen_until = held_until(&lease);
                     }
                     Some(Ok(watcher::Event::Delete(_))) => break,
                     Some(Ok(watcher::Event::Init | watcher::Event::InitDone)) => {}
@@ -229,7 +244,7 @@ where
             }
         }
         // Released (or deleted): a new manager reads the Lease at once instead of sleeping
-        // until the expiry its predecessor last read.
+        // until the expiry the current one last read.
         tracing::debug!("the lease was released: contesting it now");
         stop(leading, manager).await;
     }
@@ -424,6 +439,23 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn only_a_release_before_expiry_makes_a_follower_contest_at_once() {
+        let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let held = lease(Some("pod-b_0000ffff"), Some(1_000));
+        assert_eq!(held_until(&held), Some(at(1_015)));
+        assert_eq!(held_until(&lease(None, None)), None);
+        let released = lease(None, None);
+        // The leader shut down and released the Lease.
+        assert!(released_early(held_until(&held), &released, at(1_005)));
+        // The Lease had expired: the manager cleared it and is taking it.
+        assert!(!released_early(held_until(&held), &released, at(1_016)));
+        // Nothing was held before: the manager read the Lease unheld and is taking it.
+        assert!(!released_early(None, &released, at(1_005)));
+        // Still held, by whoever.
+        assert!(!released_early(held_until(&held), &held, at(1_005)));
     }
 
     #[test]
