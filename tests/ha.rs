@@ -32,7 +32,7 @@ const BURST: usize = 20;
 fn main() -> std::process::ExitCode {
     let args = Arguments::from_args();
     let env = match Env::start_with(
-        Config::generate(1, 3 + BURST),
+        Config::generate(1, 4 + BURST),
         Options::default(),
         &["--log-format", "json"],
     ) {
@@ -54,6 +54,10 @@ fn main() -> std::process::ExitCode {
         (
             "sigterm_hands_the_lease_over_at_once",
             sigterm_hands_the_lease_over_at_once,
+        ),
+        (
+            "sigterm_lets_a_create_in_flight_finish",
+            sigterm_lets_a_create_in_flight_finish,
         ),
         (
             "a_leader_that_loses_the_lease_exits",
@@ -251,6 +255,7 @@ fn sigterm_hands_the_lease_over_at_once(env: &Env) -> Result<()> {
     let logs = tempfile::Builder::new().prefix("tko-ha-").tempdir()?;
     env.block_on(async {
         let (standby, leader, standby_identity) = standby(env, logs.path()).await?;
+        let releases = log_lines(&operator_log(env), "released the lease").len();
         let started = Instant::now();
         env.operator
             .lock()
@@ -261,7 +266,7 @@ fn sigterm_hands_the_lease_over_at_once(env: &Env) -> Result<()> {
         let handed_over = started.elapsed();
         println!("SIGTERM: leader exited after {stopped:?}, successor leads after {handed_over:?}");
         ensure!(
-            !log_lines(&operator_log(env), "released the lease").is_empty(),
+            log_lines(&operator_log(env), "released the lease").len() == releases + 1,
             "the leader did not log the release"
         );
         ensure!(
@@ -272,6 +277,66 @@ fn sigterm_hands_the_lease_over_at_once(env: &Env) -> Result<()> {
         env.create_key(NS, "after-handover", &tenant, json!({}))
             .await?;
         expect_single_key(env, "after-handover", &tenant).await?;
+        hand_back(env, standby, &leader).await
+    })
+}
+
+/// SIGTERM while Imburse is creating a key: the leader waits for the answer and records the
+/// key before it releases the lease, so nothing is created twice or revoked as an orphan.
+fn sigterm_lets_a_create_in_flight_finish(env: &Env) -> Result<()> {
+    let logs = tempfile::Builder::new().prefix("tko-ha-").tempdir()?;
+    env.block_on(async {
+        let (standby, leader, standby_identity) = standby(env, logs.path()).await?;
+        env.sandbox
+            .admin()
+            .set_faults(&Faults {
+                create_response_delay_ms: 3_000,
+                ..Default::default()
+            })
+            .await?;
+        env.sandbox.admin().reset_stats().await?;
+        let tenant = env.tenant(0, 3);
+        env.create_key(NS, "in-flight", &tenant, json!({})).await?;
+        // The sandbox stores a key before it answers: the create is in flight.
+        poll(
+            || async { Ok(!env.sandbox_keys(&tenant).await?.is_empty()) },
+            "the create to reach Imburse",
+        )
+        .await?;
+        let log = operator_log(env);
+        let releases = log_lines(&log, "released the lease").len();
+        let started = Instant::now();
+        env.operator
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stop(Duration::from_secs(30));
+        let stopped = started.elapsed();
+        println!("SIGTERM during a create: the leader exited after {stopped:?}");
+        ensure!(
+            stopped > Duration::from_secs(1),
+            "the leader exited after {stopped:?}, before Imburse answered the create"
+        );
+        ensure!(
+            log_lines(&log, "released the lease").len() == releases + 1,
+            "the leader did not release the lease"
+        );
+        ensure!(
+            log_lines(
+                &log,
+                "reconciles still running after the shutdown signal: cancelled"
+            )
+            .is_empty(),
+            "the create was cancelled"
+        );
+        wait_holder(env, &standby_identity).await?;
+        env.sandbox.admin().set_faults(&Faults::default()).await?;
+        expect_single_key(env, "in-flight", &tenant).await?;
+        let stats = env.sandbox.admin().stats().await?;
+        ensure!(
+            stats.total(imburse::Operation::CreateKey) == 1
+                && stats.total(imburse::Operation::DeleteKey) == 0,
+            "a key was created again or revoked: {stats:?}"
+        );
         hand_back(env, standby, &leader).await
     })
 }
@@ -293,6 +358,7 @@ fn a_leader_that_loses_the_lease_exits(env: &Env) -> Result<()> {
             )
             .await?;
         let taken = Instant::now();
+        let losses = log_lines(&operator_log(env), "leadership lost: stopping").len();
         let mut status = None;
         poll(
             || {
@@ -319,7 +385,7 @@ fn a_leader_that_loses_the_lease_exits(env: &Env) -> Result<()> {
             exited < Duration::from_secs(5),
             "the leader exited {exited:?} after losing the lease"
         );
-        ensure!(!log_lines(&operator_log(env), "leadership lost: stopping").is_empty());
+        ensure!(log_lines(&operator_log(env), "leadership lost: stopping").len() == losses + 1);
         wait_holder(env, &standby_identity).await?;
         let tenant = env.tenant(0, 2);
         env.create_key(NS, "after-loss", &tenant, json!({})).await?;
@@ -344,7 +410,7 @@ fn leader_killed_during_a_burst_leaves_one_key_per_resource(env: &Env) -> Result
                 ..Default::default()
             })
             .await?;
-        let tenants: Vec<String> = (0..BURST).map(|i| env.tenant(0, 3 + i)).collect();
+        let tenants: Vec<String> = (0..BURST).map(|i| env.tenant(0, 4 + i)).collect();
         for (i, tenant) in tenants.iter().enumerate() {
             env.create_key(NS, &format!("burst-{i}"), tenant, json!({}))
                 .await?;
