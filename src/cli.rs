@@ -127,20 +127,15 @@ struct RunArgs {
     leader_election_lease_name: String,
     /// How long the other replicas wait after the leader's last renewal before taking over
     /// (whole seconds).
-    #[arg(long, env = "LEADER_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = duration)]
+    #[arg(long, env = "LEADER_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = parse_interval)]
     leader_election_lease_duration: Duration,
     /// How long after its last renewal a leader that cannot renew stops (and exits); shorter
     /// than the lease duration, so that it stops before another replica takes over.
-    #[arg(long, env = "LEADER_ELECTION_RENEW_DEADLINE", default_value = "10s", value_parser = duration)]
+    #[arg(long, env = "LEADER_ELECTION_RENEW_DEADLINE", default_value = "10s", value_parser = parse_interval)]
     leader_election_renew_deadline: Duration,
     /// How often the leader renews the Lease (whole seconds).
-    #[arg(long, env = "LEADER_ELECTION_RETRY_PERIOD", default_value = "2s", value_parser = duration)]
+    #[arg(long, env = "LEADER_ELECTION_RETRY_PERIOD", default_value = "2s", value_parser = parse_interval)]
     leader_election_retry_period: Duration,
-}
-
-/// A Go-style duration, as Kubernetes components spell their flags (`15s`, `1m30s`).
-fn duration(value: &str) -> Result<Duration, String> {
-    crd::parse_duration(value).ok_or_else(|| format!("{value:?} is not a duration like 15s or 1m"))
 }
 
 impl RunArgs {

@@ -1,8 +1,9 @@
 //! Leader election: only the replica holding a `coordination.k8s.io` Lease runs the
 //! controllers, so that several replicas can run with exactly one doing the work.
 //!
-//! `kube-lease-manager` acquires, renews and releases the Lease. A watch of the Lease adds two
-//! things it does not do:
+//! `kube-lease-manager` acquires, renews and releases the Lease. Reading the Lease once per
+//! retry period (a GET, as Kubernetes' own leader election does, so the Lease needs no `list`
+//! or `watch` permission) adds two things it does not do:
 //! - a leader that cannot confirm a renewal within the renew deadline steps down. The crate
 //!   keeps retrying a failed renewal and would keep leading while another replica, after the
 //!   lease duration, takes over; the deadline ends the leadership a margin before that.
@@ -21,13 +22,7 @@ use std::{
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::{
-    Api, Client,
-    runtime::{
-        WatchStreamExt,
-        watcher::{self, ListSemantic},
-    },
-};
+use kube::{Api, Client};
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError, LeaseParams};
 use tokio::{sync::watch, task::JoinHandle};
 
@@ -213,8 +208,8 @@ where
             lease = %settings.lease_name,
             "waiting for the lease"
         );
-        let events = lease_events(leases, &settings.lease_name, ListSemantic::Any);
-        futures::pin_mut!(events);
+        let reads = lease_reads(leases, &settings.lease_name, settings.retry_period);
+        futures::pin_mut!(reads);
         let mut seen_until: Option<SystemTime> = None;
         loop {
             tokio::select! {
@@ -229,17 +224,15 @@ where
                     Ok(()) => {}
                     Err(_) => return Err(ended(manager).await),
                 },
-                event = events.next() => match event {
-                    Some(Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease))) => {
+                read = reads.next() => match read {
+                    Some(Ok(Some(lease))) => {
                         if released_early(seen_until, &lease, SystemTime::now()) {
                             break;
                         }
                         seen_until = held_until(&lease);
                     }
-                    Some(Ok(watcher::Event::Delete(_))) => break,
-                    Some(Ok(watcher::Event::Init | watcher::Event::InitDone)) => {}
-                    Some(Err(e)) => tracing::debug!(error = %e, "watching the lease"),
-                    None => break,
+                    Some(Ok(None)) | None => break,
+                    Some(Err(e)) => tracing::debug!(error = %e, "reading the lease"),
                 },
             }
         }
@@ -263,9 +256,7 @@ async fn lead<S>(
 where
     S: Future<Output = ()> + Clone,
 {
-    // Read from etcd rather than the API server's cache, which may still show the Lease
-    // before this process acquired it.
-    let events = lease_events(leases, &settings.lease_name, ListSemantic::MostRecent);
+    let reads = lease_reads(leases, &settings.lease_name, settings.retry_period);
     let drain = async {
         shutdown.await;
         tokio::time::sleep(DRAIN_LIMIT).await;
@@ -278,7 +269,7 @@ where
             limit = ?DRAIN_LIMIT,
             "reconciles still running after the shutdown signal: cancelled"
         ),
-        reason = leadership(&mut leading, events, settings) => {
+        reason = leadership(&mut leading, reads, settings) => {
             tracing::error!(%reason, "leadership lost: stopping");
             // Not released: a leader that cannot renew may not reach the API server either,
             // and another replica may hold the Lease already.
@@ -293,10 +284,10 @@ where
 /// Resolves, with the reason, when this process must stop leading.
 async fn leadership(
     leading: &mut watch::Receiver<bool>,
-    events: impl Stream<Item = Result<watcher::Event<Lease>, watcher::Error>>,
+    reads: impl Stream<Item = kube::Result<Option<Lease>>>,
     settings: &Settings,
 ) -> String {
-    futures::pin_mut!(events);
+    futures::pin_mut!(reads);
     // The manager reported the Lease acquired just now.
     let mut deadline = tokio::time::Instant::now() + settings.renew_deadline;
     loop {
@@ -314,8 +305,8 @@ async fn leadership(
                 Ok(()) => {}
                 Err(_) => return "the lease manager stopped".to_owned(),
             },
-            event = events.next() => match event {
-                Some(Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease))) => {
+            read = reads.next() => match read {
+                Some(Ok(Some(lease))) => {
                     match holding(&lease, &settings.identity, settings.renew_deadline) {
                         Holding::Until(until) => {
                             let left = until
@@ -331,25 +322,32 @@ async fn leadership(
                         }
                     }
                 }
-                Some(Ok(watcher::Event::Delete(_))) => return "the lease was deleted".to_owned(),
-                Some(Ok(watcher::Event::Init | watcher::Event::InitDone)) => {}
-                // The deadline covers a watch that cannot reach the API server.
-                Some(Err(e)) => tracing::debug!(error = %e, "watching the lease"),
-                None => return "the watch of the lease ended".to_owned(),
+                Some(Ok(None)) | None => return "the lease was deleted".to_owned(),
+                // The deadline covers an API server that cannot be reached.
+                Some(Err(e)) => tracing::debug!(error = %e, "reading the lease"),
             },
         }
     }
 }
 
-fn lease_events(
+/// The Lease (`None` once it is gone), read now and then every `period`. A GET without a
+/// resource version is served from etcd, never from a cache that may predate this process's
+/// own acquisition.
+fn lease_reads(
     leases: &Api<Lease>,
     name: &str,
-    semantic: ListSemantic,
-) -> impl Stream<Item = Result<watcher::Event<Lease>, watcher::Error>> + use<> {
-    let config = watcher::Config::default()
-        .fields(&format!("metadata.name={name}"))
-        .list_semantic(semantic);
-    watcher::watcher(leases.clone(), config).default_backoff()
+    period: Duration,
+) -> impl Stream<Item = kube::Result<Option<Lease>>> + use<> {
+    let (leases, name) = (leases.clone(), name.to_owned());
+    futures::stream::unfold(true, move |first| {
+        let (leases, name) = (leases.clone(), name.clone());
+        async move {
+            if !first {
+                tokio::time::sleep(period).await;
+            }
+            Some((leases.get_opt(&name).await, false))
+        }
+    })
 }
 
 /// Stops a manager: closing its channel makes it release the Lease if this process holds it.

@@ -20,7 +20,7 @@ use kube::{
 };
 use libtest_mimic::Arguments;
 use serde_json::json;
-use support::{Env, TestFn, poll};
+use support::{Env, TestFn, expect_single_key, poll};
 use testenv::Operator;
 
 const NS: &str = "ha";
@@ -178,21 +178,6 @@ async fn scrape(address: &str, path: &str) -> Result<(u16, String)> {
     Ok((response.status().as_u16(), response.text().await?))
 }
 
-/// Waits until the key is Ready and its tenant has exactly that key at the sandbox, which the
-/// Secret holds.
-async fn expect_single_key(env: &Env, name: &str, tenant: &str) -> Result<String> {
-    let key = env.wait_ready(NS, name).await?;
-    let public_key = key.status.and_then(|s| s.public_key).context("publicKey")?;
-    let live = env.sandbox_keys(tenant).await?;
-    ensure!(
-        live == std::slice::from_ref(&public_key),
-        "{name}: the tenant has the keys {live:?}, the resource records {public_key}"
-    );
-    let secret = env.secrets(NS).get(name).await?;
-    ensure!(support::secret_key_pair(&secret)?.public_key == public_key);
-    Ok(public_key)
-}
-
 /// A standing-by process has no cache and reconciles nothing, yet is ready; the leader
 /// reports its keys' gauges.
 fn a_follower_does_not_reconcile_and_the_leader_reports_its_keys(env: &Env) -> Result<()> {
@@ -202,7 +187,7 @@ fn a_follower_does_not_reconcile_and_the_leader_reports_its_keys(env: &Env) -> R
         let tenant = env.tenant(0, 0);
         env.create_key(NS, "observed", &tenant, json!({ "rotation": { "interval": "720h" } }))
             .await?;
-        expect_single_key(env, "observed", &tenant).await?;
+        expect_single_key(env, NS, "observed", &tenant).await?;
 
         let leader = metrics_address(&operator_log(env)).await?;
         let (status, text) = scrape(&leader, "/metrics").await?;
@@ -276,7 +261,7 @@ fn sigterm_hands_the_lease_over_at_once(env: &Env) -> Result<()> {
         let tenant = env.tenant(0, 1);
         env.create_key(NS, "after-handover", &tenant, json!({}))
             .await?;
-        expect_single_key(env, "after-handover", &tenant).await?;
+        expect_single_key(env, NS, "after-handover", &tenant).await?;
         hand_back(env, standby, &leader).await
     })
 }
@@ -330,7 +315,7 @@ fn sigterm_lets_a_create_in_flight_finish(env: &Env) -> Result<()> {
         );
         wait_holder(env, &standby_identity).await?;
         env.sandbox.admin().set_faults(&Faults::default()).await?;
-        expect_single_key(env, "in-flight", &tenant).await?;
+        expect_single_key(env, NS, "in-flight", &tenant).await?;
         let stats = env.sandbox.admin().stats().await?;
         ensure!(
             stats.total(imburse::Operation::CreateKey) == 1
@@ -389,7 +374,7 @@ fn a_leader_that_loses_the_lease_exits(env: &Env) -> Result<()> {
         wait_holder(env, &standby_identity).await?;
         let tenant = env.tenant(0, 2);
         env.create_key(NS, "after-loss", &tenant, json!({})).await?;
-        expect_single_key(env, "after-loss", &tenant).await?;
+        expect_single_key(env, NS, "after-loss", &tenant).await?;
         hand_back(env, standby, &leader).await
     })
 }
@@ -446,7 +431,7 @@ fn leader_killed_during_a_burst_leaves_one_key_per_resource(env: &Env) -> Result
         let took_over = killed.elapsed();
         env.sandbox.admin().set_faults(&Faults::default()).await?;
         for (i, tenant) in tenants.iter().enumerate() {
-            expect_single_key(env, &format!("burst-{i}"), tenant).await?;
+            expect_single_key(env, NS, &format!("burst-{i}"), tenant).await?;
         }
         let all_ready = killed.elapsed();
         ensure!(created().await? == BURST, "orphaned keys remain");
