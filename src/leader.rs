@@ -7,8 +7,8 @@
 //! - a leader that cannot confirm a renewal within the renew deadline steps down. The crate
 //!   keeps retrying a failed renewal and would keep leading while another replica, after the
 //!   lease duration, takes over; the deadline ends the leadership a margin before that.
-//! - a follower tries at once when the Lease is released. The crate sleeps until the expiry it
-//!   last read, so a rolling update would otherwise wait out a whole lease duration.
+//! - a follower contests a released Lease at its next read. The crate sleeps until the expiry
+//!   it last read, so a rolling update would otherwise wait out a whole lease duration.
 //!
 //! Stepping down ends the process with an error: the controllers are dropped, which cancels
 //! the reconciles in flight (each is crash-safe), and Kubernetes restarts the container, which
