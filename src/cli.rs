@@ -7,15 +7,15 @@ use std::{
     time::Duration,
 };
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
 
 use crate::{
     allowed_hosts::AllowedHosts,
     controller::{self, Context, Settings},
-    crd, http,
-    metrics::Metrics,
+    crd, http, leader,
+    metrics::{self, Metrics},
 };
 
 #[derive(Parser, Debug)]
@@ -35,7 +35,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the operator (the default when no command is given).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions as YAML, or write one file per CRD.
     Crd {
         /// Write `<name>.yaml` files into this directory instead of printing.
@@ -103,14 +103,69 @@ struct RunArgs {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Run the controllers only while holding a Lease, so that of several replicas one works
+    /// and the others stand by; `--leader-election=false` for a single replica.
+    #[arg(
+        long,
+        env = "LEADER_ELECTION",
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value_t = true,
+        default_missing_value = "true"
+    )]
+    leader_election: bool,
+    /// Namespace of the leader election Lease (default: --namespace).
+    #[arg(long, env = "LEADER_ELECTION_NAMESPACE")]
+    leader_election_namespace: Option<String>,
+    /// Name of the leader election Lease.
+    #[arg(
+        long,
+        env = "LEADER_ELECTION_LEASE_NAME",
+        default_value = "tenant-key-operator"
+    )]
+    leader_election_lease_name: String,
+    /// How long the other replicas wait after the leader's last renewal before taking over
+    /// (whole seconds).
+    #[arg(long, env = "LEADER_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = parse_interval)]
+    leader_election_lease_duration: Duration,
+    /// How long after its last renewal a leader that cannot renew stops (and exits); shorter
+    /// than the lease duration, so that it stops before another replica takes over.
+    #[arg(long, env = "LEADER_ELECTION_RENEW_DEADLINE", default_value = "10s", value_parser = parse_interval)]
+    leader_election_renew_deadline: Duration,
+    /// How often the leader renews the Lease (whole seconds).
+    #[arg(long, env = "LEADER_ELECTION_RETRY_PERIOD", default_value = "2s", value_parser = parse_interval)]
+    leader_election_retry_period: Duration,
+}
+
+impl RunArgs {
+    /// The leader election settings, when it is on.
+    fn leader_election(&self) -> Result<Option<leader::Settings>, leader::Error> {
+        if !self.leader_election {
+            return Ok(None);
+        }
+        let settings = leader::Settings {
+            namespace: self
+                .leader_election_namespace
+                .clone()
+                .unwrap_or_else(|| self.namespace.clone()),
+            lease_name: self.leader_election_lease_name.clone(),
+            identity: leader::identity(std::env::var("POD_NAME").ok().as_deref()),
+            lease_duration: self.leader_election_lease_duration,
+            renew_deadline: self.leader_election_renew_deadline,
+            retry_period: self.leader_election_retry_period,
+        };
+        settings.check()?;
+        Ok(Some(settings))
+    }
 }
 
 /// Parses the command line and runs it.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command.unwrap_or(Command::Run(cli.run)) {
+    let result = match cli.command.unwrap_or(Command::Run(Box::new(cli.run))) {
         Command::Crd { output_dir } => write_crds(output_dir.as_deref()),
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -160,10 +215,14 @@ fn run(args: RunArgs) -> Result<(), BoxError> {
     rustls::crypto::aws_lc_rs::default_provider()
         .install_default()
         .map_err(|_| "a rustls crypto provider was already installed")?;
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(run_async(args))
+        .build()?;
+    let result = runtime.block_on(run_async(args));
+    // A replica that lost its leadership exits now, not after background I/O (a blocked DNS
+    // lookup, say) has finished.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 async fn shutdown_signal() {
@@ -182,6 +241,7 @@ async fn shutdown_signal() {
 }
 
 async fn run_async(args: RunArgs) -> Result<(), BoxError> {
+    let election = args.leader_election()?;
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let observer_metrics = metrics.clone();
@@ -237,17 +297,33 @@ async fn run_async(args: RunArgs) -> Result<(), BoxError> {
     };
     let ready = Arc::new(AtomicBool::new(false));
     let ctx = Arc::new(Context::new(
-        client,
+        client.clone(),
         imburse,
         metrics,
         settings,
         ready.clone(),
     ));
+    let cache = ctx.clone();
+    metrics::register_key_metrics(&mut registry, move || cache.cached_keys());
     let listener = http::bind(args.listen_address).await?;
     tracing::info!(address = %listener.local_addr()?, "serving metrics and health endpoints");
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown_signal()));
-    let server = tokio::spawn(http::serve(listener, registry, ready, shutdown.clone()));
-    controller::run(ctx, shutdown).await;
+    let server = tokio::spawn(http::serve(
+        listener,
+        registry,
+        ready.clone(),
+        shutdown.clone(),
+    ));
+    let controllers = controller::run(ctx, shutdown.clone());
+    match election {
+        Some(election) => {
+            // Every replica is ready, the standing-by ones too: readiness gates rolling
+            // updates, which must not wait for a replica that only takes over when needed.
+            ready.store(true, std::sync::atomic::Ordering::Relaxed);
+            leader::run(client, &election, shutdown, controllers).await?;
+        }
+        None => controllers.await,
+    }
     server.await??;
     Ok(())
 }
@@ -259,7 +335,7 @@ mod tests {
     fn run_args(args: &[&str]) -> Result<RunArgs, clap::Error> {
         let cli = Cli::try_parse_from(["tenant-key-operator", "run"].iter().chain(args))?;
         match cli.command {
-            Some(Command::Run(args)) => Ok(args),
+            Some(Command::Run(args)) => Ok(*args),
             _ => unreachable!("`run` parses as the run command"),
         }
     }
@@ -286,6 +362,58 @@ mod tests {
         );
         assert_eq!(args.watch_namespaces, ["payments", "orders"]);
         assert!(run_args(&["--allowed-imburse-hosts", "https://evil.example"]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn leader_election_is_on_by_default() -> Result<(), Box<dyn std::error::Error>> {
+        let args = run_args(&["--namespace", "operators"])?;
+        let settings = args.leader_election()?.ok_or("leader election is off")?;
+        assert_eq!(settings.namespace, "operators");
+        assert_eq!(settings.lease_name, "tenant-key-operator");
+        assert_eq!(settings.lease_duration, Duration::from_secs(15));
+        assert_eq!(settings.renew_deadline, Duration::from_secs(10));
+        assert_eq!(settings.retry_period, Duration::from_secs(2));
+        Ok(())
+    }
+
+    #[test]
+    fn leader_election_flags() -> Result<(), Box<dyn std::error::Error>> {
+        assert!(
+            run_args(&["--leader-election=false"])?
+                .leader_election()?
+                .is_none()
+        );
+        assert!(
+            run_args(&["--leader-election"])?
+                .leader_election()?
+                .is_some()
+        );
+        let settings = run_args(&[
+            "--leader-election-namespace",
+            "elections",
+            "--leader-election-lease-name",
+            "tko",
+            "--leader-election-lease-duration",
+            "1m",
+            "--leader-election-renew-deadline",
+            "45s",
+            "--leader-election-retry-period",
+            "5s",
+        ])?
+        .leader_election()?
+        .ok_or("leader election is off")?;
+        assert_eq!(settings.namespace, "elections");
+        assert_eq!(settings.lease_name, "tko");
+        assert_eq!(settings.lease_duration, Duration::from_secs(60));
+        assert_eq!(settings.renew_deadline, Duration::from_secs(45));
+        assert_eq!(settings.retry_period, Duration::from_secs(5));
+        assert!(run_args(&["--leader-election-lease-duration", "15"]).is_err());
+        assert!(
+            run_args(&["--leader-election-renew-deadline", "20s"])?
+                .leader_election()
+                .is_err()
+        );
         Ok(())
     }
 }

@@ -4,6 +4,7 @@
 //! - [`crd`]: the custom resource types (the source of the CRD YAML in `crds/`);
 //! - [`controller`]: the reconcilers, built around the pure [`controller::decision`];
 //! - [`http`] and [`metrics`]: the operational surface;
+//! - [`leader`]: leader election, so that one of several replicas reconciles;
 //! - [`allowed_hosts`]: where accounts may send signed requests;
 //! - [`cli`]: the binary's wiring.
 //!
@@ -15,4 +16,5 @@ pub mod controller;
 pub mod crd;
 pub mod http;
 pub mod labels;
+pub mod leader;
 pub mod metrics;

@@ -1,12 +1,23 @@
-//! Prometheus metrics, all prefixed `tenant_key_operator_`.
+//! Prometheus metrics, all prefixed `tenant_key_operator_`: counters the reconcilers update,
+//! and per-key gauges computed from the cache at each scrape ([`register_key_metrics`]).
 
-use std::time::Duration;
+use std::{fmt, sync::Arc, time::Duration};
 
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::ResourceExt;
 use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{
+        MetricType, counter::Counter, family::Family, gauge::ConstGauge, histogram::Histogram,
+    },
     registry::Registry,
 };
+
+use crate::crd::TenantSecurityKey;
+
+/// Prefix of every metric name.
+const PREFIX: &str = "tenant_key_operator";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReconcileLabels {
@@ -59,7 +70,7 @@ impl Metrics {
             keys_created: Counter::default(),
             keys_revoked: Counter::default(),
         };
-        let r = registry.sub_registry_with_prefix("tenant_key_operator");
+        let r = registry.sub_registry_with_prefix(PREFIX);
         r.register(
             "reconciles",
             "Reconciles by kind and result",
@@ -121,5 +132,298 @@ impl Metrics {
                 verb,
             })
             .inc();
+    }
+}
+
+/// Registers the per-key gauges, computed at each scrape from the TenantSecurityKeys `keys`
+/// returns (the controller's cache), so they never go stale and cost nothing between scrapes.
+pub fn register_key_metrics(
+    registry: &mut Registry,
+    keys: impl Fn() -> Vec<Arc<TenantSecurityKey>> + Send + Sync + 'static,
+) {
+    registry
+        .sub_registry_with_prefix(PREFIX)
+        .register_collector(Box::new(KeyMetrics {
+            keys: Box::new(keys),
+        }));
+}
+
+struct KeyMetrics {
+    keys: Box<dyn Fn() -> Vec<Arc<TenantSecurityKey>> + Send + Sync>,
+}
+
+impl fmt::Debug for KeyMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyMetrics")
+    }
+}
+
+impl Collector for KeyMetrics {
+    fn encode(&self, encoder: DescriptorEncoder) -> fmt::Result {
+        encode_keys(&(self.keys)(), Timestamp::now(), encoder)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyLabels {
+    namespace: String,
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReadyLabels {
+    namespace: String,
+    name: String,
+    condition: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+/// One gauge family: a sample per label set.
+fn gauge<L: EncodeLabelSet, N: prometheus_client::encoding::EncodeGaugeValue>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, N)>,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in samples {
+        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn seconds(time: &Time) -> f64 {
+    time.0.as_millisecond() as f64 / 1000.0
+}
+
+/// Encodes the gauges of `keys` as of `now`, in the order of namespace and name.
+fn encode_keys(
+    keys: &[Arc<TenantSecurityKey>],
+    now: Timestamp,
+    mut encoder: DescriptorEncoder,
+) -> fmt::Result {
+    let mut keys: Vec<(KeyLabels, &TenantSecurityKey)> = keys
+        .iter()
+        .map(|key| {
+            let labels = KeyLabels {
+                namespace: key.namespace().unwrap_or_default(),
+                name: key.name_any(),
+            };
+            (labels, key.as_ref())
+        })
+        .collect();
+    keys.sort_by(|a, b| (&a.0.namespace, &a.0.name).cmp(&(&b.0.namespace, &b.0.name)));
+    let status = |key: &TenantSecurityKey| key.status.clone().unwrap_or_default();
+
+    gauge(
+        &mut encoder,
+        "build_info",
+        "The operator's version; always 1",
+        [(
+            BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            },
+            1i64,
+        )],
+    )?;
+    // As kube-state-metrics reports conditions: one sample per possible status, 1 for the
+    // current one, so that a missing condition reads as `unknown` rather than as no data.
+    gauge(
+        &mut encoder,
+        "key_ready_status",
+        "Status of the key's Ready condition (true, false or unknown): 1 for the current one",
+        keys.iter().flat_map(|(labels, key)| {
+            let current = match status(key)
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Ready")
+                .map(|c| c.status.as_str())
+            {
+                Some("True") => "true",
+                Some("False") => "false",
+                _ => "unknown",
+            };
+            ["true", "false", "unknown"].map(|condition| {
+                let labels = ReadyLabels {
+                    namespace: labels.namespace.clone(),
+                    name: labels.name.clone(),
+                    condition,
+                };
+                (labels, i64::from(condition == current))
+            })
+        }),
+    )?;
+    gauge(
+        &mut encoder,
+        "key_created_timestamp_seconds",
+        "When the key's current Imburse key was created (status.createdAt), as a Unix time",
+        keys.iter().filter_map(|(labels, key)| {
+            let created = status(key).created_at?;
+            Some((labels.clone(), seconds(&created)))
+        }),
+    )?;
+    gauge(
+        &mut encoder,
+        "key_next_rotation_timestamp_seconds",
+        "When the key is due for scheduled rotation (status.nextRotationAt), as a Unix time",
+        keys.iter().filter_map(|(labels, key)| {
+            let next = status(key).next_rotation_at?;
+            Some((labels.clone(), seconds(&next)))
+        }),
+    )?;
+    gauge(
+        &mut encoder,
+        "key_rotation_interval_seconds",
+        "The key's rotation interval (spec.rotation.interval)",
+        keys.iter().filter_map(|(labels, key)| {
+            let interval = key.spec.rotation_interval()?;
+            Some((labels.clone(), interval.as_secs_f64()))
+        }),
+    )?;
+    // Entries with a revocation error wait for a person, not for the operator.
+    let pending = |key: &TenantSecurityKey| {
+        status(key)
+            .previous_keys
+            .into_iter()
+            .filter(|previous| previous.revocation_error.is_none())
+            .collect::<Vec<_>>()
+    };
+    gauge(
+        &mut encoder,
+        "previous_keys_pending",
+        "Replaced keys the operator still has to revoke",
+        keys.iter()
+            .map(|(labels, key)| (labels.clone(), pending(key).len() as i64)),
+    )?;
+    gauge(
+        &mut encoder,
+        "previous_keys_overdue",
+        "Replaced keys still to revoke whose revocation time has passed",
+        keys.iter().map(|(labels, key)| {
+            let overdue = pending(key)
+                .iter()
+                .filter(|previous| previous.revoke_after.as_ref().is_none_or(|t| t.0 <= now))
+                .count();
+            (labels.clone(), overdue as i64)
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn key(value: serde_json::Value) -> Arc<TenantSecurityKey> {
+        Arc::new(serde_json::from_value(value).unwrap_or_else(|e| panic!("a key: {e}")))
+    }
+
+    fn scrape(keys: Vec<Arc<TenantSecurityKey>>) -> String {
+        let mut registry = Registry::default();
+        register_key_metrics(&mut registry, move || keys.clone());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry)
+            .unwrap_or_else(|e| panic!("encoding: {e}"));
+        text
+    }
+
+    fn spec() -> serde_json::Value {
+        json!({
+            "accountRef": { "kind": "ImburseAccount", "name": "imburse" },
+            "tenantId": "88fdb12a-14dc-419c-b74c-422e2c25cfe7",
+            "roles": ["tenant-admin"],
+        })
+    }
+
+    fn previous(public_key: &str, extra: serde_json::Value) -> serde_json::Value {
+        let mut entry = json!({
+            "publicKey": public_key,
+            "tenantId": "88fdb12a-14dc-419c-b74c-422e2c25cfe7",
+            "accountRef": { "kind": "ImburseAccount", "name": "imburse" },
+        });
+        if let (Some(entry), serde_json::Value::Object(extra)) = (entry.as_object_mut(), extra) {
+            entry.extend(extra);
+        }
+        entry
+    }
+
+    #[test]
+    fn every_cached_key_is_reported_at_scrape_time() {
+        let mut rotating = spec();
+        rotating["rotation"] = json!({ "interval": "720h" });
+        let keys = vec![
+            key(json!({
+                "apiVersion": "imbursepayments.com/v1alpha1",
+                "kind": "TenantSecurityKey",
+                "metadata": { "name": "checkout", "namespace": "payments" },
+                "spec": rotating,
+                "status": {
+                    "conditions": [{
+                        "type": "Ready", "status": "True", "reason": "KeyReady", "message": "",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z",
+                    }],
+                    "createdAt": "2026-01-01T00:00:00Z",
+                    "nextRotationAt": "2026-01-31T00:00:00.500Z",
+                    "previousKeys": [
+                        previous("a", json!({ "revokeAfter": "2026-01-01T00:05:00Z" })),
+                        previous("b", json!({ "revokeAfter": "2999-01-01T00:00:00Z" })),
+                        previous("c", json!({})),
+                        previous("d", json!({ "revocationError": "refused" })),
+                    ],
+                },
+            })),
+            key(json!({
+                "apiVersion": "imbursepayments.com/v1alpha1",
+                "kind": "TenantSecurityKey",
+                "metadata": { "name": "new", "namespace": "orders" },
+                "spec": spec(),
+            })),
+        ];
+        let text = scrape(keys);
+        let expected = [
+            "# TYPE tenant_key_operator_build_info gauge",
+            &format!(
+                "tenant_key_operator_build_info{{version=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            ),
+            "# TYPE tenant_key_operator_key_ready_status gauge",
+            r#"tenant_key_operator_key_ready_status{namespace="orders",name="new",condition="true"} 0"#,
+            r#"tenant_key_operator_key_ready_status{namespace="orders",name="new",condition="false"} 0"#,
+            r#"tenant_key_operator_key_ready_status{namespace="orders",name="new",condition="unknown"} 1"#,
+            r#"tenant_key_operator_key_ready_status{namespace="payments",name="checkout",condition="true"} 1"#,
+            r#"tenant_key_operator_key_ready_status{namespace="payments",name="checkout",condition="false"} 0"#,
+            r#"tenant_key_operator_key_ready_status{namespace="payments",name="checkout",condition="unknown"} 0"#,
+            "# TYPE tenant_key_operator_key_created_timestamp_seconds gauge",
+            r#"tenant_key_operator_key_created_timestamp_seconds{namespace="payments",name="checkout"} 1767225600.0"#,
+            "# TYPE tenant_key_operator_key_next_rotation_timestamp_seconds gauge",
+            r#"tenant_key_operator_key_next_rotation_timestamp_seconds{namespace="payments",name="checkout"} 1769817600.5"#,
+            "# TYPE tenant_key_operator_key_rotation_interval_seconds gauge",
+            r#"tenant_key_operator_key_rotation_interval_seconds{namespace="payments",name="checkout"} 2592000.0"#,
+            "# TYPE tenant_key_operator_previous_keys_pending gauge",
+            r#"tenant_key_operator_previous_keys_pending{namespace="orders",name="new"} 0"#,
+            r#"tenant_key_operator_previous_keys_pending{namespace="payments",name="checkout"} 3"#,
+            "# TYPE tenant_key_operator_previous_keys_overdue gauge",
+            r#"tenant_key_operator_previous_keys_overdue{namespace="orders",name="new"} 0"#,
+            r#"tenant_key_operator_previous_keys_overdue{namespace="payments",name="checkout"} 2"#,
+        ];
+        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("# HELP")).collect();
+        assert_eq!(lines[..expected.len()], expected, "{text}");
+        assert_eq!(lines[expected.len()..], ["# EOF"], "{text}");
+        // Keys without the optional fields have no sample, not a zero.
+        assert!(!text.contains(r#"key_created_timestamp_seconds{namespace="orders""#));
+        assert!(!text.contains(r#"key_rotation_interval_seconds{namespace="orders""#));
+    }
+
+    #[test]
+    fn an_empty_cache_reports_only_the_build() {
+        let text = scrape(Vec::new());
+        let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(samples.len(), 1, "{text}");
+        assert!(samples[0].starts_with("tenant_key_operator_build_info{"));
     }
 }

@@ -531,12 +531,13 @@ fn adoption_records_what_the_attempt_requested(env: &Env) -> Result<()> {
     })
 }
 
-/// Two operator processes reconcile the same keys at once (two replicas without leader
-/// election, or a pod force-deleted on a partitioned node): every resource ends with exactly
-/// one live key, its Secret authenticates, and nothing is orphaned.
+/// Two operator processes reconcile the same keys at once (a second replica without leader
+/// election, or a leader that has not noticed yet that it lost the lease): every resource ends
+/// with exactly one live key, its Secret authenticates, and nothing is orphaned.
 fn two_operator_processes_keep_one_key_per_resource(env: &Env) -> Result<()> {
     let logs = tempfile::Builder::new().prefix("tko-second-").tempdir()?;
-    let second = env.start_operator("second-operator", logs.path())?;
+    let second =
+        env.start_operator("second-operator", logs.path(), &["--leader-election=false"])?;
     let result = env.block_on(async {
         let ns = "split-brain";
         env.namespace_with_account(ns, 0).await?;

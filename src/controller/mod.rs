@@ -175,6 +175,15 @@ impl Context {
             .remove(uid);
     }
 
+    /// Every TenantSecurityKey in the caches; none before the controllers run (a replica
+    /// standing by for the leader has no cache).
+    pub fn cached_keys(&self) -> Vec<Arc<TenantSecurityKey>> {
+        self.key_stores
+            .get()
+            .map(|stores| stores.iter().flat_map(Store::state).collect())
+            .unwrap_or_default()
+    }
+
     fn failure_key<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectKey {
         (K::kind(&()).into_owned(), obj.namespace(), obj.name_any())
     }

@@ -82,14 +82,20 @@ impl Env {
         })
     }
 
-    /// Starts one more operator process against the same cluster, logging into `dir`.
-    pub fn start_operator(&self, name: &'static str, dir: &Path) -> Result<Operator> {
+    /// Starts one more operator process against the same cluster, logging into `dir`, with
+    /// `extra` arguments.
+    pub fn start_operator(
+        &self,
+        name: &'static str,
+        dir: &Path,
+        extra: &[&str],
+    ) -> Result<Operator> {
         start_operator(
             name,
             &self.control_plane,
             dir,
             &self.operator_namespace,
-            &[],
+            extra,
         )
     }
 

@@ -1,10 +1,11 @@
 //! Developer commands: `cargo xtask demo`, `cargo xtask test`, `cargo xtask bench`,
-//! `cargo xtask generate` and `cargo xtask controlplane ...`.
+//! `cargo xtask generate`, `cargo xtask image` and `cargo xtask controlplane ...`.
 
 mod bench;
 mod controlplane;
 mod demo;
 mod generate;
+mod image;
 mod test;
 mod workspace;
 
@@ -30,14 +31,18 @@ enum Command {
     /// Rewrite the generated files: the CRDs (also the chart's copy), the chart README's values
     /// table and the Argo CD argocd-cm entries.
     Generate,
-    /// Run the whole test suite: formatting, lints, control plane binaries, `cargo test`, and
-    /// the demo.
+    /// Run the whole test suite: formatting, lints, control plane binaries, `cargo test`, the
+    /// demo and the container image.
     Test,
-    /// Run the local demo: control plane, Imburse sandbox, operator and the examples, until
-    /// Ctrl-C.
     /// Measure time to Ready, Imburse calls and Kubernetes writes per key, activity at rest and
     /// memory, against the sandbox with injected latency; figures go to a JSON file.
     Bench(bench::Args),
+    /// Build the container image from a static binary with buildah (no daemon, no registry)
+    /// and check it: user 65532, entrypoint, its files, and the binary running from it on a
+    /// read-only root file system.
+    Image,
+    /// Run the local demo: control plane, Imburse sandbox, operator and the examples, until
+    /// Ctrl-C.
     Demo {
         /// Stop as soon as the example keys are Ready instead of waiting for Ctrl-C.
         #[arg(long)]
@@ -53,6 +58,7 @@ async fn main() -> ExitCode {
         Command::Test => test::run(),
         Command::Demo { exit_when_ready } => demo::run(exit_when_ready).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Image => image::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

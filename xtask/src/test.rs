@@ -43,6 +43,10 @@ pub fn run() -> Result<()> {
             .args(["xtask", "demo", "--exit-when-ready"])
             .env(versions::CACHE_DIR_ENV, &cache_root),
     )?;
+    step(
+        "container image",
+        Command::new(&cargo).args(["xtask", "image"]),
+    )?;
     println!("==> all steps passed");
     // One closing line over every test binary, so that the suite's result does not read as the
     // last binary's (often a binary target without tests).

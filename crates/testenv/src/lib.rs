@@ -22,7 +22,7 @@ pub use operator::{Operator, install_crds};
 pub use pki::ADMIN_USER;
 
 /// The last `lines` lines of a log file, for error messages.
-pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
+pub fn log_tail(path: &Path, lines: usize) -> String {
     match std::fs::read(path) {
         Ok(bytes) => {
             let text = String::from_utf8_lossy(&bytes);

@@ -88,6 +88,11 @@ impl Operator {
         self.process.pid()
     }
 
+    /// How the operator ended, once it has exited by itself.
+    pub fn exit_status(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        self.process.exit_status()
+    }
+
     /// Kills the operator with SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         self.process.kill();

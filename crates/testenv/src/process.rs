@@ -92,6 +92,14 @@ impl Process {
         self.child.as_ref().map(Child::id)
     }
 
+    /// How the process ended, once it has exited by itself.
+    pub fn exit_status(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        match self.child.as_mut() {
+            Some(child) => Ok(child.try_wait()?),
+            None => Ok(None),
+        }
+    }
+
     /// An error saying that the process has exited, with the end of its log, if it has.
     pub fn check_running(&mut self) -> Result<()> {
         let Some(child) = self.child.as_mut() else {

@@ -1,0 +1,449 @@
+//! High availability: operator processes with leader election (the default) against one
+//! cluster. Only the holder of the Lease reconciles; a crash, a SIGTERM or a lost Lease hands
+//! the work over without a second key for any resource. Each test starts with the
+//! environment's operator leading and a second process standing by, and ends the same way.
+
+mod support;
+
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, ensure};
+use imburse_sandbox::{Config, Faults, Options};
+use k8s_openapi::{api::coordination::v1::Lease, apimachinery::pkg::apis::meta::v1::MicroTime};
+use kube::{
+    Api,
+    api::{Patch, PatchParams},
+};
+use libtest_mimic::Arguments;
+use serde_json::json;
+use support::{Env, TestFn, expect_single_key, poll};
+use testenv::Operator;
+
+const NS: &str = "ha";
+const LEASE: &str = "tenant-key-operator";
+/// The default `--leader-election-lease-duration`.
+const LEASE_DURATION: Duration = Duration::from_secs(15);
+const BURST: usize = 20;
+
+fn main() -> std::process::ExitCode {
+    let args = Arguments::from_args();
+    let env = match Env::start_with(
+        Config::generate(1, 4 + BURST),
+        Options::default(),
+        &["--log-format", "json"],
+    ) {
+        Ok(env) => Arc::new(env),
+        Err(e) => {
+            eprintln!("could not start the test environment: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = env.block_on(env.namespace_with_account(NS, 0)) {
+        eprintln!("could not set up the account: {e:#}");
+        return std::process::ExitCode::FAILURE;
+    }
+    let tests: Vec<(&str, TestFn)> = vec![
+        (
+            "a_follower_does_not_reconcile_and_the_leader_reports_its_keys",
+            a_follower_does_not_reconcile_and_the_leader_reports_its_keys,
+        ),
+        (
+            "sigterm_hands_the_lease_over_at_once",
+            sigterm_hands_the_lease_over_at_once,
+        ),
+        (
+            "sigterm_lets_a_create_in_flight_finish",
+            sigterm_lets_a_create_in_flight_finish,
+        ),
+        (
+            "a_leader_that_loses_the_lease_exits",
+            a_leader_that_loses_the_lease_exits,
+        ),
+        (
+            "leader_killed_during_a_burst_leaves_one_key_per_resource",
+            leader_killed_during_a_burst_leaves_one_key_per_resource,
+        ),
+    ];
+    support::run_one_at_a_time(args, env, tests)
+}
+
+/// The JSON log lines of a process whose message is `message`, oldest first.
+fn log_lines(log: &Path, message: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["fields"]["message"] == message)
+        .collect()
+}
+
+/// A field of the last log line with `message`, once there is one that `accept`s.
+async fn logged(
+    log: &Path,
+    message: &str,
+    field: &str,
+    accept: impl Fn(&str) -> bool,
+) -> Result<String> {
+    let mut value = None;
+    poll(
+        || {
+            value = log_lines(log, message)
+                .last()
+                .and_then(|l| l["fields"][field].as_str().map(str::to_owned))
+                .filter(|v| accept(v));
+            let found = value.is_some();
+            async move { Ok(found) }
+        },
+        &format!("{} to log {message:?}", log.display()),
+    )
+    .await
+    .with_context(|| testenv::log_tail(log, 20))?;
+    value.context("logged")
+}
+
+/// The Lease identity of the process writing `log`, once it waits for the Lease; `except` is
+/// an identity of an earlier incarnation of the process.
+async fn identity(log: &Path, except: Option<&str>) -> Result<String> {
+    logged(log, "waiting for the lease", "identity", |id| {
+        Some(id) != except
+    })
+    .await
+}
+
+async fn metrics_address(log: &Path) -> Result<String> {
+    logged(
+        log,
+        "serving metrics and health endpoints",
+        "address",
+        |_| true,
+    )
+    .await
+}
+
+fn leases(env: &Env) -> Api<Lease> {
+    Api::namespaced(env.client.clone(), &env.operator_namespace)
+}
+
+async fn holder(env: &Env) -> Result<Option<String>> {
+    Ok(leases(env)
+        .get_opt(LEASE)
+        .await?
+        .and_then(|l| l.spec?.holder_identity))
+}
+
+async fn wait_holder(env: &Env, identity: &str) -> Result<()> {
+    poll(
+        || async { Ok(holder(env).await?.as_deref() == Some(identity)) },
+        &format!("{identity} to hold the lease"),
+    )
+    .await
+}
+
+fn operator_log(env: &Env) -> std::path::PathBuf {
+    env.operator
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .log_path()
+        .to_owned()
+}
+
+/// The environment's operator leads; a second process stands by. Returns both identities.
+async fn standby(env: &Env, logs: &Path) -> Result<(Operator, String, String)> {
+    let leader = identity(&operator_log(env), None).await?;
+    wait_holder(env, &leader).await?;
+    let standby = env.start_operator("standby", logs, &["--log-format", "json"])?;
+    let standby_identity = identity(standby.log_path(), None).await?;
+    ensure!(holder(env).await?.as_deref() == Some(leader.as_str()));
+    Ok((standby, leader, standby_identity))
+}
+
+/// Hands the lease back to the environment's operator: restarted (it then stands by), while
+/// the standby process is stopped, which releases the lease.
+async fn hand_back(env: &Env, standby: Operator, previous: &str) -> Result<()> {
+    {
+        let mut operator = env.operator.lock().unwrap_or_else(|e| e.into_inner());
+        operator.restart()?;
+    }
+    let identity = identity(&operator_log(env), Some(previous)).await?;
+    drop(standby);
+    wait_holder(env, &identity).await
+}
+
+async fn scrape(address: &str, path: &str) -> Result<(u16, String)> {
+    let response = reqwest::get(format!("http://{address}{path}")).await?;
+    Ok((response.status().as_u16(), response.text().await?))
+}
+
+/// A standing-by process has no cache and reconciles nothing, yet is ready; the leader
+/// reports its keys' gauges.
+fn a_follower_does_not_reconcile_and_the_leader_reports_its_keys(env: &Env) -> Result<()> {
+    let logs = tempfile::Builder::new().prefix("tko-ha-").tempdir()?;
+    env.block_on(async {
+        let (standby, _, _) = standby(env, logs.path()).await?;
+        let tenant = env.tenant(0, 0);
+        env.create_key(NS, "observed", &tenant, json!({ "rotation": { "interval": "720h" } }))
+            .await?;
+        expect_single_key(env, NS, "observed", &tenant).await?;
+
+        let leader = metrics_address(&operator_log(env)).await?;
+        let (status, text) = scrape(&leader, "/metrics").await?;
+        ensure!(status == 200, "leader /metrics: {status}");
+        for expected in [
+            r#"tenant_key_operator_key_ready_status{namespace="ha",name="observed",condition="true"} 1"#,
+            r#"tenant_key_operator_key_ready_status{namespace="ha",name="observed",condition="false"} 0"#,
+            r#"tenant_key_operator_key_rotation_interval_seconds{namespace="ha",name="observed"} 2592000.0"#,
+            r#"tenant_key_operator_previous_keys_pending{namespace="ha",name="observed"} 0"#,
+            r#"tenant_key_operator_previous_keys_overdue{namespace="ha",name="observed"} 0"#,
+        ] {
+            ensure!(text.contains(expected), "no {expected} in:\n{text}");
+        }
+        for prefix in [
+            r#"tenant_key_operator_key_created_timestamp_seconds{namespace="ha",name="observed"} "#,
+            r#"tenant_key_operator_build_info{version=""#,
+        ] {
+            ensure!(
+                text.lines().any(|l| l.starts_with(prefix)),
+                "no {prefix} in:\n{text}"
+            );
+        }
+
+        let follower = metrics_address(standby.log_path()).await?;
+        let (status, text) = scrape(&follower, "/metrics").await?;
+        ensure!(status == 200, "follower /metrics: {status}");
+        let reconciles: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("tenant_key_operator_reconciles_total{")
+                    || l.starts_with("tenant_key_operator_key_ready_status{")
+            })
+            .collect();
+        ensure!(
+            reconciles.is_empty(),
+            "the follower reconciled or cached keys: {reconciles:?}"
+        );
+        for path in ["/readyz", "/healthz"] {
+            let (status, _) = scrape(&follower, path).await?;
+            ensure!(status == 200, "follower {path}: {status}");
+        }
+        drop(standby);
+        anyhow::Ok(())
+    })
+}
+
+/// SIGTERM: the leader finishes, releases the lease, and the standby takes over well within
+/// one lease duration.
+fn sigterm_hands_the_lease_over_at_once(env: &Env) -> Result<()> {
+    let logs = tempfile::Builder::new().prefix("tko-ha-").tempdir()?;
+    env.block_on(async {
+        let (standby, leader, standby_identity) = standby(env, logs.path()).await?;
+        let releases = log_lines(&operator_log(env), "released the lease").len();
+        let started = Instant::now();
+        env.operator
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stop(Duration::from_secs(30));
+        let stopped = started.elapsed();
+        wait_holder(env, &standby_identity).await?;
+        let handed_over = started.elapsed();
+        println!("SIGTERM: leader exited after {stopped:?}, successor leads after {handed_over:?}");
+        ensure!(
+            log_lines(&operator_log(env), "released the lease").len() == releases + 1,
+            "the leader did not log the release"
+        );
+        ensure!(
+            handed_over < LEASE_DURATION / 2,
+            "the successor took over after {handed_over:?}; the lease lasts {LEASE_DURATION:?}"
+        );
+        let tenant = env.tenant(0, 1);
+        env.create_key(NS, "after-handover", &tenant, json!({}))
+            .await?;
+        expect_single_key(env, NS, "after-handover", &tenant).await?;
+        hand_back(env, standby, &leader).await
+    })
+}
+
+/// SIGTERM while Imburse is creating a key: the leader waits for the answer and records the
+/// key before it releases the lease, so nothing is created twice or revoked as an orphan.
+fn sigterm_lets_a_create_in_flight_finish(env: &Env) -> Result<()> {
+    let logs = tempfile::Builder::new().prefix("tko-ha-").tempdir()?;
+    env.block_on(async {
+        let (standby, leader, standby_identity) = standby(env, logs.path()).await?;
+        env.sandbox
+            .admin()
+            .set_faults(&Faults {
+                create_response_delay_ms: 3_000,
+                ..Default::default()
+            })
+            .await?;
+        env.sandbox.admin().reset_stats().await?;
+        let tenant = env.tenant(0, 3);
+        env.create_key(NS, "in-flight", &tenant, json!({})).await?;
+        // The sandbox stores a key before it answers: the create is in flight.
+        poll(
+            || async { Ok(!env.sandbox_keys(&tenant).await?.is_empty()) },
+            "the create to reach Imburse",
+        )
+        .await?;
+        let log = operator_log(env);
+        let releases = log_lines(&log, "released the lease").len();
+        let started = Instant::now();
+        env.operator
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stop(Duration::from_secs(30));
+        let stopped = started.elapsed();
+        println!("SIGTERM during a create: the leader exited after {stopped:?}");
+        ensure!(
+            stopped > Duration::from_secs(1),
+            "the leader exited after {stopped:?}, before Imburse answered the create"
+        );
+        ensure!(
+            log_lines(&log, "released the lease").len() == releases + 1,
+            "the leader did not release the lease"
+        );
+        ensure!(
+            log_lines(
+                &log,
+                "reconciles still running after the shutdown signal: cancelled"
+            )
+            .is_empty(),
+            "the create was cancelled"
+        );
+        wait_holder(env, &standby_identity).await?;
+        env.sandbox.admin().set_faults(&Faults::default()).await?;
+        expect_single_key(env, NS, "in-flight", &tenant).await?;
+        let stats = env.sandbox.admin().stats().await?;
+        ensure!(
+            stats.total(imburse::Operation::CreateKey) == 1
+                && stats.total(imburse::Operation::DeleteKey) == 0,
+            "a key was created again or revoked: {stats:?}"
+        );
+        hand_back(env, standby, &leader).await
+    })
+}
+
+/// Someone else holds the lease now (as after a renewal the leader could not make): the
+/// leader exits with an error at once, and the standby takes over once that lease expires.
+fn a_leader_that_loses_the_lease_exits(env: &Env) -> Result<()> {
+    let logs = tempfile::Builder::new().prefix("tko-ha-").tempdir()?;
+    env.block_on(async {
+        let (standby, leader, standby_identity) = standby(env, logs.path()).await?;
+        let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+        leases(env)
+            .patch(
+                LEASE,
+                &PatchParams::default(),
+                &Patch::Merge(json!({
+                    "spec": { "holderIdentity": "intruder", "renewTime": now, "leaseDurationSeconds": 15 }
+                })),
+            )
+            .await?;
+        let taken = Instant::now();
+        let losses = log_lines(&operator_log(env), "leadership lost: stopping").len();
+        let mut status = None;
+        poll(
+            || {
+                status = env
+                    .operator
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .exit_status()
+                    .ok()
+                    .flatten();
+                let exited = status.is_some();
+                async move { Ok(exited) }
+            },
+            "the leader to exit",
+        )
+        .await?;
+        let exited = taken.elapsed();
+        println!("lease taken: the leader exited after {exited:?} ({status:?})");
+        ensure!(
+            status.is_some_and(|s| !s.success()),
+            "the leader exited with {status:?}"
+        );
+        ensure!(
+            exited < Duration::from_secs(5),
+            "the leader exited {exited:?} after losing the lease"
+        );
+        ensure!(log_lines(&operator_log(env), "leadership lost: stopping").len() == losses + 1);
+        wait_holder(env, &standby_identity).await?;
+        let tenant = env.tenant(0, 2);
+        env.create_key(NS, "after-loss", &tenant, json!({})).await?;
+        expect_single_key(env, NS, "after-loss", &tenant).await?;
+        hand_back(env, standby, &leader).await
+    })
+}
+
+/// The leader is killed (SIGKILL) while it creates a burst of keys; the standby takes over
+/// once the lease expires, and every resource ends Ready with exactly one live key.
+fn leader_killed_during_a_burst_leaves_one_key_per_resource(env: &Env) -> Result<()> {
+    let logs = tempfile::Builder::new().prefix("tko-ha-").tempdir()?;
+    env.block_on(async {
+        let (standby, leader, standby_identity) = standby(env, logs.path()).await?;
+        // Slow creates widen the window between a key's creation and its Secret.
+        env.sandbox
+            .admin()
+            .set_faults(&Faults {
+                create_response_delay_ms: 400,
+                latency_ms: 20,
+                jitter_ms: 40,
+                ..Default::default()
+            })
+            .await?;
+        let tenants: Vec<String> = (0..BURST).map(|i| env.tenant(0, 4 + i)).collect();
+        for (i, tenant) in tenants.iter().enumerate() {
+            env.create_key(NS, &format!("burst-{i}"), tenant, json!({}))
+                .await?;
+        }
+        let created = || async {
+            let mut created = 0;
+            for tenant in &tenants {
+                created += env.sandbox_keys(tenant).await?.len();
+            }
+            anyhow::Ok(created)
+        };
+        poll(|| async { Ok(created().await? >= 3) }, "the first creates").await?;
+        env.operator
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .kill();
+        let killed = Instant::now();
+        let at_kill = created().await?;
+        let mut ready_at_kill = 0;
+        for i in 0..BURST {
+            let key = env.keys(NS).get(&format!("burst-{i}")).await?;
+            if support::ready(key.status.as_ref().map(|s| &s.conditions)).map(|r| r.0)
+                == Some("True")
+            {
+                ready_at_kill += 1;
+            }
+        }
+        ensure!(
+            ready_at_kill < BURST,
+            "every key was Ready before the leader was killed"
+        );
+        wait_holder(env, &standby_identity).await?;
+        let took_over = killed.elapsed();
+        env.sandbox.admin().set_faults(&Faults::default()).await?;
+        for (i, tenant) in tenants.iter().enumerate() {
+            expect_single_key(env, NS, &format!("burst-{i}"), tenant).await?;
+        }
+        let all_ready = killed.elapsed();
+        ensure!(created().await? == BURST, "orphaned keys remain");
+        println!(
+            "SIGKILL during a burst of {BURST}: {at_kill} keys created and {ready_at_kill} Ready \
+             when killed; successor leads after {took_over:?}; all Ready with one key each \
+             after {all_ready:?}"
+        );
+        ensure!(
+            took_over < LEASE_DURATION + Duration::from_secs(10),
+            "the successor took over after {took_over:?}"
+        );
+        hand_back(env, standby, &leader).await
+    })
+}

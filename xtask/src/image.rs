@@ -1,0 +1,218 @@
+//! `cargo xtask image`: builds the container image from a static binary built here (the
+//! `prebuilt` stage of the Dockerfile) with buildah, without a daemon or a registry, and checks
+//! it: the configuration (user 65532, entrypoint), its files (the binary and the CA bundle,
+//! nothing else), and that the binary runs from it as user 65532 on a read-only root file
+//! system.
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::workspace::{self, step};
+
+const TARGET: &str = "x86_64-unknown-linux-musl";
+const BINARY: &str = "tenant-key-operator";
+/// Where Debian (and the Rust builder image) keep the CA bundle; the image has it there too.
+const CA_BUNDLE: &str = "etc/ssl/certs/ca-certificates.crt";
+const USER: &str = "65532:65532";
+
+pub fn run() -> Result<()> {
+    step("tools: buildah, musl");
+    ensure_package("buildah", "buildah")?;
+    ensure_package("musl-gcc", "musl-tools")?;
+    ensure_musl_target()?;
+
+    step("static binary (release, musl)");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let args = [
+        "build",
+        "--release",
+        "--locked",
+        "--target",
+        TARGET,
+        "--bin",
+        BINARY,
+    ];
+    run_checked(
+        Command::new(&cargo)
+            .args(args)
+            .current_dir(workspace::root()),
+    )?;
+    let binary = workspace::target_dir()
+        .join(TARGET)
+        .join("release")
+        .join(BINARY);
+    // `tenant-key-operator 0.1.0`: what the image's binary must print too.
+    let version = output(Command::new(&binary).arg("--version"))?;
+
+    step("image (Dockerfile, target prebuilt)");
+    let context = workspace::target_dir().join("image-context");
+    if context.exists() {
+        std::fs::remove_dir_all(&context)?;
+    }
+    std::fs::create_dir_all(&context)?;
+    std::fs::copy(&binary, context.join(BINARY))?;
+    std::fs::copy(
+        Path::new("/").join(CA_BUNDLE),
+        context.join("ca-certificates.crt"),
+    )
+    .context("the host's CA bundle (Debian package ca-certificates)")?;
+    let tag = format!(
+        "localhost/{BINARY}:{}",
+        version.rsplit(' ').next().unwrap_or("dev")
+    );
+    let dockerfile = workspace::root().join("Dockerfile");
+    run_checked(
+        buildah()
+            .args(["bud", "--isolation", "chroot", "--target", "prebuilt"])
+            .args([
+                "-f".as_ref(),
+                dockerfile.as_os_str(),
+                "-t".as_ref(),
+                tag.as_ref(),
+                context.as_os_str(),
+            ]),
+    )?;
+
+    step("checks");
+    check_config(&tag)?;
+    let container = output(buildah().args(["from", &tag]))?;
+    let checked = check_files_and_run(&container, &version);
+    let _ = output(buildah().args(["rm", &container]));
+    checked?;
+    let size = output(buildah().args(["images", "--format", "{{.Size}}", &tag]))?;
+    println!("image {tag}: {size}, user {USER}, read-only root file system works");
+    Ok(())
+}
+
+/// buildah with the storage driver that needs no kernel overlay support.
+fn buildah() -> Command {
+    let mut command = Command::new("buildah");
+    command.args(["--storage-driver", "vfs"]);
+    command
+}
+
+fn check_config(tag: &str) -> Result<()> {
+    let inspected: serde_json::Value = serde_json::from_str(&output(
+        buildah().args(["inspect", "--type", "image", tag]),
+    )?)?;
+    let config = &inspected["OCIv1"]["config"];
+    ensure!(
+        config["User"] == USER,
+        "the image's user: {}",
+        config["User"]
+    );
+    ensure!(
+        config["Entrypoint"] == serde_json::json!([format!("/{BINARY}")]),
+        "the image's entrypoint: {}",
+        config["Entrypoint"]
+    );
+    ensure!(
+        config["Cmd"] == serde_json::json!(["run"]),
+        "the image's command: {}",
+        config["Cmd"]
+    );
+    Ok(())
+}
+
+fn check_files_and_run(container: &str, version: &str) -> Result<()> {
+    let root = PathBuf::from(output(buildah().args(["mount", container]))?);
+    let result = (|| {
+        let files = files(&root, &root)?;
+        let expected: BTreeSet<String> = [BINARY.to_owned(), CA_BUNDLE.to_owned()].into();
+        ensure!(files == expected, "the image holds {files:?}");
+        let out = read_only_as_user(&root, &["--version"])?;
+        ensure!(out == version, "`{BINARY} --version` printed {out:?}");
+        let out = read_only_as_user(&root, &["crd"])?;
+        ensure!(
+            out.contains("kind: CustomResourceDefinition"),
+            "`{BINARY} crd` printed:\n{out}"
+        );
+        Ok(())
+    })();
+    let _ = output(buildah().args(["umount", container]));
+    result
+}
+
+/// Runs the image's binary with `args` inside its root file system, remounted read-only in a
+/// mount namespace of its own, as the image's user: what a pod with
+/// `readOnlyRootFilesystem: true` and `runAsUser: 65532` does.
+fn read_only_as_user(root: &Path, args: &[&str]) -> Result<String> {
+    let root = root.to_str().context("the mount point is not UTF-8")?;
+    output(
+        Command::new("unshare")
+            .args(["--mount", "--", "sh", "-c"])
+            .arg(
+                r#"mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && root="$1" && shift && exec chroot --userspec="$USERSPEC" "$root" "$@""#,
+            )
+            .args(["sh", root, &format!("/{BINARY}")])
+            .args(args)
+            .env("USERSPEC", USER),
+    )
+}
+
+/// Regular files under `dir`, relative to `root`.
+fn files(root: &Path, dir: &Path) -> Result<BTreeSet<String>> {
+    let mut found = BTreeSet::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            found.extend(files(root, &path)?);
+        } else {
+            found.insert(path.strip_prefix(root)?.to_string_lossy().into_owned());
+        }
+    }
+    Ok(found)
+}
+
+/// Installs a Debian package when `program` is missing (as root; otherwise says what to do).
+fn ensure_package(program: &str, package: &str) -> Result<()> {
+    if which(program) {
+        return Ok(());
+    }
+    let root = output(Command::new("id").arg("-u")).is_ok_and(|uid| uid == "0");
+    if !root || !which("apt-get") {
+        bail!("{program} is missing: install the package {package} (apt-get install {package})");
+    }
+    run_checked(Command::new("apt-get").arg("update"))?;
+    run_checked(Command::new("apt-get").args(["install", "-y", package]))
+}
+
+fn ensure_musl_target() -> Result<()> {
+    let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))?;
+    if !installed.lines().any(|t| t == TARGET) {
+        run_checked(Command::new("rustup").args(["target", "add", TARGET]))?;
+    }
+    Ok(())
+}
+
+fn which(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+fn run_checked(command: &mut Command) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("running {command:?}"))?;
+    ensure!(status.success(), "{command:?} failed ({status})");
+    Ok(())
+}
+
+/// The command's standard output, trimmed; its error output on failure.
+fn output(command: &mut Command) -> Result<String> {
+    let out = command
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    ensure!(
+        out.status.success(),
+        "{command:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
