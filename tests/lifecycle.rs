@@ -146,8 +146,8 @@ fn a_scheduled_rotation_keeps_the_old_key_for_its_grace_period(env: &Env) -> Res
         let early = created_at.0.duration_until(next.0);
         ensure!(
             early <= k8s_openapi::jiff::SignedDuration::from_secs(16)
-                && early >= k8s_openapi::jiff::SignedDuration::from_millis(14_400),
-            "next rotation {next:?} is not an interval (less jitter) after {created_at:?}"
+                && early >= k8s_openapi::jiff::SignedDuration::from_secs(14),
+            "next rotation {next:?} is not an interval (less up to a tenth, in whole seconds) after {created_at:?}"
         );
         let old_pair = secret_key_pair(&env.secrets(ns).get("rotating").await?)?;
         let old = status.public_key.context("publicKey")?;

@@ -57,8 +57,16 @@ pub fn set_outcome(
     }
 }
 
+/// Now, in whole seconds: Kubernetes serializes times so, and a time computed from a recorded
+/// one must come out the same before and after the status round trip.
 pub fn now() -> Time {
-    Time(k8s_openapi::jiff::Timestamp::now())
+    let now = k8s_openapi::jiff::Timestamp::now();
+    Time(whole_seconds(now))
+}
+
+/// `at` without its fraction of a second.
+pub fn whole_seconds(at: k8s_openapi::jiff::Timestamp) -> k8s_openapi::jiff::Timestamp {
+    k8s_openapi::jiff::Timestamp::from_second(at.as_second()).unwrap_or(at)
 }
 
 /// The time `delay` from now, whole seconds (as Kubernetes serializes times).
