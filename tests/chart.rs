@@ -507,6 +507,21 @@ fn container_args(rendered: &[serde_json::Value]) -> Result<Vec<String>> {
         .collect())
 }
 
+/// The operator binary parses the rendered arguments: it gets as far as reading a kubeconfig
+/// (that does not exist), which it only does once every flag was accepted.
+fn binary_accepts(args: &[String]) -> Result<()> {
+    let out = Command::new(env!("CARGO_BIN_EXE_tenant-key-operator"))
+        .args(args)
+        .args(["--kubeconfig", "/nonexistent/kubeconfig"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("kubeconfig"),
+        "the operator did not accept {args:?}: {stderr}"
+    );
+    Ok(())
+}
+
 /// The leader election values become the operator's flags, and a Role in the Lease's namespace
 /// grants exactly the Lease verbs; disabled, neither.
 fn leader_election_flags_and_lease_rbac() -> Result<()> {
@@ -523,6 +538,7 @@ fn leader_election_flags_and_lease_rbac() -> Result<()> {
         "--leader-election-retry-period=2s".into(),
     ];
     ensure!(args == expected, "args {args:?}");
+    binary_accepts(&args)?;
     let env: BTreeSet<&str> =
         find(&rendered, "Deployment")?["spec"]["template"]["spec"]["containers"][0]["env"]
             .as_array()
@@ -566,10 +582,12 @@ fn leader_election_flags_and_lease_rbac() -> Result<()> {
         ensure!(args.iter().any(|a| a == arg), "{arg} missing from {args:?}");
     }
     ensure!(args.last().map(String::as_str) == Some("--log-format=json"));
+    binary_accepts(&args)?;
     ensure!(find(&custom, "Role")?["metadata"]["namespace"] == "kube-system");
 
     let disabled = helm.template(&["leaderElection.enabled=false"])?;
     ensure!(container_args(&disabled)? == ["run", "--leader-election=false"]);
+    binary_accepts(&container_args(&disabled)?)?;
     ensure!(!kinds(&disabled).contains("Role"));
     Ok(())
 }
