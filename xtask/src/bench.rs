@@ -58,14 +58,23 @@ pub struct Args {
     /// starts: they share the namespace with the keys, as in a busy cluster.
     #[arg(long, default_value_t = 0)]
     unrelated_secrets: usize,
+    /// An operator binary to measure instead of a fresh release build, e.g. to compare two
+    /// versions.
+    #[arg(long)]
+    operator: Option<PathBuf>,
     /// Where to write the figures (default: <target>/bench/results.json).
     #[arg(long)]
     out: Option<PathBuf>,
 }
 
 pub async fn run(args: Args) -> Result<()> {
-    step("building the operator (release)");
-    let binary = workspace::build_operator("release")?;
+    let binary = match &args.operator {
+        Some(binary) => binary.clone(),
+        None => {
+            step("building the operator (release)");
+            workspace::build_operator("release")?
+        }
+    };
     step("starting the control plane and the sandbox");
     let plane = ControlPlane::start().await?;
     let client = plane.client().await?;
@@ -152,12 +161,12 @@ pub async fn run(args: Args) -> Result<()> {
         .sum();
     let at_rest = Memory::of(pid)?;
 
-    step("restarting the operator: it lists every key and owned Secret at once");
+    step("restarting the operator: it lists every key and owned Secret, and reconciles each");
     operator.kill();
     let restarted = Instant::now();
     operator.restart()?;
     let pid = operator.pid().context("the operator did not restart")?;
-    wait_ready(&listen).await?;
+    wait_reconciled(&listen, args.keys).await?;
     let restart_listed = restarted.elapsed();
     let after_list = Memory::of(pid)?;
     tokio::time::sleep(Duration::from_secs(args.rest_seconds)).await;
@@ -376,19 +385,33 @@ fn writes_since(
         .collect()
 }
 
-/// Waits until the operator's caches are filled (`/readyz` answers 200).
-async fn wait_ready(listen: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(600);
+/// Waits until a freshly started operator has listed the keys and reconciled each once.
+async fn wait_reconciled(listen: &str, keys: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600 + keys as u64 / 10);
     while Instant::now() < deadline {
-        let ready = reqwest::get(format!("http://{listen}/readyz"))
-            .await
-            .is_ok_and(|r| r.status().is_success());
-        if ready {
+        if let Ok(reconciles) = key_reconciles(listen).await
+            && reconciles >= keys as u64
+        {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    bail!("the operator did not become ready after its restart")
+    bail!("the operator did not reconcile every key after its restart")
+}
+
+/// `tenant_key_operator_reconciles_total` of TenantSecurityKeys, all results.
+async fn key_reconciles(listen: &str) -> Result<u64> {
+    let body = reqwest::get(format!("http://{listen}/metrics"))
+        .await?
+        .text()
+        .await?;
+    Ok(body
+        .lines()
+        .filter_map(|l| l.strip_prefix("tenant_key_operator_reconciles_total{"))
+        .filter(|l| l.contains(r#"kind="TenantSecurityKey""#))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .map(|n| n as u64)
+        .sum())
 }
 
 /// A process's resident memory now and at its peak so far, from `/proc/<pid>/status`.
