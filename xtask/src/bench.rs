@@ -31,7 +31,7 @@ use testenv::{ControlPlane, Operator};
 
 use crate::workspace::{self, step};
 
-const NAMESPACE: &str = "bench";
+pub(crate) const NAMESPACE: &str = "bench";
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -225,7 +225,7 @@ pub async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-async fn create_namespace(client: &Client) -> Result<()> {
+pub(crate) async fn create_namespace(client: &Client) -> Result<()> {
     let namespace = Namespace {
         metadata: ObjectMeta {
             name: Some(NAMESPACE.into()),
@@ -265,7 +265,11 @@ async fn create_unrelated_secrets(client: &Client, count: usize) -> Result<()> {
     Ok(())
 }
 
-async fn setup_account(client: &Client, config: &Config, sandbox: &Sandbox) -> Result<()> {
+pub(crate) async fn setup_account(
+    client: &Client,
+    config: &Config,
+    sandbox: &Sandbox,
+) -> Result<()> {
     let account = &config.accounts[0];
     let secret = Secret {
         metadata: ObjectMeta {
@@ -313,7 +317,11 @@ async fn setup_account(client: &Client, config: &Config, sandbox: &Sandbox) -> R
     bail!("the account did not become Ready")
 }
 
-async fn create_key(keys: &Api<TenantSecurityKey>, i: usize, tenant: &str) -> Result<()> {
+pub(crate) async fn create_key(
+    keys: &Api<TenantSecurityKey>,
+    i: usize,
+    tenant: &str,
+) -> Result<()> {
     let key: TenantSecurityKey = serde_json::from_value(json!({
         "apiVersion": "imbursepayments.com/v1alpha1",
         "kind": "TenantSecurityKey",
@@ -328,7 +336,7 @@ async fn create_key(keys: &Api<TenantSecurityKey>, i: usize, tenant: &str) -> Re
     Ok(())
 }
 
-async fn wait_all_ready(keys: &Api<TenantSecurityKey>, expected: usize) -> Result<()> {
+pub(crate) async fn wait_all_ready(keys: &Api<TenantSecurityKey>, expected: usize) -> Result<()> {
     // Generous: the point is to measure, and a stuck run still ends.
     let deadline = Instant::now() + Duration::from_secs(600 + expected as u64);
     loop {

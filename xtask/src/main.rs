@@ -1,7 +1,8 @@
-//! Developer commands: `cargo xtask demo`, `cargo xtask test`, `cargo xtask bench` and
-//! `cargo xtask controlplane ...`.
+//! Developer commands: `cargo xtask demo`, `cargo xtask test`, `cargo xtask bench`,
+//! `cargo xtask chaos` and `cargo xtask controlplane ...`.
 
 mod bench;
+mod chaos;
 mod controlplane;
 mod demo;
 mod test;
@@ -29,11 +30,14 @@ enum Command {
     /// Run the whole test suite: formatting, lints, control plane binaries, `cargo test`, and
     /// the demo.
     Test,
-    /// Run the local demo: control plane, Imburse sandbox, operator and the examples, until
-    /// Ctrl-C.
     /// Measure time to Ready, Imburse calls and Kubernetes writes per key, activity at rest and
     /// memory, against the sandbox with injected latency; figures go to a JSON file.
     Bench(bench::Args),
+    /// Create many keys at once while the operator is killed again and again and Imburse
+    /// fails, then check that every key ends Ready with exactly one working key.
+    Chaos(chaos::Args),
+    /// Run the local demo: control plane, Imburse sandbox, operator and the examples, until
+    /// Ctrl-C.
     Demo {
         /// Stop as soon as the example keys are Ready instead of waiting for Ctrl-C.
         #[arg(long)]
@@ -48,6 +52,7 @@ async fn main() -> ExitCode {
         Command::Test => test::run(),
         Command::Demo { exit_when_ready } => demo::run(exit_when_ready).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Chaos(args) => chaos::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
