@@ -31,7 +31,7 @@ use secrecy::ExposeSecret as _;
 use serde_json::json;
 use support::{create_namespace, poll, wait_for};
 use tenant_key_operator::{
-    controller::intent,
+    controller::{intent, secret},
     crd::{ImburseAccount, TenantSecurityKey},
 };
 
@@ -81,11 +81,21 @@ fn replay(path: &Path) -> Result<()> {
         .build()?;
     runtime.block_on(async {
         let (control_plane, client) = support::start_control_plane().await?;
-        let sandbox = Sandbox::start(fixture.sandbox.clone()).await?;
-        fixture.rebase(&sandbox.base_url());
         create_namespace(&client, OPERATOR_NAMESPACE, BTreeMap::new()).await?;
         create_namespace(&client, &fixture.namespace()?, BTreeMap::new()).await?;
-        let restored = restore(&client, &fixture).await?;
+        // What the operator recorded names the resource by its uid, the keys the sandbox
+        // starts with included: the resource comes first, so that its new uid can take the
+        // captured one's place everywhere.
+        let keys = Api::namespaced_with(
+            client.clone(),
+            &fixture.namespace()?,
+            &ApiResource::erase::<TenantSecurityKey>(&()),
+        );
+        let key = create_user_fields(&keys, &fixture.key).await?;
+        fixture.adopt_uid(&key.uid().context("the re-created key has no uid")?)?;
+        let sandbox = Sandbox::start(fixture.sandbox.clone()).await?;
+        fixture.rebase(&sandbox.base_url())?;
+        let restored = restore(&client, &keys, &fixture).await?;
         let seeded = sandbox_keys(&sandbox).await?;
         sandbox.admin().reset_stats().await?;
 
@@ -123,52 +133,48 @@ fn replay(path: &Path) -> Result<()> {
     })
 }
 
-/// Writes the fixture's objects as their writers did: the user's fields by create, the
-/// operator's own metadata and status by server-side apply with the operator's field manager,
-/// the Secret (entirely the operator's) owned by the re-created resource. Returns the Secret
-/// as the API server holds it.
-async fn restore(client: &Client, fixture: &Fixture) -> Result<Option<Secret>> {
+/// Writes the rest of the fixture's objects as their writers did (the key's user fields exist
+/// already): the user's fields by create, the operator's own metadata and status by
+/// server-side apply with the operator's field manager, the Secret (entirely the operator's)
+/// likewise. Returns the Secret as the API server holds it.
+async fn restore(
+    client: &Client,
+    keys: &Api<DynamicObject>,
+    fixture: &Fixture,
+) -> Result<Option<Secret>> {
     let namespace = fixture.namespace()?;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-    secrets
-        .create(&user_params(), &fixture.credentials)
-        .await
-        .context("creating the account credentials")?;
+    // The credentials carry the operator's finalizer while keys use the account.
+    let credentials = Api::namespaced_with(
+        client.clone(),
+        &namespace,
+        &ApiResource::erase::<Secret>(&()),
+    );
+    let credentials_object = serde_json::from_value(serde_json::to_value(&fixture.credentials)?)?;
+    create_user_fields(&credentials, &credentials_object).await?;
+    restore_operator_fields(&credentials, &credentials_object, &fixture.field_manager).await?;
     let accounts = Api::namespaced_with(
         client.clone(),
         &namespace,
         &ApiResource::erase::<ImburseAccount>(&()),
     );
-    restore_object(&accounts, &fixture.account, &fixture.field_manager).await?;
-    let keys = Api::namespaced_with(
-        client.clone(),
-        &namespace,
-        &ApiResource::erase::<TenantSecurityKey>(&()),
-    );
-    let key = restore_object(&keys, &fixture.key, &fixture.field_manager).await?;
+    create_user_fields(&accounts, &fixture.account).await?;
+    restore_operator_fields(&accounts, &fixture.account, &fixture.field_manager).await?;
+    restore_operator_fields(keys, &fixture.key, &fixture.field_manager).await?;
     let mut restored = None;
     if let Some(secret) = &fixture.secret {
-        let mut secret = secret.clone();
-        // Owner references name the resource by uid, and a re-created resource has a new one.
-        for owner in secret.metadata.owner_references.iter_mut().flatten() {
-            if owner.kind == TenantSecurityKey::kind(&())
-                && Some(&owner.name) == key.metadata.name.as_ref()
-            {
-                owner.uid = key.uid().context("the re-created key has no uid")?;
-            }
-        }
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
         let written = secrets
             .patch(
                 &secret.name_any(),
                 &PatchParams::apply(&fixture.field_manager),
-                &Patch::Apply(&secret),
+                &Patch::Apply(secret),
             )
             .await
             .context("restoring the key's Secret")?;
         restored = Some(written);
     }
     if fixture.delete_before_start {
-        keys.delete(&key.name_any(), &DeleteParams::default())
+        keys.delete(&fixture.key_name()?, &DeleteParams::default())
             .await?;
     }
     Ok(restored)
@@ -181,11 +187,36 @@ fn user_params() -> PostParams {
     }
 }
 
-async fn restore_object(
+/// Creates the object without what the operator wrote (its finalizers, annotations and
+/// status), as its user did.
+async fn create_user_fields(
+    api: &Api<DynamicObject>,
+    object: &DynamicObject,
+) -> Result<DynamicObject> {
+    let mut user = object.clone();
+    user.metadata.uid = None;
+    user.finalizers_mut()
+        .retain(|f| !f.starts_with(OPERATOR_DOMAIN));
+    user.annotations_mut()
+        .retain(|k, _| !k.starts_with(OPERATOR_DOMAIN));
+    if let Some(fields) = user.data.as_object_mut() {
+        fields.remove("status");
+    }
+    api.create(&user_params(), &user).await.with_context(|| {
+        format!(
+            "creating {} {}",
+            object.types.as_ref().map_or("", |t| &t.kind),
+            object.name_any()
+        )
+    })
+}
+
+/// Writes the operator's finalizers, annotations and status of the object as the operator did.
+async fn restore_operator_fields(
     api: &Api<DynamicObject>,
     object: &DynamicObject,
     field_manager: &str,
-) -> Result<DynamicObject> {
+) -> Result<()> {
     let name = object.name_any();
     let types = object
         .types
@@ -203,18 +234,6 @@ async fn restore_object(
         .filter(|f| f.starts_with(OPERATOR_DOMAIN))
         .cloned()
         .collect();
-
-    let mut user = object.clone();
-    user.finalizers_mut()
-        .retain(|f| !f.starts_with(OPERATOR_DOMAIN));
-    user.annotations_mut()
-        .retain(|k, _| !k.starts_with(OPERATOR_DOMAIN));
-    if let Some(fields) = user.data.as_object_mut() {
-        fields.remove("status");
-    }
-    api.create(&user_params(), &user)
-        .await
-        .with_context(|| format!("creating {} {name}", types.kind))?;
 
     let apply = PatchParams::apply(field_manager);
     if !finalizers.is_empty() || !operator_annotations.is_empty() {
@@ -241,7 +260,7 @@ async fn restore_object(
             .await
             .with_context(|| format!("restoring the status of {name}"))?;
     }
-    Ok(api.get(&name).await?)
+    Ok(())
 }
 
 /// Waits until the operator has taken the state over and gone quiet, then checks everything
@@ -354,8 +373,8 @@ async fn take_over(
         }
         (SecretOutcome::Unchanged | SecretOutcome::Released, Some(restored)) => {
             let live = secrets.get(&restored.name_any()).await?;
-            compare_content(restored, &live)?;
             if expect.secret == SecretOutcome::Unchanged {
+                compare_content(restored, &live)?;
                 ensure!(
                     live.metadata.owner_references == restored.metadata.owner_references,
                     "the Secret's owner references changed"
@@ -365,6 +384,13 @@ async fn take_over(
                     "the Secret was rewritten"
                 );
             } else {
+                // Releasing drops every mark of ownership, the annotation of a `Retain` Secret
+                // included, and nothing else.
+                let mut released = restored.clone();
+                released
+                    .annotations_mut()
+                    .remove(secret::OWNER_UID_ANNOTATION);
+                compare_content(&released, &live)?;
                 ensure!(
                     live.owner_references().is_empty(),
                     "the released Secret still has owners"

@@ -82,6 +82,29 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, for tools that must map each one (the Argo CD health check's test).
+    pub const ALL: [Reason; 19] = [
+        Self::InvalidSpec,
+        Self::AccountNotFound,
+        Self::NamespaceNotAllowed,
+        Self::TenantNotAllowed,
+        Self::RolesNotAllowed,
+        Self::BaseUrlNotAllowed,
+        Self::AccountNotReady,
+        Self::CredentialsSecretNotFound,
+        Self::CredentialsInvalid,
+        Self::Forbidden,
+        Self::TenantNotFound,
+        Self::RateLimited,
+        Self::ImburseUnavailable,
+        Self::ImburseRejected,
+        Self::SecretConflict,
+        Self::AdoptionRefused,
+        Self::SecretRejected,
+        Self::ListingUnsupported,
+        Self::KubernetesError,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::InvalidSpec => "InvalidSpec",
@@ -239,6 +262,35 @@ mod tests {
 
     /// The status message of a repeated failure must not change between retries (a changing
     /// status triggers the next reconcile at once); the correlation id goes to the Event.
+    #[test]
+    fn all_lists_every_reason_once() {
+        for (position, reason) in Reason::ALL.into_iter().enumerate() {
+            // Exhaustive: a new reason does not compile here until it is placed in ALL.
+            let expected = match reason {
+                Reason::InvalidSpec => 0,
+                Reason::AccountNotFound => 1,
+                Reason::NamespaceNotAllowed => 2,
+                Reason::TenantNotAllowed => 3,
+                Reason::RolesNotAllowed => 4,
+                Reason::BaseUrlNotAllowed => 5,
+                Reason::AccountNotReady => 6,
+                Reason::CredentialsSecretNotFound => 7,
+                Reason::CredentialsInvalid => 8,
+                Reason::Forbidden => 9,
+                Reason::TenantNotFound => 10,
+                Reason::RateLimited => 11,
+                Reason::ImburseUnavailable => 12,
+                Reason::ImburseRejected => 13,
+                Reason::SecretConflict => 14,
+                Reason::AdoptionRefused => 15,
+                Reason::SecretRejected => 16,
+                Reason::ListingUnsupported => 17,
+                Reason::KubernetesError => 18,
+            };
+            assert_eq!(position, expected, "{}", reason.as_str());
+        }
+    }
+
     #[test]
     fn imburse_errors_read_the_same_on_every_retry() {
         let failure = |id: &str| {

@@ -34,7 +34,8 @@ mod tenant {
     pub const WITH_SECRET_REPLACEMENT: usize = 5;
     pub const WITHOUT_SECRET: usize = 6;
     pub const WITHOUT_SECRET_REPLACEMENT: usize = 7;
-    pub const COUNT: usize = 8;
+    pub const ROTATED: usize = 8;
+    pub const COUNT: usize = 9;
 }
 
 pub fn run() -> Result<()> {
@@ -129,6 +130,15 @@ impl Capture<'_> {
                 tenant::WITHOUT_SECRET_REPLACEMENT,
                 json!({}),
             ),
+            (
+                "rotated-in-grace",
+                tenant::ROTATED,
+                json!({
+                    // A century: a replay must never find the scheduled rotation due.
+                    "rotation": { "interval": "876000h", "gracePeriod": "1h" },
+                    "rolloutRestartTargets": [{ "kind": "Deployment", "name": "checkout" }],
+                }),
+            ),
         ];
         for (name, i, extra) in &keys {
             env.create_key(NS, name, &tenant_id(*i), extra.clone())
@@ -154,6 +164,7 @@ impl Capture<'_> {
                 .expecting(Expect::nothing());
             fixtures.push((name, fixture));
         }
+        fixtures.push(("rotated-in-grace", self.rotated_in_grace().await?));
         let mut retain = self
             .fixture(
                 "A Ready key with deletionPolicy Retain, deleted before the operator starts.",
@@ -400,9 +411,53 @@ impl Capture<'_> {
         })
     }
 
+    /// A key rotated on request, its replaced key in a one-hour grace period, with a rotation
+    /// schedule and a restart target that does not exist (so the rollout condition reports
+    /// it skipped).
+    async fn rotated_in_grace(&self) -> Result<Fixture> {
+        let name = "rotated-in-grace";
+        let keys = self.env.keys(NS);
+        keys.patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({ "metadata": { "annotations": {
+                tenant_key_operator::crd::ROTATE_REQUESTED_AT_ANNOTATION: "2026-11-27T12:00:00Z",
+            } } })),
+        )
+        .await?;
+        let rotated = wait_for(&keys, name, |k| {
+            k.status.as_ref().is_some_and(|s| {
+                s.last_handled_rotate_request.is_some() && s.previous_keys.len() == 1
+            })
+        })
+        .await?;
+        let previous: BTreeSet<String> = rotated
+            .status
+            .map(|s| s.previous_keys.into_iter().map(|p| p.public_key).collect())
+            .unwrap_or_default();
+        // The replaced key is due once its grace period has passed, which it has by the time
+        // a replay runs, or is still in it: either way it is the one to revoke.
+        Ok(self
+            .fixture(
+                "A Ready key rotated on request, with an interval, a one-hour grace period \
+                 for the replaced key and a rollout restart target that does not exist.",
+                name,
+                tenant::ROTATED,
+                self.live_secret(name).await?,
+            )
+            .await?
+            .expecting(Expect {
+                keys_revoked: previous,
+                ..Expect::nothing()
+            }))
+    }
+
     async fn live_key(&self, name: &str) -> Result<DynamicObject> {
         let mut key = dynamic::<TenantSecurityKey>(self.env).get(name).await?;
+        let uid = key.metadata.uid.take();
         fixture::strip_server_fields(&mut key.metadata);
+        // Recorded values name the resource by its uid; the replay maps it to the new one's.
+        key.metadata.uid = uid;
         Ok(key)
     }
 

@@ -8,8 +8,12 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::{ByteString, api::core::v1::Secret};
-use kube::api::{DynamicObject, ObjectMeta};
+use kube::{
+    Resource as _,
+    api::{DynamicObject, ObjectMeta},
+};
 use serde::{Deserialize, Serialize};
+use tenant_key_operator::crd::TenantSecurityKey;
 
 /// Where the fixtures live: one folder per operator version (`v0.1.0`), one file per state.
 pub fn root() -> PathBuf {
@@ -53,8 +57,8 @@ fn file_stem(path: &Path) -> String {
 }
 
 /// One state as an operator version wrote it. Server-populated metadata (uid, resourceVersion,
-/// creationTimestamp, managedFields, generation) is left out; everything else is as read back
-/// from the API server.
+/// creationTimestamp, managedFields, generation) is left out, except the key's uid, which the
+/// recorded values name the resource by; everything else is as read back from the API server.
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Fixture {
@@ -76,7 +80,7 @@ pub struct Fixture {
     pub credentials: Secret,
     /// The ImburseAccount, with its status.
     pub account: DynamicObject,
-    /// The TenantSecurityKey, with its finalizers, annotations and status.
+    /// The TenantSecurityKey, with its uid, finalizers, annotations and status.
     pub key: DynamicObject,
     /// The key's Secret, if one existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -107,7 +111,8 @@ pub struct Expect {
 pub enum SecretOutcome {
     /// Data, type, labels, annotations and owner stay byte for byte; not even rewritten.
     Unchanged,
-    /// As `Unchanged`, except that the resource no longer owns it (`deletionPolicy: Retain`).
+    /// As `Unchanged`, except that the resource no longer owns it (`deletionPolicy: Retain`):
+    /// no owner reference and no `imbursepayments.com/owner-uid` annotation.
     Released,
     /// The operator writes a newly created key into it.
     Written,
@@ -152,21 +157,52 @@ impl Fixture {
     }
 
     /// Points every recorded use of the capturing sandbox at `url`.
-    pub fn rebase(&mut self, url: &str) {
+    pub fn rebase(&mut self, url: &str) -> Result<()> {
         let from = self.sandbox_url.clone();
-        for object in [&mut self.account, &mut self.key] {
-            replace_strings(&mut object.data, &from, url);
+        self.replace(&from, url)
+    }
+
+    /// Points every recorded use of the captured resource's uid (key names at Imburse, the
+    /// intent, the Secret's annotations and owner) at `uid`, the re-created resource's.
+    pub fn adopt_uid(&mut self, uid: &str) -> Result<()> {
+        match self.recorded_uid() {
+            Some(from) => self.replace(&from, uid),
+            None => Ok(()),
         }
+    }
+
+    /// The captured resource's uid. Fixtures of 0.1.0 record it only in the Secret's owner
+    /// reference, and without a Secret they record it nowhere.
+    fn recorded_uid(&self) -> Option<String> {
+        self.key.metadata.uid.clone().or_else(|| {
+            let name = self.key.metadata.name.as_ref()?;
+            self.secret
+                .as_ref()?
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .find(|o| o.kind == TenantSecurityKey::kind(&()) && &o.name == name)
+                .map(|o| o.uid.clone())
+        })
+    }
+
+    /// Replaces `from` with `to` in every string of the fixture and in the Secret's text
+    /// entries (which serialize as base64, out of reach of the string replacement).
+    fn replace(&mut self, from: &str, to: &str) -> Result<()> {
+        let mut value = serde_json::to_value(&*self)?;
+        replace_strings(&mut value, from, to);
+        *self = serde_json::from_value(value)?;
         if let Some(data) = self.secret.as_mut().and_then(|s| s.data.as_mut()) {
             for value in data.values_mut() {
                 if let Ok(text) = std::str::from_utf8(&value.0)
-                    && text.contains(&from)
+                    && text.contains(from)
                 {
-                    *value = ByteString(text.replace(&from, url).into_bytes());
+                    *value = ByteString(text.replace(from, to).into_bytes());
                 }
             }
         }
-        self.sandbox_url = url.to_owned();
+        Ok(())
     }
 
     /// Public keys of the sandbox keys the fixture's Secret holds.

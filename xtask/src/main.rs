@@ -1,10 +1,11 @@
 //! Developer commands: `cargo xtask demo`, `cargo xtask test`, `cargo xtask bench`,
-//! `cargo xtask chaos` and `cargo xtask controlplane ...`.
+//! `cargo xtask chaos`, `cargo xtask generate` and `cargo xtask controlplane ...`.
 
 mod bench;
 mod chaos;
 mod controlplane;
 mod demo;
+mod generate;
 mod test;
 mod workspace;
 
@@ -27,6 +28,9 @@ enum Command {
     /// Build, start, stop and inspect the local Kubernetes control plane.
     #[command(subcommand)]
     Controlplane(controlplane::Command),
+    /// Rewrite the generated files: the CRDs (also the chart's copy), the chart README's values
+    /// table and the Argo CD argocd-cm entries.
+    Generate,
     /// Run the whole test suite: formatting, lints, control plane binaries, `cargo test`, and
     /// the demo.
     Test,
@@ -49,6 +53,7 @@ enum Command {
 async fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Controlplane(command) => controlplane::run(command).await,
+        Command::Generate => generate::run(),
         Command::Test => test::run(),
         Command::Demo { exit_when_ready } => demo::run(exit_when_ready).await,
         Command::Bench(args) => bench::run(args).await,

@@ -52,6 +52,28 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{/*
+The image reference: by digest when one is given (the tag then only documents it).
+*/}}
 {{- define "tenant-key-operator.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- $reference := printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- with .Values.image.digest }}
+{{- $reference = printf "%s@%s" $reference . }}
+{{- end }}
+{{- $reference }}
+{{- end }}
+
+{{- define "tenant-key-operator.leaseName" -}}
+{{- default (include "tenant-key-operator.fullname" .) .Values.leaderElection.leaseName }}
+{{- end }}
+
+{{- define "tenant-key-operator.leaseNamespace" -}}
+{{- default .Release.Namespace .Values.leaderElection.namespace }}
+{{- end }}
+
+{{/*
+Namespace of an optional monitoring object: its own value, else the release namespace.
+*/}}
+{{- define "tenant-key-operator.monitoringNamespace" -}}
+{{- default .root.Release.Namespace .namespace }}
 {{- end }}

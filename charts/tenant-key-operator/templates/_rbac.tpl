@@ -28,6 +28,13 @@ ClusterRole, or per watched namespace by Roles when `watchNamespaces` is set.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+{{- if .Values.rolloutRestart.enabled }}
+# Rollout restarts: the pod template of the workloads a key lists in rolloutRestartTargets
+# gets the new key's fingerprint as an annotation, once per key change.
+- apiGroups: ["apps"]
+  resources: ["deployments", "statefulsets", "daemonsets"]
+  verbs: ["patch"]
+{{- end }}
 {{ include "tenant-key-operator.eventRules" . }}
 {{- end }}
 

@@ -84,6 +84,24 @@ pub fn ensure(component: Component, progress: &mut dyn Write) -> Result<()> {
         Component::Kubernetes => build_kubernetes(&go, &dir, &missing, progress),
         Component::Etcd => build_etcd(&go, &dir, progress),
         Component::Helm => build_helm(&go, &dir, progress),
+        Component::ArgoCdLua => build_go_tool(
+            &go,
+            component,
+            &[
+                format!("github.com/yuin/gopher-lua@v{}", versions::GOPHER_LUA),
+                format!("sigs.k8s.io/yaml@v{}", versions::SIGS_YAML),
+            ],
+            progress,
+        ),
+        Component::RulesCheck => build_go_tool(
+            &go,
+            component,
+            &[format!(
+                "github.com/prometheus/prometheus@v{}",
+                versions::PROMETHEUS
+            )],
+            progress,
+        ),
     }
     .with_context(|| {
         format!(
@@ -401,6 +419,37 @@ fn build_helm(go: &Go, dir: &Path, progress: &mut dyn Write) -> Result<()> {
         fs::rename(gobin.join("helm"), out)?;
         fs::remove_dir_all(&gobin)?;
         Ok(())
+    })
+}
+
+/// A test tool: its program from this repository in a module of its own that requires the
+/// pinned `modules`, built into `<dir>/<name>`.
+fn build_go_tool(
+    go: &Go,
+    component: Component,
+    modules: &[String],
+    progress: &mut dyn Write,
+) -> Result<()> {
+    let dir = component.dir();
+    let name = component.name();
+    let source = component
+        .go_source()
+        .ok_or_else(|| anyhow!("{name} has no Go program"))?;
+    let src = wrapper_module(&dir, |src| {
+        writeln!(progress, "  resolving the modules of {name}")?;
+        go.run(src, &["mod", "init", &format!("tko.local/{name}")])?;
+        fs::write(src.join("main.go"), source)?;
+        let mut get = vec!["get"];
+        get.extend(modules.iter().map(String::as_str));
+        go.run(src, &get)?;
+        go.run(src, &["mod", "tidy"])
+    })?;
+    writeln!(progress, "  compiling {name}")?;
+    build_binary(&dir, name, progress, |out| {
+        go.run(
+            &src,
+            &["build", "-trimpath", "-o", &out.to_string_lossy(), "."],
+        )
     })
 }
 

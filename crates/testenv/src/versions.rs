@@ -11,6 +11,13 @@ pub const KUBERNETES: &str = "1.36.3";
 pub const ETCD: &str = "3.6.16";
 /// Helm release used to install and validate the chart.
 pub const HELM: &str = "3.22.0";
+/// gopher-lua release, the Lua interpreter Argo CD runs resource customizations with.
+pub const GOPHER_LUA: &str = "1.1.1";
+/// sigs.k8s.io/yaml release the Argo CD Lua runner reads test files with, as Argo CD does.
+pub const SIGS_YAML: &str = "1.6.0";
+/// Version of the `github.com/prometheus/prometheus` Go module (Prometheus 3.16.0) whose rule
+/// parser validates the chart's PrometheusRule.
+pub const PROMETHEUS: &str = "0.316.0";
 
 /// Environment variable that overrides the cache root.
 pub const CACHE_DIR_ENV: &str = "TKO_CACHE_DIR";
@@ -22,9 +29,17 @@ pub enum Component {
     Kubernetes,
     Etcd,
     Helm,
+    /// `argocd-lua`: runs `argocd/resource_customizations/` with gopher-lua (source in
+    /// `go/argocd-lua/`).
+    ArgoCdLua,
+    /// `rules-check`: validates Prometheus rules with Prometheus' own parser (source in
+    /// `go/rules-check/`).
+    RulesCheck,
 }
 
 impl Component {
+    /// The control plane (with helm): what `cargo xtask controlplane build` builds and the test
+    /// suite builds up front. The test tools are built by the tests that use them.
     pub const ALL: [Component; 3] = [Component::Etcd, Component::Helm, Component::Kubernetes];
 
     pub fn name(self) -> &'static str {
@@ -32,6 +47,8 @@ impl Component {
             Component::Kubernetes => "kubernetes",
             Component::Etcd => "etcd",
             Component::Helm => "helm",
+            Component::ArgoCdLua => "argocd-lua",
+            Component::RulesCheck => "rules-check",
         }
     }
 
@@ -40,6 +57,17 @@ impl Component {
             Component::Kubernetes => KUBERNETES,
             Component::Etcd => ETCD,
             Component::Helm => HELM,
+            Component::ArgoCdLua => GOPHER_LUA,
+            Component::RulesCheck => PROMETHEUS,
+        }
+    }
+
+    /// The Go program of a test tool, kept in this repository.
+    pub fn go_source(self) -> Option<&'static str> {
+        match self {
+            Component::ArgoCdLua => Some(include_str!("../go/argocd-lua/main.go")),
+            Component::RulesCheck => Some(include_str!("../go/rules-check/main.go")),
+            Component::Kubernetes | Component::Etcd | Component::Helm => None,
         }
     }
 
@@ -49,12 +77,19 @@ impl Component {
             Component::Kubernetes => &["kube-apiserver", "kube-controller-manager"],
             Component::Etcd => &["etcd"],
             Component::Helm => &["helm"],
+            Component::ArgoCdLua => &["argocd-lua"],
+            Component::RulesCheck => &["rules-check"],
         }
     }
 
-    /// `<cache root>/<component>/<version>`.
+    /// `<cache root>/<component>/<version>`; for a test tool, the version is followed by a hash
+    /// of its program, so that an edited program is built anew rather than found cached.
     pub fn dir(self) -> PathBuf {
-        cache_root().join(self.name()).join(self.version())
+        let version = match self.go_source() {
+            Some(source) => format!("{}-{:016x}", self.version(), fnv1a(source.as_bytes())),
+            None => self.version().to_owned(),
+        };
+        cache_root().join(self.name()).join(version)
     }
 
     pub fn binary_path(self, binary: &str) -> PathBuf {
@@ -90,6 +125,13 @@ pub fn cache_root() -> PathBuf {
 /// One line naming every pinned version, for progress output.
 pub fn summary() -> String {
     format!("Kubernetes v{KUBERNETES}, etcd v{ETCD}, Helm v{HELM}")
+}
+
+/// FNV-1a: stable across Rust releases and platforms, unlike `std`'s hashers.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn non_empty_env(name: &str) -> Option<String> {

@@ -1,0 +1,1 @@
+../TenantSecurityKey/health.lua
