@@ -150,9 +150,10 @@ fn init_tracing(filter: &str, format: LogFormat) -> Result<(), BoxError> {
 }
 
 /// glibc gives each thread that allocates under contention an arena of its own (up to eight per
-/// core) and rarely returns their free pages: the cache's objects, decoded on whichever worker
-/// ran the watch, then pin memory in many half-empty arenas. Two arenas keep the resident size
-/// close to what is live. Done before any thread starts; `MALLOC_ARENA_MAX` still overrides it.
+/// core) and rarely returns their free pages. The runtime has a worker per core, so on a large
+/// node the cache's objects, decoded on whichever worker ran the watch, would pin memory in
+/// many half-empty arenas; two arenas bound that whatever the node. Done before any thread
+/// starts; `MALLOC_ARENA_MAX` still overrides it.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn limit_malloc_arenas() {
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
