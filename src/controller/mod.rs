@@ -407,10 +407,18 @@ pub async fn run(
     let _ = ctx.key_stores.set(key_stores.clone());
     let ready = ctx.ready.clone();
     tokio::spawn(async move {
-        let synced = future::join_all(key_stores.iter().map(Store::wait_until_ready)).await;
-        if synced.iter().all(Result::is_ok) {
-            ready.store(true, Ordering::Relaxed);
+        for store in &key_stores {
+            // A store wakes only the last of the tasks waiting for it, and its controller waits
+            // too: a wait that was not woken is asked again, and answers at once once synced.
+            loop {
+                match tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready()).await {
+                    Ok(Ok(())) => break,
+                    Ok(Err(_)) => return,
+                    Err(_) => continue,
+                }
+            }
         }
+        ready.store(true, Ordering::Relaxed);
     });
     let namespaced_accounts = scopes.iter().map(|scope| {
         run_accounts::<ImburseAccount>(

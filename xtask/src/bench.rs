@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use futures::{StreamExt, TryStreamExt, future, stream};
 use imburse::Operation;
 use imburse_sandbox::{Config, Faults, Options, Sandbox};
@@ -175,6 +175,10 @@ pub async fn run(args: Args) -> Result<()> {
     let sampled_after_restart = sample_peak_rss(pid);
     wait_reconciled(&listen, args.keys).await?;
     let restart_listed = restarted.elapsed();
+    ensure!(
+        answers_ready(&listen).await,
+        "/readyz does not answer 200 though every key was reconciled"
+    );
     let after_list = Memory::of(pid)?;
     tokio::time::sleep(Duration::from_secs(args.rest_seconds)).await;
     let after_restart = Memory::of(pid)?;
@@ -414,6 +418,20 @@ async fn wait_reconciled(listen: &str, keys: usize) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!("the operator did not reconcile every key after its restart")
+}
+
+/// Whether `/readyz` answers 200 within 10 seconds.
+async fn answers_ready(listen: &str) -> bool {
+    for _ in 0..100 {
+        let ready = reqwest::get(format!("http://{listen}/readyz"))
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ready {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
 }
 
 /// `tenant_key_operator_reconciles_total` of TenantSecurityKeys, all results.
