@@ -167,6 +167,80 @@ mod tests {
         assert!(!made_for("x #tko:uid-1:", "uid-1"));
     }
 
+    fn any_intent() -> impl proptest::strategy::Strategy<Value = Intent> {
+        use proptest::prelude::*;
+        (
+            "[0-9a-f]{16}",
+            (".{0,30}", ".{0,20}"),
+            ".{0,40}",
+            proptest::collection::btree_set(".{0,16}", 0..4),
+            (
+                prop_oneof![
+                    Just(AccountKind::ImburseAccount),
+                    Just(AccountKind::ClusterImburseAccount)
+                ],
+                ".{0,20}",
+            ),
+            (
+                ".{0,40}",
+                prop_oneof![Just(ApiGeneration::Seed), Just(ApiGeneration::Current)],
+                proptest::option::of(".{0,20}"),
+            ),
+            proptest::option::of(".{0,30}"),
+        )
+            .prop_map(
+                |(
+                    attempt,
+                    (human, uid),
+                    tenant_id,
+                    roles,
+                    (kind, name),
+                    (base_url, api_generation, account_id),
+                    rotate_request,
+                )| Intent {
+                    name: key_name(&human, &uid, &attempt),
+                    attempt,
+                    tenant_id,
+                    roles: roles.into_iter().collect(),
+                    account_ref: AccountRef { kind, name },
+                    endpoint: Endpoint {
+                        base_url,
+                        api_generation,
+                        account_id,
+                    },
+                    rotate_request,
+                },
+            )
+    }
+
+    proptest::proptest! {
+        // The annotation can be edited by anyone who can edit the resource: any value is read
+        // or ignored, never a panic.
+        #[test]
+        fn parse_never_panics(value in ".{0,80}") {
+            let _ = Recorded::parse(&value);
+        }
+
+        #[test]
+        fn parse_never_panics_on_near_json(value in r#"\{[a-zA-Z"{}:,\[\] ]{0,60}"#) {
+            let _ = Recorded::parse(&value);
+        }
+
+        #[test]
+        fn intents_round_trip_through_the_annotation(intent in any_intent()) {
+            let parsed = Recorded::parse(&intent.to_annotation());
+            proptest::prop_assert_eq!(parsed, Some(Recorded::Current(intent)));
+        }
+
+        // The marker in a key's name is found again whatever the human name holds.
+        #[test]
+        fn key_names_keep_their_marker(human in ".{0,30}", uid in "[a-f0-9-]{1,36}", attempt in "[0-9a-f]{16}") {
+            let name = key_name(&human, &uid, &attempt);
+            proptest::prop_assert!(made_for(&name, &uid));
+            proptest::prop_assert_eq!(human_name(&name), human.as_str());
+        }
+    }
+
     #[test]
     fn attempts_are_distinct() {
         assert_ne!(new_attempt(), new_attempt());

@@ -30,11 +30,11 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     core::PartialObjectMeta,
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::{Action, Config as ControllerConfig},
         events::{Recorder, Reporter},
-        reflector::{ObjectRef, Store},
-        watcher,
+        reflector::{self, ObjectRef, Store},
+        watcher::{self, watcher},
     },
 };
 
@@ -340,6 +340,21 @@ where
     result
 }
 
+/// Drops what no reconcile reads from a TenantSecurityKey before it enters the cache, which
+/// holds every key for the operator's lifetime: `managedFields` (a field tree per writer, often
+/// larger than the rest of the object) and the copy of the object `kubectl apply` keeps in an
+/// annotation. Every write the operator makes names its own fields (server-side apply, patches),
+/// so nothing is lost by not holding them.
+fn slim_for_cache(key: &mut TenantSecurityKey) {
+    key.metadata.managed_fields = None;
+    if let Some(annotations) = key.metadata.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED_ANNOTATION);
+    }
+}
+
+/// Where `kubectl apply` (client-side) keeps the whole object it last applied.
+const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// The TenantSecurityKeys in the cache that `select` picks, as controller triggers.
 fn keys_where(
     store: &Store<TenantSecurityKey>,
@@ -401,10 +416,18 @@ pub async fn run(
     let _ = ctx.key_stores.set(key_stores.clone());
     let ready = ctx.ready.clone();
     tokio::spawn(async move {
-        let synced = future::join_all(key_stores.iter().map(Store::wait_until_ready)).await;
-        if synced.iter().all(Result::is_ok) {
-            ready.store(true, Ordering::Relaxed);
+        for store in &key_stores {
+            // A store wakes only the last of the tasks waiting for it, and its controller waits
+            // too: a wait that was not woken is asked again, and answers at once once synced.
+            loop {
+                match tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready()).await {
+                    Ok(Ok(())) => break,
+                    Ok(Err(_)) => return,
+                    Err(_) => continue,
+                }
+            }
         }
+        ready.store(true, Ordering::Relaxed);
     });
     let namespaced_accounts = scopes.iter().map(|scope| {
         run_accounts::<ImburseAccount>(
@@ -433,11 +456,15 @@ fn run_keys(
     let client = ctx.client.clone();
     let watch = watcher::Config::default();
 
-    let keys = Controller::new(
+    let (key_store, writer) = reflector::store();
+    let key_events = watcher(
         scoped::<TenantSecurityKey>(&client, namespace),
         watch.clone(),
-    );
-    let key_store = keys.store();
+    )
+    .modify(slim_for_cache)
+    .reflect(writer)
+    .applied_objects();
+    let keys = Controller::for_stream(key_events, key_store.clone());
     let (verified, gone_keys) = futures::channel::mpsc::unbounded();
     let verifier = verify::run(ctx.clone(), key_store.clone(), verified);
     let (ns_store, cluster_store, namespace_store) =

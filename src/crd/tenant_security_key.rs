@@ -380,7 +380,46 @@ pub struct TenantSecurityKeyStatus {
 mod tests {
     use std::time::Duration;
 
-    use super::parse_duration;
+    use proptest::prelude::*;
+
+    use super::{DURATION_PATTERN, parse_duration};
+
+    /// `d` as Go's `time.Duration.String` writes it, e.g. `1h2m3.5s`, `250ms`, `0s`.
+    fn go_duration(d: Duration) -> String {
+        let nanos = d.as_nanos();
+        if nanos == 0 {
+            return "0s".into();
+        }
+        let fraction = |value: u128, digits: usize| {
+            let text = format!("{value:0digits$}");
+            let text = text.trim_end_matches('0');
+            if text.is_empty() {
+                String::new()
+            } else {
+                format!(".{text}")
+            }
+        };
+        if nanos < 1_000 {
+            return format!("{nanos}ns");
+        }
+        if nanos < 1_000_000 {
+            return format!("{}{}µs", nanos / 1_000, fraction(nanos % 1_000, 3));
+        }
+        if nanos < 1_000_000_000 {
+            return format!("{}{}ms", nanos / 1_000_000, fraction(nanos % 1_000_000, 6));
+        }
+        let seconds = d.as_secs();
+        let mut text = String::new();
+        if seconds >= 3600 {
+            text.push_str(&format!("{}h", seconds / 3600));
+        }
+        if seconds >= 60 {
+            text.push_str(&format!("{}m", seconds / 60 % 60));
+        }
+        let subsec = fraction(u128::from(d.subsec_nanos()), 9);
+        text.push_str(&format!("{}{subsec}s", seconds % 60));
+        text
+    }
 
     #[test]
     fn durations_read_like_kubernetes_fields() {
@@ -394,6 +433,49 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
         for bad in ["", "5", "m", "5d", "-5m", "5 m", "1h-2m"] {
             assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn go_duration_writes_like_go() {
+        assert_eq!(go_duration(Duration::from_secs(5400)), "1h30m0s");
+        assert_eq!(go_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(go_duration(Duration::from_micros(250)), "250µs");
+        assert_eq!(go_duration(Duration::from_nanos(1_250_000)), "1.25ms");
+    }
+
+    proptest! {
+        // An older CRD may hold any string here: it is read or refused, never a panic.
+        #[test]
+        fn parse_never_panics(value in ".{0,40}") {
+            let _ = parse_duration(&value);
+        }
+
+        #[test]
+        fn parse_never_panics_on_near_misses(value in "[0-9.hmsuµn -]{0,24}") {
+            let _ = parse_duration(&value);
+        }
+
+        // Every value the schema admits is a duration, unless it is too large for one.
+        #[test]
+        fn what_the_schema_admits_parses(
+            value in proptest::string::string_regex(
+                DURATION_PATTERN.trim_start_matches('^').trim_end_matches('$'),
+            )
+            .unwrap(),
+        ) {
+            let huge = value.bytes().filter(u8::is_ascii_digit).count() > 15;
+            prop_assert!(huge || parse_duration(&value).is_some(), "{value:?}");
+        }
+
+        // What Go (and kubectl, Argo CD, Flux) write parses back to the same duration; the
+        // arithmetic is in floating point, so within a microsecond over ten thousand hours.
+        #[test]
+        fn go_durations_parse_back(nanos in 0u64..36_000_000_000_000_000) {
+            let duration = Duration::from_nanos(nanos);
+            let text = go_duration(duration);
+            let parsed = parse_duration(&text).unwrap();
+            prop_assert!(parsed.abs_diff(duration) < Duration::from_micros(1), "{text} read as {parsed:?}");
         }
     }
 }

@@ -3,16 +3,22 @@
 //! Runs the release binary against a real control plane and the sandbox with injected latency,
 //! creates `--keys` TenantSecurityKeys at once, and writes the figures to a JSON file: time to
 //! all Ready against the floor `keys × latency / concurrency`, Imburse calls and Kubernetes writes
-//! per key, calls and writes while at rest, and the operator's resident memory.
+//! per key, calls and writes while at rest, and the operator's resident memory: its peak while
+//! the keys are created, at rest, and after a restart that lists every key at once, with
+//! `--unrelated-secrets` Secrets in the namespace that the operator must not hold on to.
 
 use std::{
     collections::BTreeMap,
     path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
-use futures::{StreamExt, TryStreamExt, stream};
+use anyhow::{Context, Result, bail, ensure};
+use futures::{StreamExt, TryStreamExt, future, stream};
 use imburse::Operation;
 use imburse_sandbox::{Config, Faults, Options, Sandbox};
 use k8s_openapi::{
@@ -29,7 +35,7 @@ use testenv::{ControlPlane, Operator};
 
 use crate::workspace::{self, step};
 
-const NAMESPACE: &str = "bench";
+pub(crate) const NAMESPACE: &str = "bench";
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -52,18 +58,39 @@ pub struct Args {
     /// How long to watch the operator at rest after all keys are Ready, in seconds.
     #[arg(long, default_value_t = 20)]
     rest_seconds: u64,
+    /// Secrets with 1 KiB of data each, not the operator's, created before the operator
+    /// starts: they share the namespace with the keys, as in a busy cluster.
+    #[arg(long, default_value_t = 0)]
+    unrelated_secrets: usize,
+    /// An operator binary to measure instead of a fresh release build, e.g. to compare two
+    /// versions.
+    #[arg(long)]
+    operator: Option<PathBuf>,
     /// Where to write the figures (default: <target>/bench/results.json).
     #[arg(long)]
     out: Option<PathBuf>,
 }
 
 pub async fn run(args: Args) -> Result<()> {
-    step("building the operator (release)");
-    let binary = workspace::build_operator("release")?;
+    let binary = match &args.operator {
+        Some(binary) => binary.clone(),
+        None => {
+            step("building the operator (release)");
+            workspace::build_operator("release")?
+        }
+    };
     step("starting the control plane and the sandbox");
     let plane = ControlPlane::start().await?;
     let client = plane.client().await?;
     testenv::install_crds(&client, &workspace::root().join("crds")).await?;
+    create_namespace(&client).await?;
+    if args.unrelated_secrets > 0 {
+        step(&format!(
+            "creating {} unrelated Secrets",
+            args.unrelated_secrets
+        ));
+        create_unrelated_secrets(&client, args.unrelated_secrets).await?;
+    }
     let config = Config::generate(1, args.tenants.max(1));
     let faults = Faults {
         latency_ms: args.latency_ms,
@@ -81,7 +108,7 @@ pub async fn run(args: Args) -> Result<()> {
     let listen = format!("127.0.0.1:{metrics_port}");
     let concurrency = args.concurrency.to_string();
     let verify_interval = format!("{}s", args.verify_seconds);
-    let operator = Operator::start(
+    let mut operator = Operator::start(
         "operator",
         &binary,
         plane.kubeconfig_path(),
@@ -95,11 +122,17 @@ pub async fn run(args: Args) -> Result<()> {
             "0",
             "--verify-interval",
             &verify_interval,
+            // Where the leader election Lease goes: a namespace every cluster has.
+            "--namespace",
+            "default",
             "--log-filter",
             "warn",
         ],
     )?;
     setup_account(&client, &config, &sandbox).await?;
+    let pid = operator.pid().context("the operator is not running")?;
+    let sampled = sample_peak_rss(pid);
+    let startup = Memory::of(pid)?;
 
     step(&format!("creating {} TenantSecurityKeys", args.keys));
     let admin = sandbox.admin();
@@ -119,6 +152,7 @@ pub async fn run(args: Args) -> Result<()> {
         .await?;
     wait_all_ready(&keys, args.keys).await?;
     let to_ready = started.elapsed();
+    let creating = Memory::of(pid)?;
     let stats = admin.stats().await?;
     let writes = writes_since(&writes_before, kube_writes(&listen).await?);
 
@@ -133,7 +167,24 @@ pub async fn run(args: Args) -> Result<()> {
     let writes_at_rest: u64 = writes_since(&writes_at_rest_before, kube_writes(&listen).await?)
         .values()
         .sum();
-    let rss_kib = operator.pid().map(rss_kib).transpose()?.unwrap_or(0);
+    let at_rest = Memory::of(pid)?;
+    let sampled_peak = sampled.peak_mib();
+
+    step("restarting the operator: it lists every key and owned Secret, and reconciles each");
+    operator.kill();
+    let restarted = Instant::now();
+    operator.restart()?;
+    let pid = operator.pid().context("the operator did not restart")?;
+    let sampled_after_restart = sample_peak_rss(pid);
+    wait_reconciled(&listen, args.keys).await?;
+    let restart_listed = restarted.elapsed();
+    ensure!(
+        answers_ready(&listen).await,
+        "/readyz does not answer 200 though every key was reconciled"
+    );
+    let after_list = Memory::of(pid)?;
+    tokio::time::sleep(Duration::from_secs(args.rest_seconds)).await;
+    let after_restart = Memory::of(pid)?;
 
     let n = args.keys as f64;
     let floor = n * args.latency_ms as f64 / f64::from(args.concurrency) / 1000.0;
@@ -162,7 +213,19 @@ pub async fn run(args: Args) -> Result<()> {
             / tenants.len() as f64
             / (args.rest_seconds as f64 / args.verify_seconds.max(1) as f64),
         "kubeWritesAtRest": writes_at_rest,
-        "operatorRssMiB": rss_kib as f64 / 1024.0,
+        "unrelatedSecrets": args.unrelated_secrets,
+        "operatorRssMiB": at_rest.rss_mib(),
+        "memoryMiB": {
+            "peakAtStartup": startup.peak_mib(),
+            "peakWhileCreating": creating.peak_mib(),
+            "atRest": at_rest.rss_mib(),
+            "peakAfterRestartList": after_list.peak_mib(),
+            "peakAfterRestart": after_restart.peak_mib(),
+            "atRestAfterRestart": after_restart.rss_mib(),
+            "sampledPeak": sampled_peak,
+            "sampledPeakAfterRestart": sampled_after_restart.peak_mib(),
+        },
+        "secondsToListAfterRestart": restart_listed.as_secs_f64(),
         "sandboxCalls": stats.calls,
     });
     let out = args
@@ -178,7 +241,7 @@ pub async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-async fn setup_account(client: &Client, config: &Config, sandbox: &Sandbox) -> Result<()> {
+pub(crate) async fn create_namespace(client: &Client) -> Result<()> {
     let namespace = Namespace {
         metadata: ObjectMeta {
             name: Some(NAMESPACE.into()),
@@ -189,6 +252,40 @@ async fn setup_account(client: &Client, config: &Config, sandbox: &Sandbox) -> R
     Api::<Namespace>::all(client.clone())
         .create(&PostParams::default(), &namespace)
         .await?;
+    Ok(())
+}
+
+/// Secrets like an application's: a label of their own and 1 KiB of data.
+async fn create_unrelated_secrets(client: &Client, count: usize) -> Result<()> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
+    stream::iter(0..count)
+        .map(|i| {
+            let secret = Secret {
+                metadata: ObjectMeta {
+                    name: Some(format!("unrelated-{i:05}")),
+                    labels: Some(BTreeMap::from([("app".to_owned(), "unrelated".to_owned())])),
+                    ..Default::default()
+                },
+                data: Some(BTreeMap::from([(
+                    "payload".to_owned(),
+                    ByteString(vec![b'x'; 1024]),
+                )])),
+                ..Default::default()
+            };
+            let secrets = secrets.clone();
+            async move { secrets.create(&PostParams::default(), &secret).await }
+        })
+        .buffer_unordered(16)
+        .try_for_each(|_| future::ready(Ok(())))
+        .await?;
+    Ok(())
+}
+
+pub(crate) async fn setup_account(
+    client: &Client,
+    config: &Config,
+    sandbox: &Sandbox,
+) -> Result<()> {
     let account = &config.accounts[0];
     let secret = Secret {
         metadata: ObjectMeta {
@@ -236,7 +333,11 @@ async fn setup_account(client: &Client, config: &Config, sandbox: &Sandbox) -> R
     bail!("the account did not become Ready")
 }
 
-async fn create_key(keys: &Api<TenantSecurityKey>, i: usize, tenant: &str) -> Result<()> {
+pub(crate) async fn create_key(
+    keys: &Api<TenantSecurityKey>,
+    i: usize,
+    tenant: &str,
+) -> Result<()> {
     let key: TenantSecurityKey = serde_json::from_value(json!({
         "apiVersion": "imbursepayments.com/v1alpha1",
         "kind": "TenantSecurityKey",
@@ -251,7 +352,7 @@ async fn create_key(keys: &Api<TenantSecurityKey>, i: usize, tenant: &str) -> Re
     Ok(())
 }
 
-async fn wait_all_ready(keys: &Api<TenantSecurityKey>, expected: usize) -> Result<()> {
+pub(crate) async fn wait_all_ready(keys: &Api<TenantSecurityKey>, expected: usize) -> Result<()> {
     // Generous: the point is to measure, and a stuck run still ends.
     let deadline = Instant::now() + Duration::from_secs(600 + expected as u64);
     loop {
@@ -308,11 +409,101 @@ fn writes_since(
         .collect()
 }
 
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
+/// Waits until a freshly started operator has listed the keys and reconciled each once.
+async fn wait_reconciled(listen: &str, keys: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600 + keys as u64 / 10);
+    while Instant::now() < deadline {
+        if let Ok(reconciles) = key_reconciles(listen).await
+            && reconciles >= keys as u64
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the operator did not reconcile every key after its restart")
+}
+
+/// Whether `/readyz` answers 200 within 10 seconds.
+async fn answers_ready(listen: &str) -> bool {
+    for _ in 0..100 {
+        let ready = reqwest::get(format!("http://{listen}/readyz"))
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ready {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// `tenant_key_operator_reconciles_total` of TenantSecurityKeys, all results.
+async fn key_reconciles(listen: &str) -> Result<u64> {
+    let body = reqwest::get(format!("http://{listen}/metrics"))
+        .await?
+        .text()
+        .await?;
+    Ok(body
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("no VmRSS in /proc status")
+        .filter_map(|l| l.strip_prefix("tenant_key_operator_reconciles_total{"))
+        .filter(|l| l.contains(r#"kind="TenantSecurityKey""#))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .map(|n| n as u64)
+        .sum())
+}
+
+/// The largest resident size of `pid` seen so far, sampled every 50 ms until it exits. The
+/// kernel's own peak (VmHWM) is only brought up to date at some events, so it can miss a peak
+/// that was given back; neither figure is exact, together they bound it from below.
+fn sample_peak_rss(pid: u32) -> SampledPeak {
+    let peak_kib = Arc::new(AtomicU64::new(0));
+    let peak = peak_kib.clone();
+    tokio::spawn(async move {
+        while let Ok(memory) = Memory::of(pid) {
+            peak.fetch_max(memory.rss_kib, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    SampledPeak { peak_kib }
+}
+
+struct SampledPeak {
+    peak_kib: Arc<AtomicU64>,
+}
+
+impl SampledPeak {
+    fn peak_mib(&self) -> f64 {
+        self.peak_kib.load(Ordering::Relaxed) as f64 / 1024.0
+    }
+}
+
+/// A process's resident memory now and at its peak so far, from `/proc/<pid>/status`.
+struct Memory {
+    rss_kib: u64,
+    peak_kib: u64,
+}
+
+impl Memory {
+    fn of(pid: u32) -> Result<Self> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .with_context(|| format!("no {name} in /proc/{pid}/status"))
+        };
+        Ok(Self {
+            rss_kib: field("VmRSS:")?,
+            peak_kib: field("VmHWM:")?,
+        })
+    }
+
+    fn rss_mib(&self) -> f64 {
+        self.rss_kib as f64 / 1024.0
+    }
+
+    fn peak_mib(&self) -> f64 {
+        self.peak_kib as f64 / 1024.0
+    }
 }

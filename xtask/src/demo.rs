@@ -46,6 +46,12 @@ pub async fn run(exit_when_ready: bool) -> Result<()> {
     let sandbox = Sandbox::start(config.clone()).await?;
 
     step("starting the operator");
+    // Its namespace first: the operator holds its leader election Lease there.
+    kubectl(
+        &kubeconfig,
+        &["create", "namespace", OPERATOR_NAMESPACE],
+        None,
+    )?;
     let metrics = workspace::free_port()?;
     let listen = format!("127.0.0.1:{metrics}");
     let operator = Operator::start(
@@ -62,11 +68,6 @@ pub async fn run(exit_when_ready: bool) -> Result<()> {
     )?;
 
     step("applying examples/");
-    kubectl(
-        &kubeconfig,
-        &["create", "namespace", OPERATOR_NAMESPACE],
-        None,
-    )?;
     kubectl(&kubeconfig, &["create", "namespace", DEMO_NAMESPACE], None)?;
     kubectl(
         &kubeconfig,

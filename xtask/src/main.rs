@@ -1,7 +1,9 @@
 //! Developer commands: `cargo xtask demo`, `cargo xtask test`, `cargo xtask bench`,
-//! `cargo xtask generate`, `cargo xtask image` and `cargo xtask controlplane ...`.
+//! `cargo xtask chaos`, `cargo xtask generate`, `cargo xtask image` and
+//! `cargo xtask controlplane ...`.
 
 mod bench;
+mod chaos;
 mod controlplane;
 mod demo;
 mod generate;
@@ -41,6 +43,9 @@ enum Command {
     /// and check it: user 65532, entrypoint, its files, and the binary running from it on a
     /// read-only root file system.
     Image,
+    /// Create many keys at once while the operator is killed again and again and Imburse
+    /// fails, then check that every key ends Ready with exactly one working key.
+    Chaos(chaos::Args),
     /// Run the local demo: control plane, Imburse sandbox, operator and the examples, until
     /// Ctrl-C.
     Demo {
@@ -59,6 +64,7 @@ async fn main() -> ExitCode {
         Command::Demo { exit_when_ready } => demo::run(exit_when_ready).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Image => image::run(),
+        Command::Chaos(args) => chaos::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

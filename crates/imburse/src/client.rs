@@ -623,6 +623,20 @@ fn is_usable(created: &CreatedKey) -> bool {
             .is_some_and(|key| key.expose_secret().len() == signing::PRIVATE_KEY_BYTES)
 }
 
+/// The key a create response holds, if it is one that can authenticate.
+fn created_key(body: &[u8]) -> Option<CreatedKey> {
+    serde_json::from_slice::<CreatedKey>(body)
+        .ok()
+        .filter(is_usable)
+}
+
+/// The keys a list response holds, wrapped or bare.
+fn key_list(body: &[u8]) -> Result<Vec<TenantKey>, Error> {
+    serde_json::from_slice::<KeyList>(body)
+        .map(KeyList::into_keys)
+        .map_err(|_| Error::InvalidResponse("key list is not {tenantKeys: [...]}"))
+}
+
 /// A header value that hyper and reqwest will not print in their own debug output.
 fn sensitive(value: SecretString) -> Result<HeaderValue, Error> {
     let mut header = HeaderValue::from_str(value.expose_secret())
@@ -672,12 +686,9 @@ impl AccountClient {
         // be the documented one, its private key is lost to us: storing a key that cannot
         // authenticate would report success for a broken key, and failing for good would
         // leave the created key alive forever. Only listing (and revoking) reconciles.
-        serde_json::from_slice::<CreatedKey>(&reply.body)
-            .ok()
-            .filter(is_usable)
-            .ok_or(Error::CreateOutcomeUnknown {
-                correlation_id: reply.correlation_id,
-            })
+        created_key(&reply.body).ok_or(Error::CreateOutcomeUnknown {
+            correlation_id: reply.correlation_id,
+        })
     }
 
     /// Lists the tenant's keys (without private keys).
@@ -686,9 +697,7 @@ impl AccountClient {
         let reply = self
             .call(Operation::ListKeys, Method::GET, &path, Vec::new())
             .await?;
-        serde_json::from_slice::<KeyList>(&reply.body)
-            .map(KeyList::into_keys)
-            .map_err(|_| Error::InvalidResponse("key list is not {tenantKeys: [...]}"))
+        key_list(&reply.body)
     }
 
     /// Reads one key; [`Error::NotFound`] if the tenant has no such key.
@@ -862,6 +871,103 @@ mod tests {
                     "{operation} with body {body:?}"
                 );
             }
+        }
+    }
+
+    /// A key as the API lists it, with the optional fields present or not.
+    fn listed_key() -> impl proptest::strategy::Strategy<Value = TenantKey> {
+        use proptest::prelude::*;
+        (
+            proptest::option::of(".{0,20}"),
+            ".{0,40}",
+            proptest::option::of(".{0,20}"),
+            proptest::collection::vec(".{0,12}", 0..3),
+        )
+            .prop_map(|(identity, public_key, name, roles)| TenantKey {
+                identity,
+                public_key,
+                name,
+                roles,
+            })
+    }
+
+    fn listed_json(key: &TenantKey) -> serde_json::Value {
+        let mut json = serde_json::json!({"publicKey": key.public_key, "roles": key.roles});
+        if let Some(identity) = &key.identity {
+            json["identity"] = identity.as_str().into();
+        }
+        if let Some(name) = &key.name {
+            json["name"] = name.as_str().into();
+        }
+        json
+    }
+
+    proptest::proptest! {
+        // Response bodies are untrusted: any bytes are read or refused, never a panic.
+        #[test]
+        fn responses_never_panic(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            status in 400u16..600,
+        ) {
+            let _ = created_key(&body);
+            let _ = key_list(&body);
+            let _ = status_error(
+                Operation::DeleteKey,
+                StatusCode::from_u16(status).unwrap(),
+                None,
+                &body,
+                "sent",
+            );
+        }
+
+        // Near misses of the documented shapes exercise the decoder beyond its first byte.
+        #[test]
+        fn near_miss_responses_never_panic(
+            keys in proptest::collection::vec(".{0,12}", 0..5),
+            values in proptest::collection::vec(".{0,12}", 0..5),
+        ) {
+            let fields: serde_json::Map<String, serde_json::Value> =
+                keys.into_iter().zip(values.into_iter().map(serde_json::Value::from)).collect();
+            let object = serde_json::Value::Object(fields);
+            for body in [
+                object.clone(),
+                serde_json::json!({"tenantKeys": [object.clone()]}),
+                serde_json::json!([object.clone()]),
+                serde_json::json!({"errors": [object]}),
+            ] {
+                let body = body.to_string();
+                let _ = created_key(body.as_bytes());
+                let _ = key_list(body.as_bytes());
+                let _ = error_for(Operation::GetKey, 404, &body);
+            }
+        }
+
+        #[test]
+        fn key_lists_round_trip_wrapped_and_bare(keys in proptest::collection::vec(listed_key(), 0..5)) {
+            let listed: Vec<_> = keys.iter().map(listed_json).collect();
+            for body in [serde_json::json!({"tenantKeys": listed}), serde_json::json!(listed)] {
+                proptest::prop_assert_eq!(&key_list(body.to_string().as_bytes()).unwrap(), &keys);
+            }
+        }
+
+        // A created key with a documented key pair is read back as sent, extra fields ignored.
+        #[test]
+        fn created_keys_round_trip(
+            key in listed_key(),
+            public_key in "[a-f0-9-]{1,36}",
+            private in proptest::array::uniform32(proptest::prelude::any::<u8>()),
+        ) {
+            use base64::Engine as _;
+            let private_key = base64::engine::general_purpose::STANDARD.encode(private);
+            let mut body = listed_json(&TenantKey { public_key: public_key.clone(), ..key.clone() });
+            body["privateKey"] = private_key.as_str().into();
+            body["tenantId"] = "t".into();
+            let created = created_key(body.to_string().as_bytes()).unwrap();
+            proptest::prop_assert_eq!(created.public_key, public_key);
+            proptest::prop_assert_eq!(created.private_key.expose_secret(), private_key.as_str());
+            proptest::prop_assert_eq!(created.identity, key.identity);
+            proptest::prop_assert_eq!(created.name, key.name);
+            proptest::prop_assert_eq!(created.roles, key.roles);
         }
     }
 

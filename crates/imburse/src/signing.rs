@@ -365,6 +365,44 @@ mod tests {
     }
 
     proptest::proptest! {
+        // The header comes from whoever calls the sandbox: any text is refused or read, never
+        // a panic.
+        #[test]
+        fn parse_never_panics_on_arbitrary_headers(header in ".{0,200}") {
+            let _ = HmacAuthorization::parse(&header);
+        }
+
+        #[test]
+        fn parse_never_panics_on_near_miss_headers(
+            scheme in "(?i:hmac)|Bearer|",
+            fields in proptest::collection::vec("[A-Za-z0-9+/=. :-]{0,24}", 0..6),
+        ) {
+            let _ = HmacAuthorization::parse(&format!("{scheme} {}", fields.join(":")));
+        }
+
+        // Whatever the timestamp text, a parsed header reports the time it states.
+        #[test]
+        fn parsed_headers_give_back_their_fields(
+            public in "[A-Za-z0-9-]{1,40}",
+            nonce in "[A-Za-z0-9.]{1,40}",
+            seconds in 0u64..=u64::from(u32::MAX),
+            millis in proptest::option::of(0u32..1000),
+        ) {
+            let timestamp = match millis {
+                Some(ms) => format!("{seconds}.{ms:03}"),
+                None => seconds.to_string(),
+            };
+            let key = KeyPair::new(public.clone(), PRIVATE);
+            let header = sign(&key, &nonce, &timestamp, BODY.as_bytes()).unwrap();
+            let parsed = HmacAuthorization::parse(header.expose_secret()).unwrap();
+            proptest::prop_assert_eq!(parsed.public_key(), public.as_str());
+            proptest::prop_assert_eq!(parsed.nonce(), nonce.as_str());
+            let stated = Duration::from_secs(seconds)
+                + Duration::from_millis(u64::from(millis.unwrap_or(0)));
+            proptest::prop_assert_eq!(parsed.timestamp(), UNIX_EPOCH + stated);
+            proptest::prop_assert!(parsed.verify(&key.private_key, BODY.as_bytes()).is_ok());
+        }
+
         #[test]
         fn sign_then_verify_round_trips(
             body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),

@@ -186,6 +186,53 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        // The token endpoint's answer is untrusted: any body is a token or an error, never a
+        // panic, whatever `expires` holds.
+        #[test]
+        fn token_response_never_panics(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = parse_token_response(&body);
+        }
+
+        #[test]
+        fn any_json_expiry_is_read_or_refused(expires in json_value()) {
+            let body = serde_json::json!({"accessToken": "t", "expires": expires});
+            let _ = parse_token_response(body.to_string().as_bytes());
+        }
+
+        // Milliseconds since the epoch read back exactly, as a number or as a string.
+        #[test]
+        fn expiry_in_millis_round_trips(millis in 1_000_000_000_000u64..=4_102_444_800_000) {
+            let at = Some(UNIX_EPOCH + Duration::from_millis(millis));
+            for expires in [serde_json::json!(millis), serde_json::json!(millis.to_string())] {
+                let body = serde_json::json!({"accessToken": "t", "expires": expires});
+                let token = parse_token_response(body.to_string().as_bytes()).unwrap();
+                proptest::prop_assert_eq!(token.expires_at, at);
+            }
+        }
+    }
+
+    /// Any JSON value, numbers of every magnitude and sign included.
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            ".{0,30}".prop_map(Value::from),
+            any::<f64>().prop_map(|n| Value::from(n.to_string())),
+        ];
+        leaf.prop_recursive(2, 8, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map(".{0,8}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
     #[test]
     fn a_token_without_usable_expiry_is_reused_briefly() {
         for expires_at in [
