@@ -207,7 +207,9 @@ impl Step {
     /// a cache that may lag behind the operator's own writes. Steps that create or revoke keys
     /// at Imburse need it because a stale status could forget a key that exists; adopting a
     /// Secret needs it because a lagging cache looks exactly like a crash after the Secret
-    /// write, and adopting again would rewrite the status for nothing.
+    /// write, and adopting again would rewrite the status for nothing. Restarting workloads
+    /// needs it because a cache lagging behind a later key would set an older fingerprint on
+    /// the pod templates and roll the pods once more.
     pub fn needs_latest_resource(&self) -> bool {
         matches!(
             self,
@@ -216,6 +218,7 @@ impl Step {
                 | Self::Create
                 | Self::AdoptFromSecret
                 | Self::AdoptExisting
+                | Self::RestartWorkloads
                 | Self::RevokeRetired(_)
                 | Self::RevokeCurrent
         )
@@ -434,6 +437,7 @@ mod tests {
             Step::Create,
             Step::AdoptFromSecret,
             Step::AdoptExisting,
+            Step::RestartWorkloads,
             Step::RevokeRetired(retired("k", true)),
             Step::RevokeCurrent,
         ];
@@ -445,7 +449,6 @@ mod tests {
             Step::DeleteSecret,
             Step::ReleaseSecret,
             Step::RemoveFinalizer,
-            Step::RestartWorkloads,
             Step::SecretConflict,
             Step::Settled,
         ];

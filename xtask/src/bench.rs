@@ -72,18 +72,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> Result<()> {
-    let binary = match &args.operator {
-        Some(binary) => binary.clone(),
-        None => {
-            step("building the operator (release)");
-            workspace::build_operator("release")?
-        }
-    };
-    step("starting the control plane and the sandbox");
-    let plane = ControlPlane::start().await?;
-    let client = plane.client().await?;
-    testenv::install_crds(&client, &workspace::root().join("crds")).await?;
-    create_namespace(&client).await?;
+    let (binary, plane, client) = prepare(args.operator.as_deref()).await?;
     if args.unrelated_secrets > 0 {
         step(&format!(
             "creating {} unrelated Secrets",
@@ -241,7 +230,27 @@ pub async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-pub(crate) async fn create_namespace(client: &Client) -> Result<()> {
+/// The operator binary (`operator`, or a fresh release build), and a control plane with the
+/// CRDs and the namespace the keys go in.
+pub(crate) async fn prepare(
+    operator: Option<&std::path::Path>,
+) -> Result<(PathBuf, ControlPlane, Client)> {
+    let binary = match operator {
+        Some(binary) => binary.to_owned(),
+        None => {
+            step("building the operator (release)");
+            workspace::build_operator("release")?
+        }
+    };
+    step("starting the control plane and the sandbox");
+    let plane = ControlPlane::start().await?;
+    let client = plane.client().await?;
+    testenv::install_crds(&client, &workspace::root().join("crds")).await?;
+    create_namespace(&client).await?;
+    Ok((binary, plane, client))
+}
+
+async fn create_namespace(client: &Client) -> Result<()> {
     let namespace = Namespace {
         metadata: ObjectMeta {
             name: Some(NAMESPACE.into()),

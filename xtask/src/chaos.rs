@@ -20,10 +20,10 @@ use kube::{Api, api::ListParams};
 use rand::Rng as _;
 use serde_json::json;
 use tenant_key_operator::crd::TenantSecurityKey;
-use testenv::{ControlPlane, Operator};
+use testenv::Operator;
 
 use crate::{
-    bench::{NAMESPACE, create_key, create_namespace, setup_account, wait_all_ready},
+    bench::{NAMESPACE, create_key, prepare, setup_account, wait_all_ready},
     workspace::{self, step},
 };
 
@@ -56,18 +56,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> Result<()> {
-    let binary = match &args.operator {
-        Some(binary) => binary.clone(),
-        None => {
-            step("building the operator (release)");
-            workspace::build_operator("release")?
-        }
-    };
-    step("starting the control plane and the sandbox");
-    let plane = ControlPlane::start().await?;
-    let client = plane.client().await?;
-    testenv::install_crds(&client, &workspace::root().join("crds")).await?;
-    create_namespace(&client).await?;
+    let (binary, plane, client) = prepare(args.operator.as_deref()).await?;
     let config = Config::generate(1, args.keys.max(1));
     let sandbox = Sandbox::start_with(config.clone(), Options::default()).await?;
     let listen = format!("127.0.0.1:{}", workspace::free_port()?);
