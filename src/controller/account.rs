@@ -6,12 +6,16 @@ use std::{fmt::Debug, sync::Arc, time::Instant};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
     Api, Resource, ResourceExt,
-    runtime::{controller::Action, events::EventType, reflector::Store},
+    runtime::{
+        controller::Action,
+        events::EventType,
+        reflector::{ObjectRef, Store},
+    },
 };
 use serde::{Serialize, de::DeserializeOwned};
 
 use super::{
-    Context,
+    AccountStores, Context,
     error::{Error, Reason, Result},
     finalizer,
     status::{self, Outcome},
@@ -32,6 +36,8 @@ pub trait AccountResource:
     /// Namespace of the credentials Secret.
     fn secret_namespace(&self, ctx: &Context) -> String;
     fn api(ctx: &Context, namespace: Option<&str>) -> Api<Self>;
+    /// The caches this kind is held in.
+    fn stores(stores: &AccountStores) -> Vec<&Store<Self>>;
 }
 
 impl AccountResource for ImburseAccount {
@@ -56,6 +62,10 @@ impl AccountResource for ImburseAccount {
             None => Api::all(ctx.client.clone()),
         }
     }
+
+    fn stores(stores: &AccountStores) -> Vec<&Store<Self>> {
+        stores.namespaced.iter().collect()
+    }
 }
 
 impl AccountResource for ClusterImburseAccount {
@@ -76,6 +86,10 @@ impl AccountResource for ClusterImburseAccount {
 
     fn api(ctx: &Context, _: Option<&str>) -> Api<Self> {
         Api::all(ctx.client.clone())
+    }
+
+    fn stores(stores: &AccountStores) -> Vec<&Store<Self>> {
+        vec![&stores.cluster]
     }
 }
 
@@ -235,15 +249,13 @@ pub async fn resolve(
 ) -> Result<ResolvedAccount> {
     match account_ref.kind {
         AccountKind::ImburseAccount => {
-            let account = ImburseAccount::api(ctx, Some(namespace))
-                .get_opt(&account_ref.name)
+            let account = find::<ImburseAccount>(ctx, Some(namespace), &account_ref.name)
                 .await?
                 .ok_or_else(|| not_found::<ImburseAccount>(&account_ref.name, Some(namespace)))?;
-            ResolvedAccount::from_resource(&account, ctx)
+            ResolvedAccount::from_resource(account.as_ref(), ctx)
         }
         AccountKind::ClusterImburseAccount => {
-            let account = ClusterImburseAccount::api(ctx, None)
-                .get_opt(&account_ref.name)
+            let account = find::<ClusterImburseAccount>(ctx, None, &account_ref.name)
                 .await?
                 .ok_or_else(|| not_found::<ClusterImburseAccount>(&account_ref.name, None))?;
             let allowed = &account.spec.allowed_namespaces;
@@ -261,9 +273,27 @@ pub async fn resolve(
                     name: account_ref.name.clone(),
                 });
             }
-            ResolvedAccount::from_resource(&account, ctx)
+            ResolvedAccount::from_resource(account.as_ref(), ctx)
         }
     }
+}
+
+/// The account named `name` (in `namespace` for namespaced kinds): from the caches, which
+/// an account change reaches before it wakes the account's keys, or else from the API
+/// server.
+async fn find<A: AccountResource>(
+    ctx: &Context,
+    namespace: Option<&str>,
+    name: &str,
+) -> Result<Option<Arc<A>>> {
+    let mut reference = ObjectRef::new(name);
+    if let Some(ns) = namespace {
+        reference = reference.within(ns);
+    }
+    if let Some(cached) = ctx.cached_account(&reference) {
+        return Ok(Some(cached));
+    }
+    Ok(A::api(ctx, namespace).get_opt(name).await?.map(Arc::new))
 }
 
 /// The name of an account kind, for messages.

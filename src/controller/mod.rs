@@ -3,6 +3,7 @@
 pub mod account;
 pub mod decision;
 pub mod error;
+mod events;
 mod finalizer;
 pub mod intent;
 pub mod key;
@@ -32,7 +33,6 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt,
         controller::{Action, Config as ControllerConfig},
-        events::{Recorder, Reporter},
         reflector::{self, ObjectRef, Store},
         watcher::{self, watcher},
     },
@@ -46,6 +46,7 @@ use crate::{
     metrics::Metrics,
 };
 use account::AccountResource;
+use events::Recorder;
 
 /// Field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "tenant-key-operator";
@@ -120,6 +121,8 @@ pub struct Context {
     refusals: Mutex<HashMap<String, Refusal>>,
     /// The TenantSecurityKey caches (one per watched scope), set once the controllers run.
     key_stores: OnceLock<Vec<Store<TenantSecurityKey>>>,
+    /// The account caches, set once the controllers run.
+    account_stores: OnceLock<AccountStores>,
     /// Public keys that verification found missing at Imburse, by resource uid.
     revoked_remotely: Mutex<HashMap<String, String>>,
 }
@@ -132,12 +135,12 @@ impl Context {
         settings: Settings,
         ready: Arc<AtomicBool>,
     ) -> Self {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: Recorder::new(
+                client.clone(),
+                FIELD_MANAGER,
+                std::env::var("POD_NAME").ok(),
+            ),
             client,
             imburse,
             metrics,
@@ -145,6 +148,7 @@ impl Context {
             ready,
             failures: Mutex::default(),
             key_stores: OnceLock::new(),
+            account_stores: OnceLock::new(),
             refusals: Mutex::default(),
             revoked_remotely: Mutex::default(),
         }
@@ -408,9 +412,26 @@ pub async fn run(
             .map(Some)
             .collect()
     };
+    let (namespaced, namespaced_watches): (Vec<SharedWatch<ImburseAccount>>, Vec<_>) = scopes
+        .iter()
+        .map(|scope| SharedWatch::new(scoped(&ctx.client, scope.as_deref())))
+        .unzip();
+    let (cluster, cluster_watch) =
+        SharedWatch::new(Api::<ClusterImburseAccount>::all(ctx.client.clone()));
+    let _ = ctx.account_stores.set(AccountStores {
+        namespaced: namespaced.iter().map(|w| w.store.clone()).collect(),
+        cluster: cluster.store.clone(),
+    });
     let (key_stores, key_controllers): (Vec<_>, Vec<_>) = scopes
         .iter()
-        .map(|scope| run_keys(ctx.clone(), scope.as_deref(), shutdown.clone()))
+        .zip(&namespaced)
+        .map(|(scope, accounts)| {
+            let triggers = AccountTriggers {
+                namespaced: accounts.handle.clone(),
+                cluster: cluster.handle.clone(),
+            };
+            run_keys(ctx.clone(), scope.as_deref(), triggers, shutdown.clone())
+        })
         .unzip();
     // Set once per process: which keys use an account, for the accounts' in-use finalizer.
     let _ = ctx.key_stores.set(key_stores.clone());
@@ -429,28 +450,74 @@ pub async fn run(
         }
         ready.store(true, Ordering::Relaxed);
     });
-    let namespaced_accounts = scopes.iter().map(|scope| {
-        run_accounts::<ImburseAccount>(
-            ctx.clone(),
-            scope.as_deref(),
-            scope.as_deref(),
-            shutdown.clone(),
-        )
+    let namespaced_accounts = scopes.iter().zip(&namespaced).map(|(scope, accounts)| {
+        run_accounts(ctx.clone(), accounts, scope.as_deref(), shutdown.clone())
     });
     // Cluster accounts' credentials are only ever read from one namespace: watch only it.
     let secret_namespace = ctx.settings.cluster_account_secret_namespace.clone();
-    future::join3(
+    let controllers = future::join3(
         future::join_all(key_controllers),
         future::join_all(namespaced_accounts),
-        run_accounts::<ClusterImburseAccount>(ctx, None, Some(&secret_namespace), shutdown),
-    )
-    .await;
+        run_accounts(ctx.clone(), &cluster, Some(&secret_namespace), shutdown),
+    );
+    // The watches never end on their own: the controllers' end (shutdown) ends them.
+    let watches = future::join(future::join_all(namespaced_watches), cluster_watch);
+    futures::pin_mut!(controllers, watches);
+    future::select(controllers, watches).await;
+}
+
+/// The account caches, which keys read their account from.
+pub struct AccountStores {
+    pub(super) namespaced: Vec<Store<ImburseAccount>>,
+    pub(super) cluster: Store<ClusterImburseAccount>,
+}
+
+impl Context {
+    /// The account `reference` names, from the caches. A miss is no proof of absence: the
+    /// caches may not have caught up with an account created a moment ago.
+    fn cached_account<A: AccountResource>(&self, reference: &ObjectRef<A>) -> Option<Arc<A>> {
+        let stores = self.account_stores.get()?;
+        A::stores(stores).into_iter().find_map(|s| s.get(reference))
+    }
+}
+
+/// How many changes a shared watch holds for a subscriber that is behind.
+const SHARED_BUFFER: usize = 256;
+
+/// One watch of an account kind, shared by its controller and by the key controllers that an
+/// account change wakes. A subscriber hears of a change only once the cache holds it, so a
+/// key woken by its account's change reads the changed account.
+struct SharedWatch<A: AccountResource> {
+    store: Store<A>,
+    handle: reflector::ReflectHandle<A>,
+}
+
+impl<A: AccountResource> SharedWatch<A> {
+    /// The watch, and the future that drives it: subscribers hear nothing unless it runs.
+    fn new(api: Api<A>) -> (Self, impl Future<Output = ()>) {
+        let (store, writer) = reflector::store_shared(SHARED_BUFFER);
+        let handle = writer
+            .subscribe()
+            .expect("a store made by store_shared hands out subscriptions");
+        let driver = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .reflect_shared(writer)
+            .for_each(|_| future::ready(()));
+        (Self { store, handle }, driver)
+    }
+}
+
+/// The shared account watches a key controller is woken by.
+struct AccountTriggers {
+    namespaced: reflector::ReflectHandle<ImburseAccount>,
+    cluster: reflector::ReflectHandle<ClusterImburseAccount>,
 }
 
 /// The TenantSecurityKey controller of one namespace (or all), and its cache.
 fn run_keys(
     ctx: Arc<Context>,
     namespace: Option<&str>,
+    accounts: AccountTriggers,
     shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
 ) -> (Store<TenantSecurityKey>, impl Future<Output = ()>) {
     let client = ctx.client.clone();
@@ -492,25 +559,17 @@ fn run_keys(
                 Some(ObjectRef::new(owner).within(&s.namespace()?))
             },
         )
-        .watches(
-            scoped::<ImburseAccount>(&client, namespace),
-            watch.clone(),
-            move |a| {
-                keys_where(&ns_store, |k| {
-                    uses_account(k, AccountKind::ImburseAccount, &a.name_any())
-                        && k.namespace() == a.namespace()
-                })
-            },
-        )
-        .watches(
-            Api::<ClusterImburseAccount>::all(client.clone()),
-            watch,
-            move |a| {
-                keys_where(&cluster_store, |k| {
-                    uses_account(k, AccountKind::ClusterImburseAccount, &a.name_any())
-                })
-            },
-        )
+        .watches_shared_stream(accounts.namespaced, move |a| {
+            keys_where(&ns_store, |k| {
+                uses_account(k, AccountKind::ImburseAccount, &a.name_any())
+                    && k.namespace() == a.namespace()
+            })
+        })
+        .watches_shared_stream(accounts.cluster, move |a| {
+            keys_where(&cluster_store, |k| {
+                uses_account(k, AccountKind::ClusterImburseAccount, &a.name_any())
+            })
+        })
         // A namespace's labels decide whether a ClusterImburseAccount's selector allows it.
         .watches(
             Api::<PartialObjectMeta<Namespace>>::all(client),
@@ -539,25 +598,23 @@ fn run_keys(
     (key_store, controller)
 }
 
-/// Runs the controller of one account kind, for the accounts of `namespace` (or all), with
-/// the credentials Secrets of `secret_namespace` (or all). Account Secrets are watched
-/// metadata-only and without a cache: an event only maps the Secret to the accounts that
-/// name it.
+/// Runs the controller of one account kind, on its shared watch, with the credentials Secrets
+/// of `secret_namespace` (or all). Account Secrets are watched metadata-only and without a
+/// cache: an event only maps the Secret to the accounts that name it.
 async fn run_accounts<A: AccountResource>(
     ctx: Arc<Context>,
-    namespace: Option<&str>,
+    accounts: &SharedWatch<A>,
     secret_namespace: Option<&str>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let watch = watcher::Config::default();
-    let controller = Controller::new(A::api(&ctx, namespace), watch.clone());
-    let store = controller.store();
+    let store = accounts.store.clone();
+    let controller = Controller::for_shared_stream(accounts.handle.clone(), store.clone());
     let mapper_ctx = ctx.clone();
     controller
         .watches(
             scoped::<PartialObjectMeta<Secret>>(&client, secret_namespace),
-            watch,
+            watcher::Config::default(),
             move |secret| {
                 let namespace = secret.namespace();
                 store

@@ -999,4 +999,48 @@ mod tests {
             );
         }
     }
+
+    proptest::proptest! {
+        // Create, list and error bodies come from the network: any bytes are read or refused,
+        // never a panic, whatever the status.
+        #[test]
+        fn response_bodies_never_panic(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            status in 100u16..600,
+        ) {
+            let _ = created_key(&body);
+            let _ = key_list(&body);
+            for operation in [Operation::Token, Operation::CreateKey, Operation::GetKey] {
+                let status = StatusCode::from_u16(status).unwrap();
+                let _ = status_error(operation, status, None, &body, "sent");
+            }
+        }
+
+        // Create responses shaped as documented, with any field values: a key is taken only
+        // when it can authenticate, and an error body never repeats a private key.
+        #[test]
+        fn created_keys_are_taken_only_when_usable(
+            public_key in ".{0,40}",
+            private_key in "[A-Za-z0-9+/=!]{0,48}",
+            status in 400u16..600,
+        ) {
+            let body = serde_json::json!({"publicKey": public_key, "privateKey": private_key})
+                .to_string();
+            if let Some(key) = created_key(body.as_bytes()) {
+                proptest::prop_assert!(is_usable(&key));
+            }
+            let error = status_error(
+                Operation::CreateKey,
+                StatusCode::from_u16(status).unwrap(),
+                None,
+                body.as_bytes(),
+                "sent",
+            );
+            if private_key.len() >= 8 {
+                proptest::prop_assert!(!error.to_string().contains(&private_key));
+                let debug = format!("{error:?}");
+                proptest::prop_assert!(!debug.contains(&private_key));
+            }
+        }
+    }
 }

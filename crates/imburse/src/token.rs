@@ -300,4 +300,35 @@ mod tests {
         let again = cache.get_or_fetch(|| fetch(fetches.clone())).await.unwrap();
         assert_eq!(again.access_token.expose_secret(), "token-1");
     }
+
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        // Token responses come from the network: any bytes are read or refused, never a panic.
+        #[test]
+        fn token_responses_never_panic(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = parse_token_response(&body);
+        }
+
+        // Near misses of the documented shape, with any expiry: a refusal never repeats the
+        // token it was handed.
+        #[test]
+        fn refused_token_responses_never_show_the_token(
+            token in "[A-Za-z0-9._-]{8,40}",
+            expires in proptest::prop_oneof![
+                proptest::prelude::any::<f64>().prop_map(|n| serde_json::json!(n)),
+                proptest::prelude::any::<i64>().prop_map(|n| serde_json::json!(n)),
+                ".{0,24}".prop_map(|s| serde_json::json!(s)),
+                proptest::prelude::Just(serde_json::json!([1, 2])),
+                proptest::prelude::Just(serde_json::json!({"at": 1})),
+            ],
+        ) {
+            let body = serde_json::json!({"accessToken": token, "expires": expires}).to_string();
+            if let Err(e) = parse_token_response(body.as_bytes()) {
+                proptest::prop_assert!(!e.to_string().contains(&token));
+                let debug = format!("{e:?}");
+                proptest::prop_assert!(!debug.contains(&token));
+            }
+        }
+    }
 }

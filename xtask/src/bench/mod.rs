@@ -1,15 +1,24 @@
-//! `cargo xtask bench`: how fast and how frugally the operator brings many keys to Ready.
+//! `cargo xtask bench`: how fast and how frugally the operator brings many keys to Ready, set
+//! against what binds it.
 //!
-//! Runs the release binary against a real control plane and the sandbox with injected latency,
-//! creates `--keys` TenantSecurityKeys at once, and writes the figures to a JSON file: time to
-//! all Ready against the floor `keys × latency / concurrency`, Imburse calls and Kubernetes writes
-//! per key, calls and writes while at rest, and the operator's resident memory: its peak while
-//! the keys are created, at rest, and after a restart that lists every key at once, with
-//! `--unrelated-secrets` Secrets in the namespace that the operator must not hold on to.
+//! For each `--keys` count, on real control planes and the sandbox with injected latency:
+//! - the floors: a plain Kubernetes client making the operator's requests for that many keys at
+//!   the same concurrency, with no logic and no Imburse ([`baseline::kube_floor`]), and
+//!   `keys × latency / concurrency` for the Imburse calls;
+//! - the manual baseline: the tutorial's flow scripted key after key ([`baseline::manual`]);
+//! - the operator: time until every key is Ready, Imburse calls and Kubernetes requests per key,
+//!   calls and writes at rest, resident memory (peak while creating, at rest) with as many
+//!   unrelated Secrets in the namespace as `--unrelated-per-key` says, and a restart with every
+//!   key Ready: time until synced, Imburse calls and Kubernetes writes.
+//!
+//! The figures go to `<target>/bench/results.json` with plots drawn from them ([`report`]).
+
+mod baseline;
+mod report;
 
 use std::{
-    collections::BTreeMap,
-    path::PathBuf,
+    collections::{BTreeMap, HashSet},
+    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -27,9 +36,10 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client,
-    api::{ListParams, ObjectMeta, PostParams},
+    api::{ObjectMeta, PostParams},
+    runtime::{WatchStreamExt, watcher},
 };
-use serde_json::json;
+use serde_json::{Value, json};
 use tenant_key_operator::crd::{ImburseAccount, TenantSecurityKey};
 use testenv::{ControlPlane, Operator};
 
@@ -39,13 +49,13 @@ pub(crate) const NAMESPACE: &str = "bench";
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// TenantSecurityKeys to create.
-    #[arg(long, default_value_t = 200)]
-    keys: usize,
+    /// Numbers of TenantSecurityKeys to measure, comma-separated: one run each.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+    keys: Vec<usize>,
     /// Latency the sandbox adds to every Imburse call, in milliseconds.
     #[arg(long, default_value_t = 50)]
     latency_ms: u64,
-    /// The operator's reconcile concurrency.
+    /// The operator's reconcile concurrency, and the floor client's.
     #[arg(long, default_value_t = 8)]
     concurrency: u16,
     /// Tenants the keys are spread over (round robin).
@@ -58,48 +68,127 @@ pub struct Args {
     /// How long to watch the operator at rest after all keys are Ready, in seconds.
     #[arg(long, default_value_t = 20)]
     rest_seconds: u64,
-    /// Secrets with 1 KiB of data each, not the operator's, created before the operator
-    /// starts: they share the namespace with the keys, as in a busy cluster.
-    #[arg(long, default_value_t = 0)]
-    unrelated_secrets: usize,
+    /// Secrets with 1 KiB of data each, not the operator's, per key, created before the
+    /// operator starts: they share the namespace with the keys, as in a busy cluster.
+    #[arg(long, default_value_t = 1.0)]
+    unrelated_per_key: f64,
+    /// Most keys the manual flow is timed on: it does one key after another, so beyond this
+    /// its time is its time per key times the keys.
+    #[arg(long, default_value_t = 1000)]
+    manual_keys: usize,
     /// An operator binary to measure instead of a fresh release build, e.g. to compare two
     /// versions.
     #[arg(long)]
     operator: Option<PathBuf>,
-    /// Where to write the figures (default: <target>/bench/results.json).
+    /// Where to write the figures and plots (default: <target>/bench).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Also write the plots and a summary to docs/benchmark/, which the README shows.
+    #[arg(long)]
+    publish: bool,
 }
 
 pub async fn run(args: Args) -> Result<()> {
-    let (binary, plane, client) = prepare(args.operator.as_deref()).await?;
-    if args.unrelated_secrets > 0 {
-        step(&format!(
-            "creating {} unrelated Secrets",
-            args.unrelated_secrets
-        ));
-        create_unrelated_secrets(&client, args.unrelated_secrets).await?;
+    let binary = operator_binary(args.operator.as_deref())?;
+    let mut runs = Vec::new();
+    for &keys in &args.keys {
+        runs.push(measure(&binary, keys, &args).await?);
     }
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| workspace::target_dir().join("bench"));
+    let figures = json!({
+        "machine": report::machine(),
+        "latencyMs": args.latency_ms,
+        "concurrency": args.concurrency,
+        "tenants": args.tenants,
+        "runs": runs,
+    });
+    report::write(&out, &figures)?;
+    println!("{}", serde_json::to_string_pretty(&figures)?);
+    println!("figures and plots written to {}", out.display());
+    if args.publish {
+        let docs = workspace::root().join("docs/benchmark");
+        report::write(&docs, &figures)?;
+        println!("published to {}", docs.display());
+    }
+    Ok(())
+}
+
+/// One run: the floors and the manual flow on a control plane of their own, then the operator
+/// on a fresh one, so that neither sees the other's objects.
+async fn measure(binary: &Path, keys: usize, args: &Args) -> Result<Value> {
     let config = Config::generate(1, args.tenants.max(1));
-    let faults = Faults {
-        latency_ms: args.latency_ms,
-        ..Faults::default()
-    };
-    let sandbox = Sandbox::start_with(
-        config.clone(),
-        Options {
-            faults,
-            ..Options::default()
+    let tenants: Vec<&str> = config
+        .tenants
+        .iter()
+        .map(|t| t.tenant_id.as_str())
+        .collect();
+    let concurrency = usize::from(args.concurrency);
+    let latency = Sandbox::start_with(config.clone(), with_latency(args.latency_ms)).await?;
+
+    step(&format!(
+        "{keys} keys: the Kubernetes floor and the manual flow"
+    ));
+    let (plane, client) = start_plane().await?;
+    let requests_before = apiserver_requests(&client).await?;
+    let kube_floor = baseline::kube_floor(&client, keys, concurrency, &tenants).await?;
+    let floor_requests = since(&requests_before, apiserver_requests(&client).await?);
+    let manual_keys = keys.min(args.manual_keys);
+    let manual = baseline::manual(&client, &config, &latency.base_url(), manual_keys).await?;
+    drop(plane);
+    let manual_seconds = manual.as_secs_f64() * keys as f64 / manual_keys as f64;
+
+    let operator = measure_operator(binary, keys, args, &config, &latency).await?;
+    let latency_floor = keys as f64 * args.latency_ms as f64 / concurrency as f64 / 1000.0;
+    let binding = kube_floor.as_secs_f64().max(latency_floor);
+    let to_ready = operator["secondsToAllReady"].as_f64().unwrap_or_default();
+    Ok(json!({
+        "keys": keys,
+        "operator": operator,
+        "kubeFloorSeconds": kube_floor.as_secs_f64(),
+        "kubeFloorRequestsPerKey": per_key(&floor_requests, keys),
+        "latencyFloorSeconds": latency_floor,
+        "bindingFloorSeconds": binding,
+        "timesBindingFloor": to_ready / binding,
+        "manualSeconds": manual_seconds,
+        "manualKeysTimed": manual_keys,
+        "speedUpOverManual": manual_seconds / to_ready,
+    }))
+}
+
+fn with_latency(latency_ms: u64) -> Options {
+    Options {
+        faults: Faults {
+            latency_ms,
+            ..Faults::default()
         },
-    )
-    .await?;
+        ..Options::default()
+    }
+}
+
+async fn measure_operator(
+    binary: &Path,
+    keys: usize,
+    args: &Args,
+    config: &Config,
+    sandbox: &Sandbox,
+) -> Result<Value> {
+    step(&format!("{keys} keys: the operator"));
+    let (plane, client) = start_plane().await?;
+    let unrelated = (keys as f64 * args.unrelated_per_key).round() as usize;
+    if unrelated > 0 {
+        step(&format!("creating {unrelated} unrelated Secrets"));
+        create_unrelated_secrets(&client, unrelated).await?;
+    }
     let metrics_port = workspace::free_port()?;
     let listen = format!("127.0.0.1:{metrics_port}");
     let concurrency = args.concurrency.to_string();
     let verify_interval = format!("{}s", args.verify_seconds);
     let mut operator = Operator::start(
         "operator",
-        &binary,
+        binary,
         plane.kubeconfig_path(),
         plane.data_dir(),
         &[
@@ -118,32 +207,33 @@ pub async fn run(args: Args) -> Result<()> {
             "warn",
         ],
     )?;
-    setup_account(&client, &config, &sandbox).await?;
+    setup_account(&client, config, sandbox).await?;
     let pid = operator.pid().context("the operator is not running")?;
     let sampled = sample_peak_rss(pid);
     let startup = Memory::of(pid)?;
 
-    step(&format!("creating {} TenantSecurityKeys", args.keys));
+    step(&format!("creating {keys} TenantSecurityKeys"));
     let admin = sandbox.admin();
     admin.reset_stats().await?;
     let writes_before = kube_writes(&listen).await?;
+    let requests_before = apiserver_requests(&client).await?;
     let started = Instant::now();
     let tenants: Vec<&str> = config
         .tenants
         .iter()
         .map(|t| t.tenant_id.as_str())
         .collect();
-    let keys: Api<TenantSecurityKey> = Api::namespaced(client.clone(), NAMESPACE);
-    stream::iter(0..args.keys)
-        .map(|i| create_key(&keys, i, tenants[i % tenants.len()]))
+    let api: Api<TenantSecurityKey> = Api::namespaced(client.clone(), NAMESPACE);
+    let creating = stream::iter(0..keys)
+        .map(|i| create_key(&api, i, tenants[i % tenants.len()]))
         .buffer_unordered(16)
-        .try_collect::<Vec<()>>()
-        .await?;
-    wait_all_ready(&keys, args.keys).await?;
+        .try_collect::<Vec<()>>();
+    futures::try_join!(creating, wait_all_ready(&api, keys))?;
     let to_ready = started.elapsed();
     let creating = Memory::of(pid)?;
     let stats = admin.stats().await?;
-    let writes = writes_since(&writes_before, kube_writes(&listen).await?);
+    let writes = since(&writes_before, kube_writes(&listen).await?);
+    let requests = since(&requests_before, apiserver_requests(&client).await?);
 
     step(&format!(
         "watching the operator at rest for {} s",
@@ -153,48 +243,46 @@ pub async fn run(args: Args) -> Result<()> {
     let writes_at_rest_before = kube_writes(&listen).await?;
     tokio::time::sleep(Duration::from_secs(args.rest_seconds)).await;
     let rest = admin.stats().await?;
-    let writes_at_rest: u64 = writes_since(&writes_at_rest_before, kube_writes(&listen).await?)
+    let writes_at_rest: u64 = since(&writes_at_rest_before, kube_writes(&listen).await?)
         .values()
         .sum();
     let at_rest = Memory::of(pid)?;
     let sampled_peak = sampled.peak_mib();
 
-    step("restarting the operator: it lists every key and owned Secret, and reconciles each");
-    operator.kill();
+    // A rolling update: the old process hands its Lease back on SIGTERM, so the new one starts
+    // at once, lists every key and owned Secret, and reconciles each.
+    step("restarting the operator with every key Ready");
+    operator.stop(Duration::from_secs(30));
+    admin.reset_stats().await?;
     let restarted = Instant::now();
     operator.restart()?;
     let pid = operator.pid().context("the operator did not restart")?;
     let sampled_after_restart = sample_peak_rss(pid);
-    wait_reconciled(&listen, args.keys).await?;
-    let restart_listed = restarted.elapsed();
     ensure!(
-        answers_ready(&listen).await,
-        "/readyz does not answer 200 though every key was reconciled"
+        answers_ready(&listen, Duration::from_secs(600)).await,
+        "/readyz does not answer 200 after the restart"
     );
+    let restart_ready = restarted.elapsed();
+    wait_reconciled(&listen, keys).await?;
+    let restart_reconciled = restarted.elapsed();
     let after_list = Memory::of(pid)?;
+    let restart_stats = admin.stats().await?;
     tokio::time::sleep(Duration::from_secs(args.rest_seconds)).await;
     let after_restart = Memory::of(pid)?;
+    let restart_writes: u64 = kube_writes(&listen).await?.values().sum();
+    drop(operator);
+    drop(plane);
 
-    let n = args.keys as f64;
-    let floor = n * args.latency_ms as f64 / f64::from(args.concurrency) / 1000.0;
-    let calls_at_rest: u64 = rest
-        .calls
-        .values()
-        .flat_map(|by_status| by_status.values())
-        .sum();
-    let figures = json!({
-        "keys": args.keys,
-        "latencyMs": args.latency_ms,
-        "concurrency": args.concurrency,
+    let n = keys as f64;
+    Ok(json!({
         "secondsToAllReady": to_ready.as_secs_f64(),
-        "floorSeconds": floor,
         "createsPerKey": stats.total(Operation::CreateKey) as f64 / n,
         "tokenCallsPerKey": stats.total(Operation::Token) as f64 / n,
         "listCallsPerKey": stats.total(Operation::ListKeys) as f64 / n,
         "kubeWritesPerKey": writes.values().sum::<u64>() as f64 / n,
         "kubeWrites": writes,
-        "imburseCallsAtRest": calls_at_rest,
-        "tenants": tenants.len(),
+        "kubeRequestsPerKey": per_key(&requests, keys),
+        "imburseCallsAtRest": calls(&rest),
         "verifySeconds": args.verify_seconds,
         "restSeconds": args.rest_seconds,
         "listCallsAtRest": rest.total(Operation::ListKeys),
@@ -202,51 +290,68 @@ pub async fn run(args: Args) -> Result<()> {
             / tenants.len() as f64
             / (args.rest_seconds as f64 / args.verify_seconds.max(1) as f64),
         "kubeWritesAtRest": writes_at_rest,
-        "unrelatedSecrets": args.unrelated_secrets,
-        "operatorRssMiB": at_rest.rss_mib(),
+        "unrelatedSecrets": unrelated,
         "memoryMiB": {
             "peakAtStartup": startup.peak_mib(),
             "peakWhileCreating": creating.peak_mib(),
+            "sampledPeakWhileCreating": sampled_peak,
             "atRest": at_rest.rss_mib(),
             "peakAfterRestartList": after_list.peak_mib(),
-            "peakAfterRestart": after_restart.peak_mib(),
-            "atRestAfterRestart": after_restart.rss_mib(),
-            "sampledPeak": sampled_peak,
             "sampledPeakAfterRestart": sampled_after_restart.peak_mib(),
+            "atRestAfterRestart": after_restart.rss_mib(),
         },
-        "secondsToListAfterRestart": restart_listed.as_secs_f64(),
-        "sandboxCalls": stats.calls,
-    });
-    let out = args
-        .out
-        .unwrap_or_else(|| workspace::target_dir().join("bench/results.json"));
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&out, serde_json::to_string_pretty(&figures)?)?;
-    println!("{}", serde_json::to_string_pretty(&figures)?);
-    println!("figures written to {}", out.display());
-    drop(operator);
-    Ok(())
+        "restart": {
+            "secondsToReady": restart_ready.as_secs_f64(),
+            "secondsToEveryKeyReconciled": restart_reconciled.as_secs_f64(),
+            "imburseCalls": calls(&restart_stats),
+            "imburseCallsBesidesListing": calls(&restart_stats)
+                - restart_stats.total(Operation::ListKeys)
+                - restart_stats.total(Operation::Token),
+            "kubeWrites": restart_writes,
+        },
+    }))
 }
 
-/// The operator binary (`operator`, or a fresh release build), and a control plane with the
-/// CRDs and the namespace the keys go in.
-pub(crate) async fn prepare(
-    operator: Option<&std::path::Path>,
-) -> Result<(PathBuf, ControlPlane, Client)> {
-    let binary = match operator {
-        Some(binary) => binary.to_owned(),
+fn calls(stats: &imburse_sandbox::Stats) -> u64 {
+    stats
+        .calls
+        .values()
+        .flat_map(|by_status| by_status.values())
+        .sum()
+}
+
+fn per_key(requests: &BTreeMap<String, u64>, keys: usize) -> BTreeMap<String, f64> {
+    requests
+        .iter()
+        .map(|(what, n)| (what.clone(), *n as f64 / keys as f64))
+        .collect()
+}
+
+fn operator_binary(operator: Option<&Path>) -> Result<PathBuf> {
+    match operator {
+        Some(binary) => Ok(binary.to_owned()),
         None => {
             step("building the operator (release)");
-            workspace::build_operator("release")?
+            workspace::build_operator("release")
         }
-    };
-    step("starting the control plane and the sandbox");
+    }
+}
+
+/// A control plane with the CRDs and the namespace the keys go in.
+async fn start_plane() -> Result<(ControlPlane, Client)> {
+    step("starting a control plane");
     let plane = ControlPlane::start().await?;
     let client = plane.client().await?;
     testenv::install_crds(&client, &workspace::root().join("crds")).await?;
     create_namespace(&client).await?;
+    Ok((plane, client))
+}
+
+/// The operator binary (`operator`, or a fresh release build), and a control plane with the
+/// CRDs and the namespace the keys go in.
+pub(crate) async fn prepare(operator: Option<&Path>) -> Result<(PathBuf, ControlPlane, Client)> {
+    let binary = operator_binary(operator)?;
+    let (plane, client) = start_plane().await?;
     Ok((binary, plane, client))
 }
 
@@ -361,30 +466,84 @@ pub(crate) async fn create_key(
     Ok(())
 }
 
+/// Waits until `expected` keys are Ready, from a watch: polling lists of thousands of keys
+/// would load the API server the operator is measured on.
 pub(crate) async fn wait_all_ready(keys: &Api<TenantSecurityKey>, expected: usize) -> Result<()> {
     // Generous: the point is to measure, and a stuck run still ends.
-    let deadline = Instant::now() + Duration::from_secs(600 + expected as u64);
-    loop {
-        let list = keys.list(&ListParams::default()).await?;
-        let ready = list
-            .items
-            .iter()
-            .filter(|k| {
-                k.status.as_ref().is_some_and(|s| {
-                    s.conditions
-                        .iter()
-                        .any(|c| c.type_ == "Ready" && c.status == "True")
-                })
-            })
-            .count();
-        if ready == expected {
-            return Ok(());
+    let deadline = Duration::from_secs(600 + expected as u64);
+    let mut ready = HashSet::new();
+    let events = watcher(keys.clone(), watcher::Config::default()).default_backoff();
+    futures::pin_mut!(events);
+    let watching = async {
+        while let Some(event) = events.try_next().await? {
+            match event {
+                watcher::Event::Apply(key) | watcher::Event::InitApply(key) => {
+                    let name = key.metadata.name.clone().unwrap_or_default();
+                    if is_ready(&key) {
+                        ready.insert(name);
+                    } else {
+                        ready.remove(&name);
+                    }
+                }
+                watcher::Event::Delete(key) => {
+                    ready.remove(&key.metadata.name.unwrap_or_default());
+                }
+                watcher::Event::Init | watcher::Event::InitDone => {}
+            }
+            if ready.len() == expected {
+                return Ok(());
+            }
         }
-        if Instant::now() > deadline {
-            bail!("only {ready} of {expected} keys became Ready");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        bail!("the watch of the keys ended")
+    };
+    match tokio::time::timeout(deadline, watching).await {
+        Ok(result) => result,
+        Err(_) => bail!("only {} of {expected} keys became Ready", ready.len()),
     }
+}
+
+fn is_ready(key: &TenantSecurityKey) -> bool {
+    key.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
+}
+
+/// The API server's own count of the requests it served (`apiserver_request_total`), by verb
+/// and resource, for the resources the operator uses.
+async fn apiserver_requests(client: &Client) -> Result<BTreeMap<String, u64>> {
+    let request = http::Request::get("/metrics").body(Vec::new())?;
+    let body = client.request_text(request).await?;
+    let mut counts = BTreeMap::new();
+    for line in body.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix("=\"")?.strip_suffix('"'))
+                .unwrap_or_default()
+        };
+        let resource = label("resource");
+        if !matches!(
+            resource,
+            "tenantsecuritykeys" | "imburseaccounts" | "secrets" | "events"
+        ) {
+            continue;
+        }
+        let what = match (label("subresource"), label("dry_run")) {
+            ("", "") => format!("{} {resource}", label("verb")),
+            ("", _) => format!("{} {resource} (dry run)", label("verb")),
+            (sub, _) => format!("{} {resource}/{sub}", label("verb")),
+        };
+        *counts.entry(what).or_default() += value.parse::<f64>().unwrap_or_default() as u64;
+    }
+    Ok(counts)
 }
 
 /// `tenant_key_operator_kube_writes_total` by label set.
@@ -404,11 +563,8 @@ async fn kube_writes(listen: &str) -> Result<BTreeMap<String, u64>> {
         .collect())
 }
 
-/// Writes since `before`, by label set.
-fn writes_since(
-    before: &BTreeMap<String, u64>,
-    now: BTreeMap<String, u64>,
-) -> BTreeMap<String, u64> {
+/// Counts since `before`, by label set.
+fn since(before: &BTreeMap<String, u64>, now: BTreeMap<String, u64>) -> BTreeMap<String, u64> {
     now.into_iter()
         .map(|(labels, n)| {
             let delta = n.saturating_sub(before.get(&labels).copied().unwrap_or(0));
@@ -427,14 +583,16 @@ async fn wait_reconciled(listen: &str, keys: usize) -> Result<()> {
         {
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Every scrape renders each key's gauges: not too often, or the scrapes are measured.
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     bail!("the operator did not reconcile every key after its restart")
 }
 
-/// Whether `/readyz` answers 200 within 10 seconds.
-async fn answers_ready(listen: &str) -> bool {
-    for _ in 0..100 {
+/// Whether `/readyz` answers 200 within `limit`.
+async fn answers_ready(listen: &str, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
         let ready = reqwest::get(format!("http://{listen}/readyz"))
             .await
             .is_ok_and(|r| r.status().is_success());

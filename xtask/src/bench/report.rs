@@ -1,0 +1,170 @@
+//! The benchmark's report: the figures as JSON, two plots (time to Ready and memory against
+//! the number of keys) and a Markdown table for the README.
+
+use std::{fmt::Write as _, path::Path};
+
+use anyhow::{Context, Result};
+use plotters::prelude::*;
+use serde_json::{Value, json};
+
+/// The machine the figures were measured on.
+pub(super) fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+        .map(|(_, m)| m.trim().to_owned());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|kib| (kib / 1024.0 / 1024.0).round());
+    json!({
+        "cpus": std::thread::available_parallelism().map_or(0, usize::from),
+        "cpuModel": model,
+        "memoryGiB": memory_gib,
+        "note": "the control plane, the sandbox and the operator share these cpus",
+    })
+}
+
+/// Writes `results.json`, `time.svg`, `memory.svg` and `summary.md` into `dir`.
+pub(super) fn write(dir: &Path, figures: &Value) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(figures)?,
+    )?;
+    let runs = figures["runs"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let at = |path: &[&str]| series(runs, path);
+    plot(
+        &dir.join("time.svg"),
+        "Seconds until every key is Ready",
+        "seconds",
+        &[
+            ("operator", at(&["operator", "secondsToAllReady"])),
+            ("Kubernetes floor", at(&["kubeFloorSeconds"])),
+            ("latency floor", at(&["latencyFloorSeconds"])),
+            ("manual flow", at(&["manualSeconds"])),
+        ],
+    )?;
+    plot(
+        &dir.join("memory.svg"),
+        "Operator resident memory",
+        "MiB",
+        &[
+            (
+                "peak while creating",
+                at(&["operator", "memoryMiB", "sampledPeakWhileCreating"]),
+            ),
+            ("at rest", at(&["operator", "memoryMiB", "atRest"])),
+            (
+                "at rest after restart",
+                at(&["operator", "memoryMiB", "atRestAfterRestart"]),
+            ),
+        ],
+    )?;
+    std::fs::write(dir.join("summary.md"), summary(figures))?;
+    Ok(())
+}
+
+/// (keys, figure) of every run that has the figure.
+fn series(runs: &[Value], path: &[&str]) -> Vec<(f64, f64)> {
+    runs.iter()
+        .filter_map(|run| {
+            let keys = run["keys"].as_f64()?;
+            let value = path.iter().fold(run, |v, p| &v[*p]).as_f64()?;
+            Some((keys, value))
+        })
+        .collect()
+}
+
+/// A log-log line plot of `lines` against the number of keys.
+fn plot(path: &Path, title: &str, unit: &str, lines: &[(&str, Vec<(f64, f64)>)]) -> Result<()> {
+    let points = lines.iter().flat_map(|(_, l)| l.iter());
+    let (mut x_max, mut y_min, mut y_max) = (1.0_f64, f64::MAX, 0.0_f64);
+    for &(x, y) in points {
+        x_max = x_max.max(x);
+        y_min = y_min.min(y);
+        y_max = y_max.max(y);
+    }
+    let x_min = lines
+        .iter()
+        .flat_map(|(_, l)| l.iter().map(|p| p.0))
+        .fold(x_max, f64::min);
+    let y_min = if y_min == f64::MAX { 1.0 } else { y_min };
+    let root = SVGBackend::new(path, (720, 440)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(
+            (x_min * 0.8..x_max * 1.25).log_scale(),
+            (y_min.max(1e-3) * 0.5..y_max * 2.0).log_scale(),
+        )?;
+    chart
+        .configure_mesh()
+        .x_desc("TenantSecurityKeys")
+        .y_desc(unit)
+        .draw()?;
+    for (i, (name, line)) in lines.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(line.iter().copied(), color.stroke_width(2)))?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2)));
+        chart.draw_series(
+            line.iter()
+                .map(|&(x, y)| Circle::new((x, y), 3, color.filled())),
+        )?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// The figures as a Markdown table, one row per run.
+fn summary(figures: &Value) -> String {
+    let mut out = String::from(
+        "| keys | operator (s) | Kubernetes floor (s) | latency floor (s) | × binding floor \
+         | manual flow (s) | speed-up over manual | peak (MiB) | at rest (MiB) \
+         | restart: synced (s) | restart: writes |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let number = |v: &Value, digits: usize| {
+        v.as_f64()
+            .map_or_else(|| "–".to_owned(), |n| format!("{n:.digits$}"))
+    };
+    for run in figures["runs"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        let operator = &run["operator"];
+        let memory = &operator["memoryMiB"];
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            run["keys"],
+            number(&operator["secondsToAllReady"], 1),
+            number(&run["kubeFloorSeconds"], 1),
+            number(&run["latencyFloorSeconds"], 1),
+            number(&run["timesBindingFloor"], 2),
+            number(&run["manualSeconds"], 0),
+            number(&run["speedUpOverManual"], 0),
+            number(&memory["sampledPeakWhileCreating"], 0),
+            number(&memory["atRest"], 0),
+            number(&operator["restart"]["secondsToEveryKeyReconciled"], 1),
+            operator["restart"]["kubeWrites"],
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nLatency {} ms per Imburse call, concurrency {}, measured on {}.",
+        figures["latencyMs"], figures["concurrency"], figures["machine"]
+    );
+    out
+}
