@@ -21,31 +21,9 @@ const CA_BUNDLE: &str = "etc/ssl/certs/ca-certificates.crt";
 const USER: &str = "65532:65532";
 
 pub fn run() -> Result<()> {
-    step("tools: buildah, musl");
+    step("tools: buildah");
     ensure_package("buildah", "buildah")?;
-    ensure_package("musl-gcc", "musl-tools")?;
-    ensure_musl_target()?;
-
-    step("static binary (release, musl)");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let args = [
-        "build",
-        "--release",
-        "--locked",
-        "--target",
-        TARGET,
-        "--bin",
-        BINARY,
-    ];
-    run_checked(
-        Command::new(&cargo)
-            .args(args)
-            .current_dir(workspace::root()),
-    )?;
-    let binary = workspace::target_dir()
-        .join(TARGET)
-        .join("release")
-        .join(BINARY);
+    let binary = static_binary()?;
     // `tenant-key-operator 0.1.0`: what the image's binary must print too.
     let version = output(Command::new(&binary).arg("--version"))?;
 
@@ -180,6 +158,33 @@ fn ensure_package(program: &str, package: &str) -> Result<()> {
     }
     run_checked(Command::new("apt-get").arg("update"))?;
     run_checked(Command::new("apt-get").args(["install", "-y", package]))
+}
+
+/// The operator as the image ships it: a static release binary (musl), built here.
+pub(crate) fn static_binary() -> Result<PathBuf> {
+    step("tools: musl");
+    ensure_package("musl-gcc", "musl-tools")?;
+    ensure_musl_target()?;
+    step("static binary (release, musl)");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let args = [
+        "build",
+        "--release",
+        "--locked",
+        "--target",
+        TARGET,
+        "--bin",
+        BINARY,
+    ];
+    run_checked(
+        Command::new(&cargo)
+            .args(args)
+            .current_dir(workspace::root()),
+    )?;
+    Ok(workspace::target_dir()
+        .join(TARGET)
+        .join("release")
+        .join(BINARY))
 }
 
 fn ensure_musl_target() -> Result<()> {
