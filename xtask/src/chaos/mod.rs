@@ -59,8 +59,9 @@ pub struct Args {
     #[arg(long, default_value_t = 3000)]
     max_kill_interval_ms: u64,
     /// deletion-storm: longest wait between a key's creation and its deletion, in milliseconds
-    /// (each wait is uniform up to it).
-    #[arg(long, default_value_t = 2000)]
+    /// (each wait is uniform up to it). Long enough for the operator to reach some of the keys
+    /// first, so that deletions meet keys not yet created, creates in flight and Ready keys.
+    #[arg(long, default_value_t = 20000)]
     max_delete_delay_ms: u64,
     /// Share of Imburse calls answered with 503 during the storm.
     #[arg(long, default_value_t = 0.1)]
@@ -150,7 +151,7 @@ pub async fn run(args: Args) -> Result<()> {
         .filter(|s| args.scenario.0.is_none_or(|chosen| chosen == *s))
     {
         step(&format!("scenario {}", scenario.name()));
-        let storm = Storm::start(binary.as_deref(), args.keys).await?;
+        let storm = Storm::start(binary.as_deref(), args.keys, scenario).await?;
         binary = Some(storm.binary.clone());
         match scenario.run(storm, &args).await {
             Ok(figures) => {
@@ -199,6 +200,9 @@ fn earlier_results(out: &Path) -> serde_json::Map<String, serde_json::Value> {
 /// key, so that "one live key per resource" is "one key per tenant".
 struct Storm {
     binary: PathBuf,
+    /// Where the operator processes log: kept after the run, unlike the control plane's
+    /// folder, as the evidence of a failed check.
+    logs: PathBuf,
     plane: ControlPlane,
     client: Client,
     sandbox: Sandbox,
@@ -236,7 +240,14 @@ impl Burst {
 }
 
 impl Storm {
-    async fn start(binary: Option<&Path>, count: usize) -> Result<Storm> {
+    async fn start(binary: Option<&Path>, count: usize, scenario: Scenario) -> Result<Storm> {
+        let logs = workspace::target_dir()
+            .join("chaos/logs")
+            .join(scenario.name());
+        if logs.exists() {
+            std::fs::remove_dir_all(&logs)?;
+        }
+        std::fs::create_dir_all(&logs)?;
         let (binary, plane, client) = prepare(binary).await?;
         let config = Config::generate(1, count.max(1));
         let sandbox = Sandbox::start_with(config.clone(), Options::default()).await?;
@@ -251,6 +262,7 @@ impl Storm {
         };
         Ok(Storm {
             binary,
+            logs,
             plane,
             client,
             sandbox,
@@ -259,8 +271,8 @@ impl Storm {
         })
     }
 
-    /// Starts an operator process (logging into the control plane's folder) with `args` after
-    /// the common ones, and `POD_NAME=name`.
+    /// Starts an operator process (logging into `<logs>/<name>.log`) with `args` after the
+    /// common ones, and `POD_NAME=name`.
     fn operator(&self, name: &'static str, args: &[&str]) -> Result<Operator> {
         let listen = format!("127.0.0.1:{}", workspace::free_port()?);
         let mut all = vec!["--listen-address", &listen, "--log-filter", "info"];
@@ -269,7 +281,7 @@ impl Storm {
             name,
             &self.binary,
             self.plane.kubeconfig_path(),
-            self.plane.data_dir(),
+            &self.logs,
             &all,
             &[("POD_NAME", name)],
         )
