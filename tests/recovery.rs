@@ -34,6 +34,10 @@ fn main() -> std::process::ExitCode {
             crash_between_create_and_secret_write,
         ),
         (
+            "deletion_while_a_create_is_in_flight_revokes_its_key",
+            deletion_while_a_create_is_in_flight_revokes_its_key,
+        ),
+        (
             "rate_limiting_is_reported_then_recovered",
             rate_limiting_is_reported_then_recovered,
         ),
@@ -112,6 +116,36 @@ fn crash_between_create_and_secret_write(env: &Env) -> Result<()> {
             .restart()?;
         expect_single_key(env, "crashed", &tenant).await?;
         env.wait_event(NS, "crashed", "OrphanKeyDeleted").await?;
+        Ok(())
+    })
+}
+
+/// The resource is deleted while Imburse holds the response to its create: the key reaches
+/// the Secret, but recording it fails on the deleted resource's new version. The deletion
+/// revokes that key before the Secret goes with it.
+fn deletion_while_a_create_is_in_flight_revokes_its_key(env: &Env) -> Result<()> {
+    env.block_on(async {
+        let tenant = env.tenant(0, 5);
+        let faults = Faults {
+            create_response_delay_ms: 3_000,
+            ..Default::default()
+        };
+        env.sandbox.admin().set_faults(&faults).await?;
+        env.create_key(NS, "deleted-in-flight", &tenant, json!({}))
+            .await?;
+        poll(
+            || async { Ok(!env.sandbox_keys(&tenant).await?.is_empty()) },
+            "the key to be created at the sandbox",
+        )
+        .await?;
+        env.delete_key(NS, "deleted-in-flight").await?;
+        env.wait_gone(NS, "deleted-in-flight").await?;
+        env.sandbox.admin().set_faults(&Faults::default()).await?;
+        let live = env.sandbox_keys(&tenant).await?;
+        ensure!(
+            live.is_empty(),
+            "the deleted resource's key lives on: {live:?}"
+        );
         Ok(())
     })
 }

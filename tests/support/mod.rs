@@ -28,7 +28,8 @@ pub const WAIT: Duration = Duration::from_secs(90);
 
 pub struct Env {
     pub runtime: tokio::runtime::Runtime,
-    pub control_plane: ControlPlane,
+    /// Behind a lock so that tests can restart kube-apiserver.
+    pub control_plane: std::sync::Mutex<ControlPlane>,
     pub client: Client,
     pub sandbox: Sandbox,
     pub config: Config,
@@ -72,10 +73,10 @@ impl Env {
         )?;
         Ok(Env {
             runtime,
-            control_plane,
             client,
             sandbox,
             config,
+            control_plane: std::sync::Mutex::new(control_plane),
             operator: std::sync::Mutex::new(operator),
             operator_namespace,
             _logs: logs,
@@ -90,11 +91,23 @@ impl Env {
         dir: &Path,
         extra: &[&str],
     ) -> Result<Operator> {
-        start_operator(
+        self.start_operator_with_env(name, dir, &[], extra)
+    }
+
+    /// Like [`Env::start_operator`], with `env` added to the process's environment.
+    pub fn start_operator_with_env(
+        &self,
+        name: &'static str,
+        dir: &Path,
+        env: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Result<Operator> {
+        start_operator_with_env(
             name,
-            &self.control_plane,
+            &self.control_plane.lock().unwrap_or_else(|e| e.into_inner()),
             dir,
             &self.operator_namespace,
+            env,
             extra,
         )
     }
@@ -336,6 +349,18 @@ pub fn start_operator(
     operator_namespace: &str,
     extra: &[&str],
 ) -> Result<Operator> {
+    start_operator_with_env(name, control_plane, logs, operator_namespace, &[], extra)
+}
+
+/// Like [`start_operator`], with `env` added to the process's environment.
+pub fn start_operator_with_env(
+    name: &'static str,
+    control_plane: &ControlPlane,
+    logs: &Path,
+    operator_namespace: &str,
+    env: &[(&str, &str)],
+    extra: &[&str],
+) -> Result<Operator> {
     let mut args = vec![
         "--listen-address",
         "127.0.0.1:0",
@@ -345,12 +370,13 @@ pub fn start_operator(
         "debug,kube=info,hyper=info,hyper_util=info,tower=info,h2=info,rustls=info,reqwest=info",
     ];
     args.extend_from_slice(extra);
-    Operator::start(
+    Operator::start_with_env(
         name,
         Path::new(env!("CARGO_BIN_EXE_tenant-key-operator")),
         control_plane.kubeconfig_path(),
         logs,
         &args,
+        env,
     )
 }
 

@@ -43,8 +43,9 @@ enum Command {
     /// and check it: user 65532, entrypoint, its files, and the binary running from it on a
     /// read-only root file system.
     Image,
-    /// Create many keys at once while the operator is killed again and again and Imburse
-    /// fails, then check that every key ends Ready with exactly one working key.
+    /// Create many keys at once while Imburse fails and the operator is killed, its leader
+    /// lost, kube-apiserver restarted or half of the keys deleted, then check that every
+    /// remaining key ends Ready with exactly one working key and no deleted one leaks a key.
     Chaos(chaos::Args),
     /// Run the local demo: control plane, Imburse sandbox, operator and the examples, until
     /// Ctrl-C.

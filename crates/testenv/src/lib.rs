@@ -5,7 +5,8 @@
 //! - [`build`]: builds missing binaries into the cache.
 //! - [`ControlPlane`]: runs an isolated control plane; [`detached`] manages one that outlives
 //!   the command that started it (`cargo xtask controlplane up`).
-//! - [`install_crds`] and [`Operator`]: the operator's CRDs and binary on that control plane.
+//! - [`install_crds`], [`Operator`] and [`Replicas`]: the operator's CRDs and binary on that
+//!   control plane, one process or several contesting the leader election Lease.
 
 pub mod build;
 mod controlplane;
@@ -18,7 +19,7 @@ pub mod versions;
 use std::path::Path;
 
 pub use controlplane::{ControlPlane, client_from_kubeconfig};
-pub use operator::{Operator, install_crds};
+pub use operator::{Operator, Replicas, install_crds};
 pub use pki::ADMIN_USER;
 
 /// The last `lines` lines of a log file, for error messages.

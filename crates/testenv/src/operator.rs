@@ -8,7 +8,10 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::{
+    api::coordination::v1::Lease,
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
 use kube::{
     Api, Client, ResourceExt,
     api::{Patch, PatchParams},
@@ -68,9 +71,23 @@ impl Operator {
         dir: &Path,
         args: &[&str],
     ) -> Result<Operator> {
+        Self::start_with_env(name, binary, kubeconfig, dir, args, &[])
+    }
+
+    /// Like [`Operator::start`], with `env` added to its environment, e.g. a `POD_NAME` that
+    /// tells it apart in the leader election Lease.
+    pub fn start_with_env(
+        name: &'static str,
+        binary: &Path,
+        kubeconfig: &Path,
+        dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Operator> {
         let mut all: Vec<OsString> = vec!["run".into(), "--kubeconfig".into(), kubeconfig.into()];
         all.extend(args.iter().map(OsString::from));
-        let mut process = Process::start(name, binary, all, dir, Lifetime::Owned)?;
+        let env = env.iter().map(|(k, v)| (k.into(), v.into())).collect();
+        let mut process = Process::start_with_env(name, binary, all, env, dir, Lifetime::Owned)?;
         std::thread::sleep(Duration::from_millis(200));
         if let Err(e) = process.check_running() {
             bail!("the operator did not start: {e}");
@@ -106,6 +123,101 @@ impl Operator {
     /// Starts the operator again with the same arguments (its log is appended to).
     pub fn restart(&mut self) -> Result<()> {
         self.process.restart()
+    }
+}
+
+/// Operator processes contesting one leader election Lease, each started with a `POD_NAME` of
+/// its own, so that the Lease's holder identity (`<POD_NAME>_<suffix>`) names the process.
+/// A replica that exits by itself (a leader that could not renew in time steps down that way)
+/// is started again, as Kubernetes restarts its container.
+pub struct Replicas {
+    /// Each replica's `POD_NAME` and process.
+    replicas: Vec<(String, Operator)>,
+    leases: Api<Lease>,
+    lease: String,
+    /// Replicas started again after exiting by themselves.
+    pub revived: usize,
+}
+
+impl Replicas {
+    /// `replicas` are `(POD_NAME, process)` pairs contesting the Lease `lease` of `leases`.
+    pub fn new(replicas: Vec<(String, Operator)>, leases: Api<Lease>, lease: &str) -> Replicas {
+        Replicas {
+            replicas,
+            leases,
+            lease: lease.to_owned(),
+            revived: 0,
+        }
+    }
+
+    /// The Lease's holder identity.
+    pub async fn holder(&self) -> Result<Option<String>> {
+        Ok(self
+            .leases
+            .get_opt(&self.lease)
+            .await?
+            .and_then(|l| l.spec?.holder_identity))
+    }
+
+    /// Starts again every replica that has exited by itself.
+    fn revive(&mut self) -> Result<()> {
+        for (_, operator) in &mut self.replicas {
+            if operator.exit_status()?.is_some() {
+                operator.restart()?;
+                self.revived += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// The replica an identity belongs to.
+    fn replica(&mut self, identity: &str) -> Option<&mut Operator> {
+        let pod_name = identity.rsplit_once('_').map(|(pod_name, _)| pod_name)?;
+        self.replicas
+            .iter_mut()
+            .find(|(name, _)| name == pod_name)
+            .map(|(_, operator)| operator)
+    }
+
+    /// Waits up to `timeout` until one of the replicas holds the Lease under an identity other
+    /// than `previous`, and returns that identity.
+    pub async fn wait_leader(
+        &mut self,
+        previous: Option<&str>,
+        timeout: Duration,
+    ) -> Result<String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            self.revive()?;
+            if let Some(holder) = self.holder().await?
+                && Some(holder.as_str()) != previous
+                && self.replica(&holder).is_some()
+            {
+                return Ok(holder);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "no replica took the Lease {} within {timeout:?}",
+                    self.lease
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILLs the replica holding the Lease, as a crash would, starts it again (under a new
+    /// identity) and waits until a replica takes the Lease over. Returns the time from the kill
+    /// to the takeover; each wait is bounded by `timeout`.
+    pub async fn kill_leader(&mut self, timeout: Duration) -> Result<Duration> {
+        let leader = self.wait_leader(None, timeout).await?;
+        let operator = self
+            .replica(&leader)
+            .context("the leader is none of the replicas")?;
+        operator.kill();
+        let killed = std::time::Instant::now();
+        operator.restart()?;
+        self.wait_leader(Some(&leader), timeout).await?;
+        Ok(killed.elapsed())
     }
 }
 

@@ -31,6 +31,7 @@ pub(crate) struct Process {
     pub name: &'static str,
     program: PathBuf,
     args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
     pub log: PathBuf,
     pid_file: PathBuf,
     lifetime: Lifetime,
@@ -46,10 +47,24 @@ impl Process {
         dir: &Path,
         lifetime: Lifetime,
     ) -> Result<Process> {
+        Self::start_with_env(name, program, args, Vec::new(), dir, lifetime)
+    }
+
+    /// Like [`Process::start`], with `env` added to the inherited environment (on every
+    /// restart too).
+    pub fn start_with_env(
+        name: &'static str,
+        program: &Path,
+        args: Vec<OsString>,
+        env: Vec<(OsString, OsString)>,
+        dir: &Path,
+        lifetime: Lifetime,
+    ) -> Result<Process> {
         let mut process = Process {
             name,
             program: program.to_path_buf(),
             args,
+            env,
             log: dir.join(format!("{name}.log")),
             pid_file: pid_file(dir, name),
             lifetime,
@@ -67,6 +82,7 @@ impl Process {
             .with_context(|| format!("opening {}", self.log.display()))?;
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

@@ -22,7 +22,7 @@ use crate::controller::{
     secret::{self, KeyMaterial},
     status,
 };
-use crate::crd::{AccountRef, Endpoint, PreviousKey, TenantSecurityKey};
+use crate::crd::{AccountRef, DeletionPolicy, Endpoint, PreviousKey, TenantSecurityKey};
 
 /// Reads and writes of the Secret made to deliver a created key before giving the key up.
 const SECRET_WRITE_TRIES: u32 = 9;
@@ -212,9 +212,15 @@ impl Run<'_> {
             }
             Err(e) => return Err(e.into()),
         };
+        // A deletion that interrupted the recording of a key leaves it in the Secret only; the
+        // Secret goes with the resource, and the key with it unless it is revoked here. A
+        // retained Secret keeps its key.
+        let secret_goes = self.deleting
+            && self.tsk.spec.deletion_policy.unwrap_or_default() == DeletionPolicy::Delete;
         let in_secret = self
             .secret
             .as_ref()
+            .filter(|_| !secret_goes)
             .filter(|s| secret::is_owned_by(s, self.tsk))
             .and_then(|s| secret::material(self.tsk, s))
             .map(|m| m.public_key);
