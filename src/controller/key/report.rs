@@ -13,14 +13,19 @@ use crate::controller::{
 };
 use crate::crd::TenantSecurityKeyStatus;
 
+/// When a deletion that did not finish, without a failure, is looked at again.
+const DELETION_RECHECK: Duration = Duration::from_secs(5);
+
 impl Run<'_> {
     /// Reports the result and decides when to look again.
     pub(super) async fn finish(mut self, result: Result<()>) -> Result<Action> {
-        // A resource whose finalizer is gone (or going) has no status left to report.
-        if self.released || (self.deleting && result.is_ok()) {
+        // A resource whose finalizer is gone has no status left to report.
+        if self.released || (self.deleting && !self.has_finalizer) {
             self.ctx.forget_refusal(&self.uid);
             return Ok(Action::await_change());
         }
+        // Before the deletion's own exit below: a deletion that stopped for its backoff or for
+        // a cache behind the API server is not done, and no change may come to wake it.
         if let Some(left) = self.waiting
             && result.is_ok()
         {
@@ -29,6 +34,11 @@ impl Run<'_> {
         if self.stale && result.is_ok() {
             tracing::debug!("cache behind the API server; deciding again shortly");
             return Ok(Action::requeue(Duration::from_millis(500)));
+        }
+        // A deletion that still holds the finalizer after a run without failure (its steps ran
+        // out) has nothing to report either, but must be looked at again until it is done.
+        if self.deleting && result.is_ok() {
+            return Ok(Action::requeue(DELETION_RECHECK));
         }
         // Someone else changed the resource since this reconcile read it: nothing went wrong,
         // but everything decided here is void. Decide again on the new version.
