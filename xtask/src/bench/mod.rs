@@ -543,13 +543,18 @@ async fn apiserver_requests(client: &Client) -> Result<BTreeMap<String, u64>> {
     Ok(counts)
 }
 
-/// `tenant_key_operator_kube_writes_total` by label set.
-async fn kube_writes(listen: &str) -> Result<BTreeMap<String, u64>> {
-    let body = reqwest::get(format!("http://{listen}/metrics"))
+/// The operator's `/metrics`.
+async fn scrape(listen: &str) -> Result<String> {
+    Ok(reqwest::get(format!("http://{listen}/metrics"))
         .await?
         .text()
-        .await?;
-    Ok(body
+        .await?)
+}
+
+/// `tenant_key_operator_kube_writes_total` by label set.
+async fn kube_writes(listen: &str) -> Result<BTreeMap<String, u64>> {
+    Ok(scrape(listen)
+        .await?
         .lines()
         .filter_map(|l| l.strip_prefix("tenant_key_operator_kube_writes_total"))
         .filter_map(|l| {
@@ -603,11 +608,8 @@ async fn answers_ready(listen: &str, limit: Duration) -> bool {
 
 /// `tenant_key_operator_reconciles_total` of TenantSecurityKeys, all results.
 async fn key_reconciles(listen: &str) -> Result<u64> {
-    let body = reqwest::get(format!("http://{listen}/metrics"))
+    Ok(scrape(listen)
         .await?
-        .text()
-        .await?;
-    Ok(body
         .lines()
         .filter_map(|l| l.strip_prefix("tenant_key_operator_reconciles_total{"))
         .filter(|l| l.contains(r#"kind="TenantSecurityKey""#))
