@@ -30,15 +30,16 @@ use tenant_key_operator::{
     crd::{ImburseAccount, TenantSecurityKey},
 };
 
-use super::{NAMESPACE, create_key};
+use super::{CREATING_CLIENTS, NAMESPACE, create_key};
 
 const FIELD_MANAGER: &str = "bench-floor";
 
-/// Makes, for `keys` keys at `concurrency`, the Kubernetes requests the operator makes to
-/// bring a new key to Ready, in its order, and returns how long that took. Per key: the
-/// user's create; the reads of the first reconcile (the account, the target Secret, the
-/// resource's latest version); the apply of the intent and finalizer; the Secret's dry run;
-/// the read that guards the Secret write; the Secret's create; the status apply; the two Events
+/// Makes, for `keys` keys, the Kubernetes requests the operator makes to bring a new key to
+/// Ready, in its order, and returns how long that took. As in the operator's run, the keys are
+/// created by 16 clients at once, and each created key is taken up by one of `concurrency`
+/// workers, which makes: the reads of the first reconcile (the account, the target Secret, the
+/// resource's latest version); the apply of the intent and finalizer; the Secret's dry run; the
+/// read that guards the Secret write; the Secret's create; the status apply; the two Events
 /// (creating, created).
 pub(crate) async fn kube_floor(
     client: &Client,
@@ -47,12 +48,21 @@ pub(crate) async fn kube_floor(
     tenants: &[&str],
 ) -> Result<Duration> {
     create_account(client).await?;
+    let api: Api<TenantSecurityKey> = Api::namespaced(client.clone(), NAMESPACE);
+    let (created, to_process) = futures::channel::mpsc::unbounded();
     let started = Instant::now();
-    stream::iter(0..keys)
-        .map(|i| one_key(client, i, tenants[i % tenants.len()]))
+    let creating = stream::iter(0..keys)
+        .map(|i| {
+            let api = api.clone();
+            async move { create_key(&api, i, tenants[i % tenants.len()]).await.map(|()| i) }
+        })
+        .buffer_unordered(CREATING_CLIENTS)
+        .try_for_each(move |i| future::ready(created.unbounded_send(i).map_err(Into::into)));
+    let processing = to_process
+        .map(|i| one_key(client, i))
         .buffer_unordered(concurrency)
-        .try_for_each(|()| future::ready(Ok(())))
-        .await?;
+        .try_for_each(|()| future::ready(Ok(())));
+    futures::try_join!(creating, processing)?;
     Ok(started.elapsed())
 }
 
@@ -70,7 +80,7 @@ async fn create_account(client: &Client) -> Result<()> {
     Ok(())
 }
 
-async fn one_key(client: &Client, i: usize, tenant: &str) -> Result<()> {
+async fn one_key(client: &Client, i: usize) -> Result<()> {
     let keys: Api<TenantSecurityKey> = Api::namespaced(client.clone(), NAMESPACE);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
     let events: Api<Event> = Api::namespaced(client.clone(), NAMESPACE);
@@ -78,7 +88,6 @@ async fn one_key(client: &Client, i: usize, tenant: &str) -> Result<()> {
     let name = format!("key-{i:05}");
     let apply = PatchParams::apply(FIELD_MANAGER).force();
 
-    create_key(&keys, i, tenant).await?;
     accounts.get("imburse").await?;
     secrets.get_opt(&name).await?;
     keys.get(&name).await?;

@@ -47,6 +47,9 @@ use crate::workspace::{self, step};
 
 pub(crate) const NAMESPACE: &str = "bench";
 
+/// How many clients create the keys at once, as a burst of `kubectl apply` or a GitOps sync.
+const CREATING_CLIENTS: usize = 16;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Numbers of TenantSecurityKeys to measure, comma-separated: one run each.
@@ -226,7 +229,7 @@ async fn measure_operator(
     let api: Api<TenantSecurityKey> = Api::namespaced(client.clone(), NAMESPACE);
     let creating = stream::iter(0..keys)
         .map(|i| create_key(&api, i, tenants[i % tenants.len()]))
-        .buffer_unordered(16)
+        .buffer_unordered(CREATING_CLIENTS)
         .try_collect::<Vec<()>>();
     futures::try_join!(creating, wait_all_ready(&api, keys))?;
     let to_ready = started.elapsed();
