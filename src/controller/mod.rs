@@ -412,12 +412,11 @@ pub async fn run(
             .map(Some)
             .collect()
     };
-    let (namespaced, namespaced_watches): (Vec<SharedWatch<ImburseAccount>>, Vec<_>) = scopes
+    let namespaced: Vec<SharedWatch<ImburseAccount>> = scopes
         .iter()
         .map(|scope| SharedWatch::new(scoped(&ctx.client, scope.as_deref())))
-        .unzip();
-    let (cluster, cluster_watch) =
-        SharedWatch::new(Api::<ClusterImburseAccount>::all(ctx.client.clone()));
+        .collect();
+    let cluster = SharedWatch::new(Api::<ClusterImburseAccount>::all(ctx.client.clone()));
     let _ = ctx.account_stores.set(AccountStores {
         namespaced: namespaced.iter().map(|w| w.store.clone()).collect(),
         cluster: cluster.store.clone(),
@@ -427,8 +426,8 @@ pub async fn run(
         .zip(&namespaced)
         .map(|(scope, accounts)| {
             let triggers = AccountTriggers {
-                namespaced: accounts.handle.clone(),
-                cluster: cluster.handle.clone(),
+                namespaced: accounts.subscribe(),
+                cluster: cluster.subscribe(),
             };
             run_keys(ctx.clone(), scope.as_deref(), triggers, shutdown.clone())
         })
@@ -451,17 +450,32 @@ pub async fn run(
         ready.store(true, Ordering::Relaxed);
     });
     let namespaced_accounts = scopes.iter().zip(&namespaced).map(|(scope, accounts)| {
-        run_accounts(ctx.clone(), accounts, scope.as_deref(), shutdown.clone())
+        run_accounts(
+            ctx.clone(),
+            accounts.store.clone(),
+            accounts.subscribe(),
+            scope.as_deref(),
+            shutdown.clone(),
+        )
     });
     // Cluster accounts' credentials are only ever read from one namespace: watch only it.
     let secret_namespace = ctx.settings.cluster_account_secret_namespace.clone();
     let controllers = future::join3(
         future::join_all(key_controllers),
         future::join_all(namespaced_accounts),
-        run_accounts(ctx.clone(), &cluster, Some(&secret_namespace), shutdown),
+        run_accounts(
+            ctx.clone(),
+            cluster.store.clone(),
+            cluster.subscribe(),
+            Some(&secret_namespace),
+            shutdown,
+        ),
     );
     // The watches never end on their own: the controllers' end (shutdown) ends them.
-    let watches = future::join(future::join_all(namespaced_watches), cluster_watch);
+    let watches = future::join(
+        future::join_all(namespaced.into_iter().map(SharedWatch::run)),
+        cluster.run(),
+    );
     futures::pin_mut!(controllers, watches);
     future::select(controllers, watches).await;
 }
@@ -488,22 +502,32 @@ const SHARED_BUFFER: usize = 256;
 /// account change wakes. A subscriber hears of a change only once the cache holds it, so a
 /// key woken by its account's change reads the changed account.
 struct SharedWatch<A: AccountResource> {
+    api: Api<A>,
     store: Store<A>,
-    handle: reflector::ReflectHandle<A>,
+    writer: reflector::store::Writer<A>,
 }
 
 impl<A: AccountResource> SharedWatch<A> {
-    /// The watch, and the future that drives it: subscribers hear nothing unless it runs.
-    fn new(api: Api<A>) -> (Self, impl Future<Output = ()>) {
+    fn new(api: Api<A>) -> Self {
         let (store, writer) = reflector::store_shared(SHARED_BUFFER);
-        let handle = writer
+        Self { api, store, writer }
+    }
+
+    /// A subscription for one consumer, which must keep reading it: the watch waits for the
+    /// slowest subscriber once its buffer is full.
+    fn subscribe(&self) -> reflector::ReflectHandle<A> {
+        self.writer
             .subscribe()
-            .expect("a store made by store_shared hands out subscriptions");
-        let driver = watcher(api, watcher::Config::default())
+            .expect("a store made by store_shared hands out subscriptions")
+    }
+
+    /// Drives the watch, after every subscription was taken: subscribers hear nothing unless
+    /// it runs.
+    fn run(self) -> impl Future<Output = ()> {
+        watcher(self.api, watcher::Config::default())
             .default_backoff()
-            .reflect_shared(writer)
-            .for_each(|_| future::ready(()));
-        (Self { store, handle }, driver)
+            .reflect_shared(self.writer)
+            .for_each(|_| future::ready(()))
     }
 }
 
@@ -603,13 +627,13 @@ fn run_keys(
 /// cache: an event only maps the Secret to the accounts that name it.
 async fn run_accounts<A: AccountResource>(
     ctx: Arc<Context>,
-    accounts: &SharedWatch<A>,
+    store: Store<A>,
+    accounts: reflector::ReflectHandle<A>,
     secret_namespace: Option<&str>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let store = accounts.store.clone();
-    let controller = Controller::for_shared_stream(accounts.handle.clone(), store.clone());
+    let controller = Controller::for_shared_stream(accounts, store.clone());
     let mapper_ctx = ctx.clone();
     controller
         .watches(

@@ -54,7 +54,11 @@ pub(crate) async fn kube_floor(
     let creating = stream::iter(0..keys)
         .map(|i| {
             let api = api.clone();
-            async move { create_key(&api, i, tenants[i % tenants.len()]).await.map(|()| i) }
+            async move {
+                create_key(&api, i, tenants[i % tenants.len()])
+                    .await
+                    .map(|()| i)
+            }
         })
         .buffer_unordered(CREATING_CLIENTS)
         .try_for_each(move |i| future::ready(created.unbounded_send(i).map_err(Into::into)));
