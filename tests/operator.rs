@@ -661,6 +661,16 @@ fn account_allow_lists_gate_keys(env: &Env) -> Result<()> {
             "a key was created with a role the account does not allow"
         );
 
+        // More changes than the shared account watch buffers, none of them for any key: the
+        // watch keeps flowing to every subscriber, so the change that matters still arrives.
+        let accounts = Api::<ImburseAccount>::namespaced(env.client.clone(), ns);
+        for i in 0..300 {
+            let noise =
+                json!({"metadata": {"annotations": {"example.com/touched": i.to_string()}}});
+            accounts
+                .patch("imburse", &PatchParams::default(), &Patch::Merge(&noise))
+                .await?;
+        }
         // The account stops allowing the role: the key stalls and is not replaced.
         let patch = json!({"spec": {"allowedRoles": []}});
         Api::<ImburseAccount>::namespaced(env.client.clone(), ns)

@@ -72,7 +72,7 @@ pub struct Args {
     /// Creates whose key is stored but whose response is lost.
     #[arg(long, default_value_t = 10)]
     lost_creates: u32,
-    /// An operator binary to use instead of a fresh release build.
+    /// An operator binary to use instead of a fresh build of the one the image ships.
     #[arg(long)]
     operator: Option<PathBuf>,
     /// Where to write the figures (default: <target>/chaos/results.json). Scenarios not run
