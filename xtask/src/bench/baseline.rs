@@ -30,7 +30,7 @@ use tenant_key_operator::{
     crd::{ImburseAccount, TenantSecurityKey},
 };
 
-use super::{CREATING_CLIENTS, NAMESPACE, create_key};
+use super::{CREATING_CLIENTS, NAMESPACE, create_key, key_pair_secret};
 
 const FIELD_MANAGER: &str = "bench-floor";
 
@@ -209,27 +209,11 @@ pub(crate) async fn manual(
                 },
             )
             .await?;
-        let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some(format!("manual-{i:05}")),
-                ..ObjectMeta::default()
-            },
-            data: Some(BTreeMap::from([
-                (
-                    "publicKey".to_owned(),
-                    ByteString(created.public_key.clone().into_bytes()),
-                ),
-                (
-                    "privateKey".to_owned(),
-                    ByteString(
-                        imburse::ExposeSecret::expose_secret(&created.private_key)
-                            .as_bytes()
-                            .to_vec(),
-                    ),
-                ),
-            ])),
-            ..Secret::default()
-        };
+        let secret = key_pair_secret(
+            &format!("manual-{i:05}"),
+            &created.public_key,
+            &created.private_key,
+        );
         secrets.create(&PostParams::default(), &secret).await?;
     }
     Ok(started.elapsed())

@@ -395,33 +395,42 @@ async fn create_unrelated_secrets(client: &Client, count: usize) -> Result<()> {
     Ok(())
 }
 
+/// A Secret holding a key pair under `publicKey` and `privateKey`, as the tutorial stores one.
+pub(crate) fn key_pair_secret(
+    name: &str,
+    public_key: &str,
+    private_key: &imburse::SecretString,
+) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([
+            (
+                "publicKey".to_owned(),
+                ByteString(public_key.as_bytes().to_vec()),
+            ),
+            (
+                "privateKey".to_owned(),
+                ByteString(
+                    imburse::ExposeSecret::expose_secret(private_key)
+                        .as_bytes()
+                        .to_vec(),
+                ),
+            ),
+        ])),
+        ..Secret::default()
+    }
+}
+
 pub(crate) async fn setup_account(
     client: &Client,
     config: &Config,
     sandbox: &Sandbox,
 ) -> Result<()> {
     let account = &config.accounts[0];
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some("imburse-account".into()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([
-            (
-                "publicKey".to_owned(),
-                ByteString(account.public_key.clone().into_bytes()),
-            ),
-            (
-                "privateKey".to_owned(),
-                ByteString(
-                    imburse::ExposeSecret::expose_secret(&account.private_key)
-                        .as_bytes()
-                        .to_vec(),
-                ),
-            ),
-        ])),
-        ..Default::default()
-    };
+    let secret = key_pair_secret("imburse-account", &account.public_key, &account.private_key);
     Api::<Secret>::namespaced(client.clone(), NAMESPACE)
         .create(&PostParams::default(), &secret)
         .await?;
