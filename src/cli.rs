@@ -13,7 +13,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::{
     allowed_hosts::AllowedHosts,
-    controller::{self, Context, Settings},
+    controller::{self, Context, KeyLimits, Settings},
     crd, http, leader,
     metrics::{self, Metrics},
 };
@@ -94,6 +94,15 @@ struct RunArgs {
     /// longer knows is replaced.
     #[arg(long, env = "VERIFY_INTERVAL", default_value = "1h", value_parser = parse_interval)]
     verify_interval: Duration,
+    /// Shortest `rotation.interval` a TenantSecurityKey may ask for (`1h`, `30m`): each
+    /// rotation mints a key at Imburse, so whoever can edit a key must not mint them in a loop.
+    /// A shorter interval stalls the resource with `InvalidSpec`.
+    #[arg(long, env = "MIN_ROTATION_INTERVAL", default_value = "1h", value_parser = parse_interval)]
+    min_rotation_interval: Duration,
+    /// Longest `rotation.gracePeriod` a TenantSecurityKey may ask for: a replaced key stays
+    /// valid that long, and pending replaced keys are capped.
+    #[arg(long, env = "MAX_GRACE_PERIOD", default_value = "168h", value_parser = parse_interval)]
+    max_grace_period: Duration,
     /// Kubeconfig to use instead of the in-cluster configuration or $KUBECONFIG.
     #[arg(long)]
     kubeconfig: Option<std::path::PathBuf>,
@@ -314,6 +323,10 @@ async fn run_async(args: RunArgs) -> Result<(), BoxError> {
         backoff_cap: Duration::from_secs(300),
         stalled_retry: Duration::from_secs(args.credentials_retry_seconds.max(1)),
         verify_interval: (!args.verify_interval.is_zero()).then_some(args.verify_interval),
+        key_limits: KeyLimits {
+            min_rotation_interval: args.min_rotation_interval,
+            max_grace_period: args.max_grace_period,
+        },
     };
     let ready = Arc::new(AtomicBool::new(false));
     let ctx = Arc::new(Context::new(

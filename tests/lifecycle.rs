@@ -25,11 +25,12 @@ const ROTATE: &str = "imbursepayments.com/rotate-requested-at";
 
 fn main() -> std::process::ExitCode {
     let args = Arguments::from_args();
-    // Live keys are checked at the sandbox every three seconds.
+    // Live keys are checked at the sandbox every three seconds, and keys rotate within
+    // seconds.
     let env = match Env::start_with(
         Config::generate(1, 12),
         imburse_sandbox::Options::default(),
-        &["--verify-interval", "3s"],
+        &["--verify-interval", "3s", "--min-rotation-interval", "1s"],
     ) {
         Ok(env) => Arc::new(env),
         Err(e) => {

@@ -647,8 +647,7 @@ fn account_allow_lists_gate_keys(env: &Env) -> Result<()> {
         for name in ["refused-tenant", "refused-role", "cluster-refused-tenant"] {
             let key = env.keys(ns).get(name).await?;
             ensure!(
-                !key.annotations()
-                    .contains_key("imbursepayments.com/create-pending"),
+                key.status.and_then(|s| s.pending_create).is_none(),
                 "{name}: an intent was recorded"
             );
         }

@@ -297,8 +297,7 @@ fn unknown_tenant_closes_the_intent_and_deletes(env: &Env) -> Result<()> {
         env.wait_reason(ns, "nowhere", "TenantNotFound").await?;
         let key = env.keys(ns).get("nowhere").await?;
         ensure!(
-            !key.annotations()
-                .contains_key("imbursepayments.com/create-pending"),
+            key.status.and_then(|s| s.pending_create).is_none(),
             "the intent of a refused create stays open"
         );
         env.delete_key(ns, "nowhere").await?;

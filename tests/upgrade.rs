@@ -414,11 +414,12 @@ fn settled(key: &TenantSecurityKey) -> bool {
     let Some(status) = key.status.as_ref() else {
         return false;
     };
-    let intent_open = key
-        .annotations()
-        .get(intent::ANNOTATION)
-        .and_then(|v| intent::Recorded::parse(v))
-        .is_some_and(|r| status.attempt.as_deref() != Some(r.attempt()));
+    let intent_open = status.pending_create.is_some()
+        || key
+            .annotations()
+            .get(intent::ANNOTATION)
+            .and_then(|v| intent::Recorded::parse(v))
+            .is_some_and(|r| status.attempt.as_deref() != Some(r.attempt()));
     key.meta().deletion_timestamp.is_none()
         && status.observed_generation == key.meta().generation
         && support::ready(Some(&status.conditions)) == Some(("True", "KeyReady"))

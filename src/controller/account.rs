@@ -305,7 +305,8 @@ fn kind_name(kind: AccountKind) -> &'static str {
 }
 
 /// Whether any TenantSecurityKey in the cache refers to the account (`namespace` is set for
-/// namespaced accounts), other than the one with uid `except`.
+/// namespaced accounts), other than the one with uid `except`: in its spec, or as the account
+/// of a key it still has to revoke.
 fn in_use(
     ctx: &Context,
     kind: AccountKind,
@@ -317,8 +318,7 @@ fn in_use(
         return true;
     };
     stores.iter().flat_map(Store::state).any(|k| {
-        k.spec.account_ref.kind == kind
-            && k.spec.account_ref.name == name
+        k.account_refs().any(|r| r.kind == kind && r.name == name)
             && namespace.is_none_or(|ns| k.namespace().as_deref() == Some(ns))
             && k.uid().as_deref() != except
     })

@@ -34,6 +34,9 @@
 
 use crate::crd::{AccountRef, DeletionPolicy, Endpoint};
 
+/// Most replaced keys that may wait for revocation at once.
+pub const MAX_PREVIOUS_KEYS: usize = 10;
+
 /// What the spec asks for, after validation and defaulting.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Desired {
@@ -198,6 +201,9 @@ pub enum Step {
     RestartWorkloads,
     /// A Secret of that name exists and belongs to someone else.
     SecretConflict,
+    /// The key should be replaced, but [`MAX_PREVIOUS_KEYS`] replaced keys still wait for
+    /// revocation: nothing is created until older ones are revoked.
+    RotationLimited,
     /// Nothing left to do; the key is ready (or the resource is gone).
     Settled,
 }
@@ -258,36 +264,24 @@ pub fn next_step(o: &Observed) -> Step {
     let Some(current) = &o.current else {
         return Step::BeginCreate(CreateReason::NoKey);
     };
-    if current.tenant_id != o.desired.tenant_id
-        || current.account != o.desired.account
-        || current.roles != o.desired.roles
-    {
-        return Step::BeginCreate(CreateReason::SpecChanged);
-    }
-    if let (Some(recorded), Some(now)) = (&current.endpoint, &o.desired.endpoint)
-        && recorded != now
-    {
-        return Step::BeginCreate(CreateReason::EndpointChanged);
-    }
-    match &o.secret {
-        SecretState::Missing | SecretState::NotOwned => {
-            return Step::BeginCreate(CreateReason::SecretMissing);
+    if let Some(reason) = replacement(o, current) {
+        // Every replacement leaves a key valid for its grace period; whoever can edit the
+        // resource or its Secret must not pile them up. A key Imburse no longer knows leaves
+        // nothing behind.
+        let piles_up = reason != CreateReason::Rotation(Rotation::RevokedExternally);
+        if piles_up && o.retired.len() >= MAX_PREVIOUS_KEYS {
+            return Step::RotationLimited;
         }
+        return Step::BeginCreate(reason);
+    }
+    if matches!(
+        o.secret,
         SecretState::Owned {
-            fingerprint,
-            layout_matches,
+            layout_matches: false,
             ..
-        } => {
-            if fingerprint.as_deref() != Some(current.fingerprint.as_str()) {
-                return Step::BeginCreate(CreateReason::SecretDamaged);
-            }
-            if let Some(rotation) = o.rotation {
-                return Step::BeginCreate(CreateReason::Rotation(rotation));
-            }
-            if !layout_matches {
-                return Step::RewriteSecret;
-            }
         }
+    ) {
+        return Step::RewriteSecret;
     }
     if !o.has_finalizer {
         return Step::AddFinalizer;
@@ -302,6 +296,30 @@ pub fn next_step(o: &Observed) -> Step {
         return Step::RevokeRetired(retired.clone());
     }
     Step::Settled
+}
+
+/// Why the recorded key must give way to a new one, if it must.
+fn replacement(o: &Observed, current: &CurrentKey) -> Option<CreateReason> {
+    if current.tenant_id != o.desired.tenant_id
+        || current.account != o.desired.account
+        || current.roles != o.desired.roles
+    {
+        return Some(CreateReason::SpecChanged);
+    }
+    if let (Some(recorded), Some(now)) = (&current.endpoint, &o.desired.endpoint)
+        && recorded != now
+    {
+        return Some(CreateReason::EndpointChanged);
+    }
+    match &o.secret {
+        SecretState::Missing | SecretState::NotOwned => Some(CreateReason::SecretMissing),
+        SecretState::Owned { fingerprint, .. }
+            if fingerprint.as_deref() != Some(current.fingerprint.as_str()) =>
+        {
+            Some(CreateReason::SecretDamaged)
+        }
+        SecretState::Owned { .. } => o.rotation.map(CreateReason::Rotation),
+    }
 }
 
 fn next_deletion_step(o: &Observed) -> Step {
@@ -450,6 +468,7 @@ mod tests {
             Step::ReleaseSecret,
             Step::RemoveFinalizer,
             Step::SecretConflict,
+            Step::RotationLimited,
             Step::Settled,
         ];
         assert!(!local.iter().any(Step::needs_latest_resource));
@@ -996,6 +1015,66 @@ mod tests {
             ..rotating
         };
         assert_eq!(next_step(&deleting), Step::RevokeCurrent);
+    }
+
+    /// Replacements that leave a key behind stop at the cap of waiting replaced keys; one
+    /// that replaces a key Imburse no longer knows does not, and neither does a deletion.
+    #[test]
+    fn replaced_keys_do_not_pile_up() {
+        let full: Vec<Retired> = (0..MAX_PREVIOUS_KEYS)
+            .map(|i| retired(&format!("old{i}"), false))
+            .collect();
+        let mut changed = ready();
+        changed.desired.roles = vec!["tenant-app-read".into()];
+        for o in [
+            Observed {
+                rotation: Some(Rotation::Requested),
+                ..ready()
+            },
+            Observed {
+                rotation: Some(Rotation::Scheduled),
+                ..ready()
+            },
+            Observed {
+                secret: SecretState::Missing,
+                ..ready()
+            },
+            Observed {
+                secret: owned("fp-other", "a1"),
+                ..ready()
+            },
+            changed,
+        ] {
+            let capped = Observed {
+                retired: full.clone(),
+                ..o.clone()
+            };
+            assert_eq!(next_step(&capped), Step::RotationLimited, "{o:?}");
+            let room = Observed {
+                retired: full[1..].to_vec(),
+                ..o
+            };
+            assert!(matches!(next_step(&room), Step::BeginCreate(_)));
+        }
+        let revoked = Observed {
+            rotation: Some(Rotation::RevokedExternally),
+            retired: full.clone(),
+            ..ready()
+        };
+        assert_eq!(
+            next_step(&revoked),
+            Step::BeginCreate(CreateReason::Rotation(Rotation::RevokedExternally))
+        );
+        let deleting = Observed {
+            deleting: true,
+            rotation: Some(Rotation::Requested),
+            retired: full,
+            ..ready()
+        };
+        assert_eq!(
+            next_step(&deleting),
+            Step::RevokeRetired(retired("old0", false))
+        );
     }
 
     #[test]

@@ -47,6 +47,14 @@ pub enum Error {
         "the account's API generation cannot list tenant keys, so a possibly created key cannot be found; check the tenant's keys at Imburse and delete any named {0:?}"
     )]
     ListingUnsupported(String),
+    #[error(
+        "key {public_key} could not be proven revoked: {why}; it is kept on record until the credentials it was made with say it is gone, or it is revoked by hand"
+    )]
+    KeyNotRevoked { public_key: String, why: String },
+    #[error(
+        "{pending} replaced keys still wait for revocation (at most {cap}): no further key is made until older ones are revoked"
+    )]
+    RotationLimited { pending: usize, cap: usize },
     #[error("Imburse API: {0}")]
     Imburse(#[from] imburse::Error),
     /// Imburse refused the last create outright; repeated without asking again until the
@@ -79,11 +87,13 @@ pub enum Reason {
     SecretRejected,
     ListingUnsupported,
     KubernetesError,
+    KeyNotRevoked,
+    RotationLimited,
 }
 
 impl Reason {
     /// Every reason, for tools that must map each one (the Argo CD health check's test).
-    pub const ALL: [Reason; 19] = [
+    pub const ALL: [Reason; 21] = [
         Self::InvalidSpec,
         Self::AccountNotFound,
         Self::NamespaceNotAllowed,
@@ -103,6 +113,8 @@ impl Reason {
         Self::SecretRejected,
         Self::ListingUnsupported,
         Self::KubernetesError,
+        Self::KeyNotRevoked,
+        Self::RotationLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -126,6 +138,8 @@ impl Reason {
             Self::SecretRejected => "SecretRejected",
             Self::ListingUnsupported => "ListingUnsupported",
             Self::KubernetesError => "KubernetesError",
+            Self::KeyNotRevoked => "KeyNotRevoked",
+            Self::RotationLimited => "RotationLimited",
         }
     }
 
@@ -152,7 +166,9 @@ impl Reason {
             | Self::SecretConflict
             | Self::AdoptionRefused
             | Self::SecretRejected
-            | Self::ListingUnsupported => true,
+            | Self::ListingUnsupported
+            | Self::KeyNotRevoked
+            | Self::RotationLimited => true,
             Self::AccountNotReady
             | Self::RateLimited
             | Self::ImburseUnavailable
@@ -181,6 +197,8 @@ impl Error {
             Self::AdoptionRefused { .. } => Reason::AdoptionRefused,
             Self::SecretRejected { .. } => Reason::SecretRejected,
             Self::ListingUnsupported(_) => Reason::ListingUnsupported,
+            Self::KeyNotRevoked { .. } => Reason::KeyNotRevoked,
+            Self::RotationLimited { .. } => Reason::RotationLimited,
             Self::Kube(_) => Reason::KubernetesError,
             Self::Refused { reason, .. } => *reason,
             Self::Imburse(e) => match e {
@@ -286,6 +304,8 @@ mod tests {
                 Reason::SecretRejected => 16,
                 Reason::ListingUnsupported => 17,
                 Reason::KubernetesError => 18,
+                Reason::KeyNotRevoked => 19,
+                Reason::RotationLimited => 20,
             };
             assert_eq!(position, expected, "{}", reason.as_str());
         }

@@ -109,14 +109,13 @@ impl Recorder {
         let object = regarding.name.as_deref().unwrap_or(&self.controller);
         KubeEvent {
             metadata: ObjectMeta {
-                // The object's name and the time, as kubectl and client-go name Events.
-                name: Some(format!("{object}.{:x}", now.as_nanosecond())),
+                name: Some(event_name(object, now)),
                 namespace: regarding.namespace.clone(),
                 ..ObjectMeta::default()
             },
             action: Some(event.action.clone()),
             reason: Some(event.reason.clone()),
-            note: event.note.clone(),
+            note: event.note.as_deref().map(fit_note),
             type_: Some(
                 match event.type_ {
                     EventType::Normal => "Normal",
@@ -132,6 +131,40 @@ impl Recorder {
             ..KubeEvent::default()
         }
     }
+}
+
+/// Longest Event name, a DNS subdomain.
+const MAX_NAME: usize = 253;
+/// Longest note the API server keeps in an Event.
+const MAX_NOTE: usize = 1024;
+
+/// The object's name and the time, as kubectl and client-go name Events, with the object's
+/// name cut short where both would not fit a name.
+fn event_name(object: &str, now: Timestamp) -> String {
+    let suffix = format!(".{:x}", now.as_nanosecond());
+    let mut prefix = object;
+    if prefix.len() + suffix.len() > MAX_NAME {
+        let mut end = MAX_NAME - suffix.len();
+        while !prefix.is_char_boundary(end) {
+            end -= 1;
+        }
+        prefix = prefix[..end].trim_end_matches(['-', '.']);
+    }
+    format!("{prefix}{suffix}")
+}
+
+/// A note the API server takes: at most [`MAX_NOTE`] bytes, cut at a character boundary and
+/// marked as cut. A refused Event would be lost whole, with what it had to say.
+fn fit_note(note: &str) -> String {
+    const MARK: &str = " [...]";
+    if note.len() <= MAX_NOTE {
+        return note.to_owned();
+    }
+    let mut end = MAX_NOTE - MARK.len();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MARK}", &note[..end])
 }
 
 impl Recent {
@@ -193,6 +226,20 @@ fn identity(event: &Event, regarding: &ObjectReference) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_and_notes_fit_what_the_api_server_takes() {
+        let now = Timestamp::now();
+        let long = format!("{}-x", "a".repeat(250));
+        let name = event_name(&long, now);
+        assert!(name.len() <= MAX_NAME, "{}", name.len());
+        assert!(!name.contains("-."), "{name}");
+        assert!(event_name("pay", now).starts_with("pay."));
+        let note = "ä".repeat(1000);
+        let fitted = fit_note(&note);
+        assert!(fitted.len() <= MAX_NOTE && fitted.ends_with("[...]"));
+        assert_eq!(fit_note("short"), "short");
+    }
 
     fn event(reason: &str, note: &str) -> Event {
         Event {

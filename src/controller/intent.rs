@@ -9,36 +9,21 @@
 //! - the intent records what the attempt asked for (tenant, roles, account, endpoint), so a
 //!   key recovered from its Secret after a crash is recorded as what it is, not as whatever
 //!   the spec says by then.
+//!
+//! The intent lives in `status.pendingCreate`, which only the operator can write. Versions up
+//! to 0.4 kept it in an annotation, which anyone who can edit the resource can write: such an
+//! intent is read only to finish what an older version began, and only once everything it
+//! names passes the checks a new spec of this namespace would.
 
-use serde::{Deserialize, Serialize};
-
-use crate::crd::{AccountRef, Endpoint};
-
-/// Annotation holding the open intent. Its value is JSON ([`Intent`]); values written by
-/// earlier versions read `<attempt>:<key name>`.
+/// Annotation where versions up to 0.4 kept the open intent: JSON ([`Intent`]), or
+/// `<attempt>:<key name>` before that.
 pub const ANNOTATION: &str = "imbursepayments.com/create-pending";
 
 /// Separates the human part of a key name from the operator's marker.
 const MARKER: &str = " #tko:";
 
-/// What one creation attempt asked Imburse for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Intent {
-    /// Random id of the attempt; the Secret written by it carries the same id.
-    pub attempt: String,
-    /// The exact name sent to Imburse.
-    pub name: String,
-    pub tenant_id: String,
-    /// Sorted, without duplicates.
-    pub roles: Vec<String>,
-    pub account_ref: AccountRef,
-    pub endpoint: Endpoint,
-    /// Value of the rotation request annotation when the attempt began: the attempt serves it,
-    /// also when it is recovered after a crash, so no request is served twice.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rotate_request: Option<String>,
-}
+/// What one creation attempt asked Imburse for, as the status records it.
+pub type Intent = crate::crd::CreateIntent;
 
 /// An intent as found on a resource.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,12 +57,6 @@ impl Recorded {
     }
 }
 
-impl Intent {
-    pub fn to_annotation(&self) -> String {
-        serde_json::to_string(self).expect("an intent is plain strings and lists")
-    }
-}
-
 /// A fresh attempt id: 16 hex characters are plenty to tell attempts of one resource apart.
 pub fn new_attempt() -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();
@@ -95,6 +74,13 @@ pub fn human_name(name: &str) -> &str {
     name.rsplit_once(MARKER).map_or(name, |(human, _)| human)
 }
 
+/// Whether `name` is exactly the name attempt `attempt` of the resource `uid` gives a key.
+pub fn names_attempt(name: &str, uid: &str, attempt: &str) -> bool {
+    name.rsplit_once(MARKER)
+        .and_then(|(_, marker)| marker.split_once(':'))
+        .is_some_and(|(owner, a)| owner == uid && a == attempt && !attempt.is_empty())
+}
+
 /// Whether Imburse's key name marks the key as made for the resource with this uid.
 pub fn made_for(name: &str, uid: &str) -> bool {
     name.rsplit_once(MARKER)
@@ -105,7 +91,11 @@ pub fn made_for(name: &str, uid: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{AccountKind, ApiGeneration};
+    use crate::crd::{AccountKind, AccountRef, ApiGeneration, Endpoint};
+
+    fn to_annotation(intent: &Intent) -> String {
+        serde_json::to_string(intent).unwrap()
+    }
 
     fn intent() -> Intent {
         Intent {
@@ -123,12 +113,13 @@ mod tests {
                 account_id: None,
             },
             rotate_request: Some("2026-11-27T10:00:00Z".into()),
+            credentials_fingerprint: None,
         }
     }
 
     #[test]
     fn intent_round_trips_through_the_annotation() {
-        let value = intent().to_annotation();
+        let value = to_annotation(&intent());
         assert_eq!(Recorded::parse(&value), Some(Recorded::Current(intent())));
     }
 
@@ -165,6 +156,16 @@ mod tests {
         assert!(made_for(&nested, "uid-1"));
         assert!(!made_for(&nested, "uid-2"));
         assert!(!made_for("x #tko:uid-1:", "uid-1"));
+    }
+
+    #[test]
+    fn an_attempt_names_exactly_its_keys() {
+        let name = key_name("Admin Key", "uid-1", "a1");
+        assert!(names_attempt(&name, "uid-1", "a1"));
+        assert!(!names_attempt(&name, "uid-1", "a2"));
+        assert!(!names_attempt(&name, "uid-2", "a1"));
+        assert!(!names_attempt("Admin Key", "uid-1", "a1"));
+        assert!(!names_attempt(&key_name("x", "uid-1", ""), "uid-1", ""));
     }
 
     fn any_intent() -> impl proptest::strategy::Strategy<Value = Intent> {
@@ -209,6 +210,7 @@ mod tests {
                         account_id,
                     },
                     rotate_request,
+                    credentials_fingerprint: None,
                 },
             )
     }
@@ -228,7 +230,7 @@ mod tests {
 
         #[test]
         fn intents_round_trip_through_the_annotation(intent in any_intent()) {
-            let parsed = Recorded::parse(&intent.to_annotation());
+            let parsed = Recorded::parse(&to_annotation(&intent));
             proptest::prop_assert_eq!(parsed, Some(Recorded::Current(intent)));
         }
 

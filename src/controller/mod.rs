@@ -73,6 +73,27 @@ pub struct Settings {
     /// How often live keys are checked at Imburse (one listing per account and tenant);
     /// `None` never checks.
     pub verify_interval: Option<Duration>,
+    /// Floors and caps on what a key may ask for.
+    pub key_limits: KeyLimits,
+}
+
+/// Floors and caps on what a TenantSecurityKey may ask for: each rotation mints a key at
+/// Imburse, and whoever can edit a key must not be able to mint them without bound.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyLimits {
+    /// Shortest `rotation.interval`.
+    pub min_rotation_interval: Duration,
+    /// Longest `rotation.gracePeriod`.
+    pub max_grace_period: Duration,
+}
+
+impl Default for KeyLimits {
+    fn default() -> Self {
+        Self {
+            min_rotation_interval: Duration::from_secs(3600),
+            max_grace_period: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
 }
 
 /// A create Imburse refused outright.
@@ -272,8 +293,9 @@ impl Context {
             .remove(uid);
     }
 
-    /// Delay before verifying again an account whose credentials Imburse refused.
-    fn stalled_retry<K: Resource<DynamicType = ()>>(&self, obj: &K) -> Duration {
+    /// Delay before asking Imburse again what it refused, or answered for credentials other
+    /// than a key's: nothing in the cluster may change when Imburse's answer would.
+    pub fn stalled_retry<K: Resource<DynamicType = ()>>(&self, obj: &K) -> Duration {
         self.exponential(obj, self.settings.stalled_retry, self.stalled_cap())
     }
 
@@ -372,9 +394,10 @@ fn keys_where(
         .collect()
 }
 
-/// Whether a key refers to the account of `kind` named `name`.
+/// Whether a key refers to the account of `kind` named `name`, in its spec or for a key it
+/// still has to revoke.
 fn uses_account(key: &TenantSecurityKey, kind: AccountKind, name: &str) -> bool {
-    key.spec.account_ref.kind == kind && key.spec.account_ref.name == name
+    key.account_refs().any(|r| r.kind == kind && r.name == name)
 }
 
 fn controller_config(settings: &Settings) -> ControllerConfig {
@@ -579,8 +602,8 @@ fn run_keys(
             scoped::<PartialObjectMeta<Secret>>(&client, namespace),
             owned_secrets,
             |s| {
-                let owner = s.labels().get(secret::OWNER_LABEL)?;
-                Some(ObjectRef::new(owner).within(&s.namespace()?))
+                let owner = secret::owner_name(s.labels(), s.annotations())?;
+                Some(ObjectRef::new(&owner).within(&s.namespace()?))
             },
         )
         .watches_shared_stream(accounts.namespaced, move |a| {

@@ -16,6 +16,11 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "tenant-key-operator";
 /// Label naming the TenantSecurityKey a Secret belongs to.
 pub const OWNER_LABEL: &str = "imbursepayments.com/tenant-security-key";
+/// Annotation naming the TenantSecurityKey a Secret belongs to when the name is too long for a
+/// label value (63 characters; a resource name may have 253).
+pub const OWNER_NAME_ANNOTATION: &str = "imbursepayments.com/tenant-security-key";
+/// Longest label value the API server takes.
+const MAX_LABEL_VALUE: usize = 63;
 /// Annotation with the fingerprint of the key material, for reloaders.
 pub const FINGERPRINT_ANNOTATION: &str = "imbursepayments.com/key-fingerprint";
 /// Annotation with the creation attempt that wrote the key, to recover after a crash.
@@ -115,7 +120,13 @@ pub fn validate(tsk: &TenantSecurityKey) -> Result<(), String> {
             return Err("secret.labels may not set the operator's own labels".into());
         }
         if template.annotations.keys().any(|k| {
-            k == FINGERPRINT_ANNOTATION || k == ATTEMPT_ANNOTATION || k == OWNER_UID_ANNOTATION
+            [
+                FINGERPRINT_ANNOTATION,
+                ATTEMPT_ANNOTATION,
+                OWNER_UID_ANNOTATION,
+                OWNER_NAME_ANNOTATION,
+            ]
+            .contains(&k.as_str())
         }) {
             return Err("secret.annotations may not set the operator's own annotations".into());
         }
@@ -163,8 +174,39 @@ fn desired_labels(tsk: &TenantSecurityKey) -> BTreeMap<String, String> {
         .map(|s| s.labels.clone())
         .unwrap_or_default();
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
-    labels.insert(OWNER_LABEL.into(), tsk.name_any());
+    labels.insert(OWNER_LABEL.into(), owner_label_value(&tsk.name_any()));
     labels
+}
+
+/// The owner label's value: the resource's name where it fits a label value, else a prefix of
+/// it and a hash of the whole, joined by `_`, which no resource name contains (such a Secret
+/// also names its owner in [`OWNER_NAME_ANNOTATION`]).
+pub fn owner_label_value(name: &str) -> String {
+    if name.len() <= MAX_LABEL_VALUE {
+        return name.to_owned();
+    }
+    let digest = Sha256::digest(name.as_bytes());
+    let hash: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let prefix: String = name
+        .chars()
+        .take(MAX_LABEL_VALUE - hash.len() - 1)
+        .collect();
+    format!("{}_{hash}", prefix.trim_end_matches(['-', '.']))
+}
+
+/// The name of the TenantSecurityKey a Secret's labels and annotations name as its owner.
+pub fn owner_name(
+    labels: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
+) -> Option<String> {
+    let label = labels.get(OWNER_LABEL)?;
+    if !label.contains('_') {
+        return Some(label.clone());
+    }
+    annotations
+        .get(OWNER_NAME_ANNOTATION)
+        .filter(|name| owner_label_value(name) == *label)
+        .cloned()
 }
 
 fn template_annotations(tsk: &TenantSecurityKey) -> BTreeMap<String, String> {
@@ -207,6 +249,9 @@ pub fn build(
         ByteString(key.private_key.expose_secret().as_bytes().to_vec()),
     );
     let mut annotations = template_annotations(tsk);
+    if tsk.name_any().len() > MAX_LABEL_VALUE {
+        annotations.insert(OWNER_NAME_ANNOTATION.into(), tsk.name_any());
+    }
     annotations.insert(FINGERPRINT_ANNOTATION.into(), key.fingerprint());
     annotations.insert(ATTEMPT_ANNOTATION.into(), attempt.into());
     // `Delete` lets the garbage collector clean up after a force-removed finalizer; `Retain`
@@ -531,6 +576,23 @@ mod tests {
         assert_eq!(defaults.public_key, None);
         assert_eq!(defaults.fingerprint, None);
         assert_eq!(defaults.tenant_id.as_deref(), Some(CTX.tenant_id));
+    }
+
+    #[test]
+    fn owner_labels_fit_any_resource_name() {
+        let long = "a".repeat(250);
+        let value = owner_label_value(&long);
+        assert!(value.len() <= MAX_LABEL_VALUE, "{value}");
+        assert_ne!(value, owner_label_value(&format!("{}b", "a".repeat(249))));
+        let labels = BTreeMap::from([(OWNER_LABEL.to_owned(), value)]);
+        let annotations = BTreeMap::from([(OWNER_NAME_ANNOTATION.to_owned(), long.clone())]);
+        assert_eq!(owner_name(&labels, &annotations), Some(long));
+        // An annotation that does not hash to the label names nobody.
+        let forged = BTreeMap::from([(OWNER_NAME_ANNOTATION.to_owned(), "other".to_owned())]);
+        assert_eq!(owner_name(&labels, &forged), None);
+        assert_eq!(owner_label_value("pay"), "pay");
+        let short = BTreeMap::from([(OWNER_LABEL.to_owned(), "pay".to_owned())]);
+        assert_eq!(owner_name(&short, &BTreeMap::new()), Some("pay".into()));
     }
 
     #[test]

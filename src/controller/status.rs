@@ -18,7 +18,15 @@ pub const STALLED: &str = "Stalled";
 
 /// The result a reconcile reports through the kstatus conditions.
 pub enum Outcome<'a> {
-    Ready { reason: &'a str, message: &'a str },
+    Ready {
+        reason: &'a str,
+        message: &'a str,
+    },
+    /// Work is under way without a failure (a deletion revoking keys, steps left).
+    Progressing {
+        reason: &'a str,
+        message: &'a str,
+    },
     Failed(&'a Error),
 }
 
@@ -32,6 +40,9 @@ pub fn set_outcome(
 ) {
     let (ready, reconciling, stalled, reason, message) = match outcome {
         Outcome::Ready { reason, message } => (true, false, false, *reason, (*message).to_owned()),
+        Outcome::Progressing { reason, message } => {
+            (false, true, false, *reason, (*message).to_owned())
+        }
         Outcome::Failed(e) => (
             false,
             !e.is_permanent(),

@@ -3,8 +3,8 @@
 //!
 //! Every interval (less up to a tenth, so replicas and restarts drift apart) the keys in the
 //! cache are grouped by where they live (account, endpoint, tenant), and each group costs one
-//! listing, however many keys it has. A key missing from its listing is remembered for its
-//! resource, whose reconcile is then triggered: the decision replaces it
+//! listing, however many keys it has. A key missing from its listing, and confirmed gone by a
+//! read of that key alone, is remembered for its resource, whose reconcile is then triggered: the decision replaces it
 //! ([`crate::controller::decision::Rotation::RevokedExternally`]).
 
 use std::{collections::HashMap, sync::Arc};
@@ -59,23 +59,36 @@ async fn verify(
     trigger: &UnboundedSender<ObjectRef<TenantSecurityKey>>,
 ) {
     let started = Timestamp::now();
-    let mut places: HashMap<Place, Vec<(Arc<TenantSecurityKey>, String)>> = HashMap::new();
+    let mut places: HashMap<Place, Vec<(Arc<TenantSecurityKey>, Recorded)>> = HashMap::new();
     for key in store.state() {
         if let Some((place, public_key)) = place_of(&key, started) {
             places.entry(place).or_default().push((key, public_key));
         }
     }
     for (place, keys) in places {
-        let live = match list(ctx, &place).await {
-            Ok(Some(live)) => live,
+        let (client, live) = match list(ctx, &place).await {
+            Ok(Some(listed)) => listed,
             Ok(None) => continue,
             Err(e) => {
                 tracing::warn!(tenant_id = %place.tenant_id, error = %e, "could not verify keys");
                 continue;
             }
         };
-        for (key, public_key) in keys {
+        for (key, recorded) in keys {
+            let public_key = recorded.public_key;
             if live.contains(&public_key) {
+                continue;
+            }
+            // A listing may be partial or of the moment: only the key's own "not found",
+            // asked with the credentials it was made with, proves it gone.
+            if !confirmed_gone(
+                &client,
+                &place.tenant_id,
+                &public_key,
+                recorded.credentials.as_deref(),
+            )
+            .await
+            {
                 continue;
             }
             tracing::warn!(
@@ -91,9 +104,42 @@ async fn verify(
     }
 }
 
-/// Where a Ready key lives and its public key. Keys created after the listing began, deleting
-/// or not Ready are left to their reconcile: a listing could miss them for good reason.
-fn place_of(key: &TenantSecurityKey, listed_from: Timestamp) -> Option<(Place, String)> {
+/// What the status records of a live key.
+struct Recorded {
+    public_key: String,
+    /// Fingerprint of the credentials it was made with, when recorded.
+    credentials: Option<String>,
+}
+
+/// Whether Imburse says the key is gone when asked for it alone, with the credentials it was
+/// made with (another account does not know it either).
+async fn confirmed_gone(
+    client: &imburse::AccountClient,
+    tenant_id: &str,
+    public_key: &str,
+    credentials: Option<&str>,
+) -> bool {
+    if credentials.is_some_and(|c| c != client.credentials_fingerprint()) {
+        tracing::warn!(%public_key, "key not listed, but the account's credentials changed since it was made; not replaced");
+        return false;
+    }
+    match client.get_key(tenant_id, public_key).await {
+        Err(imburse::Error::NotFound(_)) => true,
+        Ok(_) => {
+            tracing::info!(%public_key, "key missing from the listing exists; kept");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(%public_key, error = %e, "could not confirm a key missing from the listing");
+            false
+        }
+    }
+}
+
+/// Where a Ready key lives and what is recorded of it. Keys created after the listing began,
+/// deleting or not Ready are left to their reconcile: a listing could miss them for good
+/// reason.
+fn place_of(key: &TenantSecurityKey, listed_from: Timestamp) -> Option<(Place, Recorded)> {
     let s = key.status.as_ref()?;
     let ready = s
         .conditions
@@ -114,11 +160,19 @@ fn place_of(key: &TenantSecurityKey, listed_from: Timestamp) -> Option<(Place, S
         endpoint: s.endpoint.clone(),
         tenant_id: s.tenant_id.clone()?,
     };
-    Some((place, s.public_key.clone()?))
+    let recorded = Recorded {
+        public_key: s.public_key.clone()?,
+        credentials: s.credentials_fingerprint.clone(),
+    };
+    Some((place, recorded))
 }
 
-/// The public keys Imburse lists for the place, or `None` when its API cannot list.
-async fn list(ctx: &Context, place: &Place) -> Result<Option<Vec<String>>> {
+/// The client for the place and the public keys Imburse lists there, or `None` when its API
+/// cannot list.
+async fn list(
+    ctx: &Context,
+    place: &Place,
+) -> Result<Option<(imburse::AccountClient, Vec<String>)>> {
     let namespace = place.namespace.clone().unwrap_or_default();
     let account = account::resolve(ctx, &namespace, &place.account, Purpose::Revoke).await?;
     let client = match &place.endpoint {
@@ -129,5 +183,6 @@ async fn list(ctx: &Context, place: &Place) -> Result<Option<Vec<String>>> {
         return Ok(None);
     }
     let keys = client.list_keys(&place.tenant_id).await?;
-    Ok(Some(keys.into_iter().map(|k| k.public_key).collect()))
+    let live = keys.into_iter().map(|k| k.public_key).collect();
+    Ok(Some((client, live)))
 }

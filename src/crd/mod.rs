@@ -17,10 +17,10 @@ pub use account::{
 };
 pub use conditions::{Condition, ConditionStatus, set_condition};
 pub use tenant_security_key::{
-    AccountKind, AccountRef, DEFAULT_GRACE_PERIOD, DeletionPolicy, Endpoint, PreviousKey,
-    ROTATE_REQUESTED_AT_ANNOTATION, RolloutRestartTarget, RotationPolicy, SecretKeyNames,
-    SecretTemplate, TenantSecurityKey, TenantSecurityKeySpec, TenantSecurityKeyStatus,
-    WorkloadKind, is_allowed_secret_type, parse_duration,
+    AccountKind, AccountRef, CreateIntent, DEFAULT_GRACE_PERIOD, DeletionPolicy, Endpoint,
+    PreviousKey, ROTATE_REQUESTED_AT_ANNOTATION, RolloutRestartTarget, RotationPolicy,
+    SecretKeyNames, SecretTemplate, TenantSecurityKey, TenantSecurityKeySpec,
+    TenantSecurityKeyStatus, WorkloadKind, is_allowed_secret_type, parse_duration,
 };
 
 use kube::CustomResourceExt;

@@ -245,7 +245,7 @@ pub struct TenantSecurityKeySpec {
     pub tenant_id: String,
     /// Roles granted to the key, e.g. `tenant-admin`, `tenant-transaction-read`. Imburse
     /// decides which names are valid. Changing them replaces the key.
-    #[schemars(length(min = 1), extend("x-kubernetes-list-type" = "set"))]
+    #[schemars(length(min = 1, max = 64), extend("x-kubernetes-list-type" = "set"))]
     pub roles: Vec<String>,
     /// Name of the key at Imburse (default `<namespace>/<name>` of this resource).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -294,6 +294,22 @@ impl TenantSecurityKeySpec {
     }
 }
 
+impl TenantSecurityKey {
+    /// Every account the resource depends on: the one its spec names, and the ones its keys
+    /// (current, replaced, being created) were made with, which revoke them.
+    pub fn account_refs(&self) -> impl Iterator<Item = &AccountRef> {
+        let status = self.status.as_ref();
+        std::iter::once(&self.spec.account_ref)
+            .chain(status.and_then(|s| s.account_ref.as_ref()))
+            .chain(
+                status
+                    .into_iter()
+                    .flat_map(|s| s.previous_keys.iter().map(|p| &p.account_ref)),
+            )
+            .chain(status.and_then(|s| s.pending_create.as_ref().map(|i| &i.account_ref)))
+    }
+}
+
 /// A key that was replaced and still has to be revoked at Imburse.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -311,6 +327,10 @@ pub struct PreviousKey {
     /// When the key may be revoked; revoked as soon as possible when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoke_after: Option<Time>,
+    /// Fingerprint of the account key pair the replaced key was made with (see
+    /// `status.credentialsFingerprint`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_fingerprint: Option<String>,
     /// Why the key could not be revoked where it lives. Set when Imburse refused for good
     /// (e.g. the account's credentials no longer work at that endpoint): revoke it by hand,
     /// then remove the entry.
@@ -318,8 +338,32 @@ pub struct PreviousKey {
     pub revocation_error: Option<String>,
 }
 
+/// A key creation the operator began and has not recorded yet: what it asked Imburse for.
+/// Kept in the status, which only the operator writes, so that nobody who can edit the
+/// resource can make the operator record, sweep or revoke a key elsewhere.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateIntent {
+    /// Random id of the attempt; the Secret written by it carries the same id.
+    pub attempt: String,
+    /// The exact name sent to Imburse, marked with the resource's uid and the attempt.
+    pub name: String,
+    pub tenant_id: String,
+    /// Sorted, without duplicates.
+    pub roles: Vec<String>,
+    pub account_ref: AccountRef,
+    pub endpoint: Endpoint,
+    /// Value of the rotation request annotation when the attempt began: the attempt serves it,
+    /// also when it is recovered after a crash, so no request is served twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_request: Option<String>,
+    /// Fingerprint of the account key pair the attempt creates the key with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_fingerprint: Option<String>,
+}
+
 /// Observed state of a TenantSecurityKey. Everything needed to continue after a restart is
-/// recorded here or in the resource's annotations.
+/// recorded here.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TenantSecurityKeyStatus {
@@ -357,9 +401,17 @@ pub struct TenantSecurityKeyStatus {
     /// Roles of the current key, sorted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<String>,
-    /// Creation attempt that produced the current key; see the `create-pending` annotation.
+    /// Creation attempt that produced the current key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<String>,
+    /// Fingerprint (`sha256:` of the public key) of the account key pair the current key was
+    /// made with. Imburse answers "not found" to other credentials, so a key only counts as
+    /// revoked when the same credentials say it is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_fingerprint: Option<String>,
+    /// The creation in progress, until its key is recorded (or it is closed as failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_create: Option<CreateIntent>,
     /// Replaced keys that still have to be revoked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub previous_keys: Vec<PreviousKey>,

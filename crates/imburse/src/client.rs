@@ -207,6 +207,8 @@ struct AccountState {
     base: Url,
     generation: ApiGeneration,
     signer: SigningKey,
+    /// See [`AccountClient::credentials_fingerprint`].
+    credentials_fingerprint: String,
     /// Headers of every key call (`x-account-id` for the current generation).
     key_headers: HeaderMap,
     tokens: TokenCache,
@@ -277,6 +279,7 @@ impl Client {
                     base,
                     generation: cfg.generation,
                     signer,
+                    credentials_fingerprint: credentials_fingerprint(&cfg.credentials.public_key),
                     key_headers,
                     tokens: TokenCache::default(),
                     limiter: self.inner.rate_limit.map(RateLimiter::direct),
@@ -662,7 +665,21 @@ impl fmt::Debug for AccountClient {
     }
 }
 
+/// `sha256:<hex>` of an account's public key: names the credentials without revealing them.
+fn credentials_fingerprint(public_key: &str) -> String {
+    let digest = Sha256::digest(public_key.as_bytes());
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
 impl AccountClient {
+    /// Which account key pair this handle signs with, as [`credentials_fingerprint`]: a key made
+    /// with one pair can only be proven revoked by asking with the same pair, since another
+    /// account answers "not found" for keys it never had.
+    pub fn credentials_fingerprint(&self) -> &str {
+        &self.state.credentials_fingerprint
+    }
+
     /// Proves the account key works by obtaining (or reusing the cached) management token.
     pub async fn verify_credentials(&self) -> Result<(), Error> {
         self.token().await.map(drop)

@@ -566,6 +566,7 @@ mod tests {
                 },
                 endpoint: None,
                 revoke_after: Some(at(300)),
+                credentials_fingerprint: None,
                 revocation_error: Some("Imburse answered 403".into()),
             }],
             secret: SecretCheck {

@@ -106,9 +106,10 @@ impl Run<'_> {
             account_ref: self.desired.account.clone(),
             endpoint,
             rotate_request: self.rotate_request(),
+            credentials_fingerprint: Some(client.credentials_fingerprint().to_owned()),
         };
         self.intent = Some(Recorded::Current(adopted.clone()));
-        self.write_metadata(true).await?;
+        self.write_intent().await?;
         let ctx = self
             .key_context()
             .ok_or_else(|| Error::InvalidSpec("no account resolved".into()))?;

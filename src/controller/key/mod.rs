@@ -10,13 +10,16 @@ mod report;
 mod steps;
 mod workloads;
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Resource, ResourceExt, runtime::controller::Action};
 
 use super::{
-    Context,
+    Context, KeyLimits,
     account::ResolvedAccount,
     decision::{self, Desired, Step},
     error::{Error, Result},
@@ -54,8 +57,9 @@ fn human_name(tsk: &TenantSecurityKey) -> String {
         .unwrap_or_else(|| format!("{}/{}", tsk.namespace().unwrap_or_default(), tsk.name_any()))
 }
 
-/// Checks what the CRD schema cannot (or what an older CRD may not have enforced).
-pub fn validate(tsk: &TenantSecurityKey) -> std::result::Result<(), String> {
+/// Checks what the CRD schema cannot (or what an older CRD may not have enforced), and the
+/// operator's floors and caps on what a key may ask for.
+pub fn validate(tsk: &TenantSecurityKey, limits: &KeyLimits) -> std::result::Result<(), String> {
     let spec = &tsk.spec;
     if spec.roles.is_empty() || spec.roles.iter().any(|r| r.trim().is_empty()) {
         return Err("roles must name at least one role and no empty role".into());
@@ -98,6 +102,20 @@ pub fn validate(tsk: &TenantSecurityKey) -> std::result::Result<(), String> {
         }
     }
     if let Some(interval) = spec.rotation_interval()
+        && interval < limits.min_rotation_interval
+    {
+        return Err(format!(
+            "rotation.interval must be at least {} (the operator's --min-rotation-interval)",
+            describe_duration(limits.min_rotation_interval)
+        ));
+    }
+    if spec.grace_period() > limits.max_grace_period {
+        return Err(format!(
+            "rotation.gracePeriod must be at most {} (the operator's --max-grace-period)",
+            describe_duration(limits.max_grace_period)
+        ));
+    }
+    if let Some(interval) = spec.rotation_interval()
         && interval <= spec.grace_period()
     {
         return Err(
@@ -106,6 +124,11 @@ pub fn validate(tsk: &TenantSecurityKey) -> std::result::Result<(), String> {
         );
     }
     secret::validate(tsk)
+}
+
+/// A duration as the flags take it, in whole seconds: `3600s`.
+fn describe_duration(d: Duration) -> String {
+    format!("{}s", d.as_secs())
 }
 
 fn is_uuid(s: &str) -> bool {
@@ -117,12 +140,29 @@ fn is_uuid(s: &str) -> bool {
             .all(|(g, len)| g.len() == len && g.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
+/// How a run of steps ended without a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// Nothing left to do: the key is ready.
+    Settled,
+    /// The finalizer is gone: the resource may disappear.
+    Released,
+    /// Nothing was done: the resource is in its backoff after a transient failure for this
+    /// long, and the status still tells why.
+    Waiting(Duration),
+    /// The cached resource was older than the API server's: decide again on the new one.
+    Stale,
+    /// The step limit was reached with work left; what was done is recorded, and the rest
+    /// follows at once.
+    OutOfSteps,
+}
+
 /// Entry point for the controller.
 pub async fn reconcile(tsk: Arc<TenantSecurityKey>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     let mut run = Run::new(&tsk, &ctx);
     let result = run.drive().await;
-    let label = result.as_ref().map_or_else(|e| e.metric_label(), |()| "ok");
+    let label = result.as_ref().map_or_else(|e| e.metric_label(), |_| "ok");
     let action = run.finish(result).await;
     ctx.metrics
         .observe_reconcile(KIND, label, started.elapsed());
@@ -143,6 +183,12 @@ struct Run<'a> {
     has_finalizer: bool,
     /// The open creation intent, if the status has not closed it.
     intent: Option<Recorded>,
+    /// The intent came from the annotation of an older version, not from the status.
+    intent_from_annotation: bool,
+    /// The resource carries the intent annotation of an older version (or a forged one).
+    intent_annotation: bool,
+    /// The Secret claims to hold the open attempt's key, and Imburse's listing refuted it.
+    secret_refuted: bool,
     /// No key of the open attempt can exist that the status does not know.
     clean: bool,
     /// Keys of an attempt nobody remembers may exist (see `Observed::sweep_needed`).
@@ -158,19 +204,13 @@ struct Run<'a> {
     /// A key-changing step ran: the status write must be conditional on `resource_version`.
     guarded: bool,
     /// When to look again after a permanent failure that may pass (a refused create).
-    retry_in: Option<std::time::Duration>,
-    /// The resource is in its backoff after a transient failure for this long: nothing was
-    /// done, and the status still tells why.
-    waiting: Option<std::time::Duration>,
-    released: bool,
+    retry_in: Option<Duration>,
     /// The resource was confirmed current against the API server during this reconcile.
     confirmed_fresh: bool,
-    /// The cached resource was older than the API server's: decide again on the new one.
-    stale: bool,
 }
 
 impl Run<'_> {
-    async fn drive(&mut self) -> Result<()> {
+    async fn drive(&mut self) -> Result<Stop> {
         self.prepare().await?;
         for _ in 0..MAX_STEPS {
             let step = decision::next_step(&self.observed());
@@ -178,18 +218,16 @@ impl Run<'_> {
             if step.needs_latest_resource()
                 && let Some(left) = self.ctx.backing_off(self.tsk)
             {
-                self.waiting = Some(left);
-                return Ok(());
+                return Ok(Stop::Waiting(left));
             }
             if step.needs_latest_resource() && !self.confirmed_fresh {
                 if !self.is_fresh().await? {
-                    self.stale = true;
-                    return Ok(());
+                    return Ok(Stop::Stale);
                 }
                 self.confirmed_fresh = true;
             }
             match step {
-                Step::Settled => return Ok(()),
+                Step::Settled => return Ok(Stop::Settled),
                 Step::BeginCreate(reason) => {
                     if let Some((refused, left)) =
                         self.ctx.refusal(&self.uid, self.tsk.meta().generation)
@@ -201,7 +239,7 @@ impl Run<'_> {
                 }
                 Step::CleanupOrphans => self.cleanup_orphans().await?,
                 Step::Create => self.create().await?,
-                Step::AdoptFromSecret => self.adopt_from_secret().await,
+                Step::AdoptFromSecret => self.adopt_from_secret().await?,
                 Step::AdoptExisting => self.adopt_existing().await?,
                 Step::RestartWorkloads => self.restart_workloads().await?,
                 Step::RewriteSecret => self.rewrite_secret().await?,
@@ -221,16 +259,23 @@ impl Run<'_> {
                 Step::ReleaseSecret => self.release_secret().await?,
                 Step::RemoveFinalizer => {
                     self.remove_finalizer().await?;
-                    self.released = true;
-                    return Ok(());
+                    return Ok(Stop::Released);
+                }
+                Step::RotationLimited => {
+                    // Looked at again when the next replaced key is due for revocation.
+                    self.retry_in = self.next_revocation();
+                    return Err(Error::RotationLimited {
+                        pending: self.status.previous_keys.len(),
+                        cap: decision::MAX_PREVIOUS_KEYS,
+                    });
                 }
                 Step::SecretConflict => {
                     return Err(Error::SecretConflict(self.desired.secret_name.clone()));
                 }
             }
         }
-        tracing::warn!("reconcile did not settle within {MAX_STEPS} steps");
-        Ok(())
+        tracing::info!("reconcile did not settle within {MAX_STEPS} steps; going on shortly");
+        Ok(Stop::OutOfSteps)
     }
 }
 
@@ -262,6 +307,29 @@ mod tests {
         let mut t = TenantSecurityKey::new("pay", s);
         t.metadata.namespace = Some("team-a".into());
         t
+    }
+
+    #[test]
+    fn rotation_has_a_floor_and_grace_periods_a_cap() {
+        let limits = KeyLimits::default();
+        let rotation = |interval: &str, grace: &str| {
+            tsk(|s| {
+                s.rotation = Some(crate::crd::RotationPolicy {
+                    interval: Some(interval.into()),
+                    grace_period: Some(grace.into()),
+                })
+            })
+        };
+        for (interval, grace) in [("1ms", "0s"), ("59m", "0s"), ("720h", "169h")] {
+            let refused = validate(&rotation(interval, grace), &limits);
+            assert!(refused.is_err(), "{interval} {grace}");
+        }
+        assert!(validate(&rotation("1h", "5m"), &limits).is_ok());
+        let lowered = KeyLimits {
+            min_rotation_interval: Duration::from_secs(1),
+            ..limits
+        };
+        assert!(validate(&rotation("16s", "6s"), &lowered).is_ok());
     }
 
     #[test]
@@ -306,9 +374,9 @@ mod tests {
             },
         ];
         for case in cases {
-            assert!(validate(&tsk(case)).is_err());
+            assert!(validate(&tsk(case), &KeyLimits::default()).is_err());
         }
-        assert!(validate(&tsk(|_| {})).is_ok());
+        assert!(validate(&tsk(|_| {}), &KeyLimits::default()).is_ok());
         // An empty type (an unset Helm value stored by an older schema) means the default.
         let empty_type = tsk(|s| {
             s.secret = Some(SecretTemplate {
@@ -316,13 +384,13 @@ mod tests {
                 ..Default::default()
             })
         });
-        assert!(validate(&empty_type).is_ok());
+        assert!(validate(&empty_type, &KeyLimits::default()).is_ok());
         let custom = tsk(|s| {
             s.secret = Some(SecretTemplate {
                 type_: Some("example.com/imburse-key".into()),
                 ..Default::default()
             })
         });
-        assert!(validate(&custom).is_ok());
+        assert!(validate(&custom, &KeyLimits::default()).is_ok());
     }
 }

@@ -7,7 +7,7 @@ use super::{FINALIZER, Run, desired, validate};
 use crate::controller::{
     Context,
     account::{self, Purpose},
-    decision::{CurrentKey, Observed, Pending, Retired, Rotation},
+    decision::{CurrentKey, Observed, Pending, Retired, Rotation, SecretState},
     error::{Error, Result},
     intent::{self, Recorded},
     schedule,
@@ -19,11 +19,21 @@ impl<'a> Run<'a> {
     pub(super) fn new(tsk: &'a TenantSecurityKey, ctx: &'a Context) -> Self {
         let namespace = tsk.namespace().unwrap_or_default();
         let status = tsk.status.clone().unwrap_or_default();
-        let intent = tsk
-            .annotations()
-            .get(intent::ANNOTATION)
+        // The status is the operator's own record. An intent in the annotation is what an
+        // older version left mid-create, or a forgery: `prepare` checks it before any use.
+        let legacy_intent = status
+            .pending_create
+            .is_none()
+            .then(|| tsk.annotations().get(intent::ANNOTATION))
+            .flatten()
             .and_then(|v| Recorded::parse(v))
             .filter(|r| status.attempt.as_deref() != Some(r.attempt()));
+        let intent_from_annotation = legacy_intent.is_some();
+        let intent = status
+            .pending_create
+            .clone()
+            .map(Recorded::Current)
+            .or(legacy_intent);
         let has_finalizer = tsk.finalizers().iter().any(|f| f == FINALIZER);
         // A resource whose status records keys, without the finalizer that every key comes
         // with: a replace wiped the operator's metadata, and with it possibly an open intent.
@@ -43,6 +53,9 @@ impl<'a> Run<'a> {
             status,
             has_finalizer,
             intent,
+            intent_from_annotation,
+            intent_annotation: tsk.annotations().contains_key(intent::ANNOTATION),
+            secret_refuted: false,
             clean: false,
             sweep_needed,
             secret: None,
@@ -52,17 +65,14 @@ impl<'a> Run<'a> {
             resource_version: tsk.resource_version(),
             guarded: false,
             retry_in: None,
-            waiting: None,
-            released: false,
             confirmed_fresh: false,
-            stale: false,
         }
     }
 
     /// Reads what every decision needs: the account (unless deleting) and the Secrets.
     pub(super) async fn prepare(&mut self) -> Result<()> {
         if !self.deleting {
-            validate(self.tsk).map_err(Error::InvalidSpec)?;
+            validate(self.tsk, &self.ctx.settings.key_limits).map_err(Error::InvalidSpec)?;
             let namespace = self.tsk.namespace().unwrap_or_default();
             let account =
                 account::resolve(self.ctx, &namespace, &self.desired.account, Purpose::Create)
@@ -73,6 +83,9 @@ impl<'a> Run<'a> {
             account.hold(self.ctx).await?;
             self.desired.endpoint = Some(account.endpoint());
             self.account = Some(account);
+        }
+        if self.intent_from_annotation {
+            self.admit_annotation_intent().await?;
         }
         self.secret = self.secrets.get_opt(self.secret_name()).await?;
         if let Some(recorded) = self.status.secret_name.as_deref()
@@ -85,6 +98,60 @@ impl<'a> Run<'a> {
                 .await?
                 .filter(|s| secret::is_owned_by(s, self.tsk));
         }
+        Ok(())
+    }
+
+    /// Takes an intent from the annotation only when everything it names could be asked for
+    /// by a new spec of this namespace: its key name carries this resource's marker, its
+    /// account serves the namespace and allows its tenant and roles, and its host is allowed.
+    /// Otherwise it is a claim nobody can back, and it is ignored (with an Event).
+    async fn admit_annotation_intent(&mut self) -> Result<()> {
+        let Some(Recorded::Current(claimed)) = &self.intent else {
+            // The oldest form names no account, tenant or endpoint: what it implies comes from
+            // the spec, which was checked like any spec.
+            return Ok(());
+        };
+        let why = match self.check_claimed_intent(claimed).await {
+            Ok(()) => return Ok(()),
+            Err(e) if !e.is_permanent() => return Err(e),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(attempt = %claimed.attempt, %why, "ignored a creation intent in the annotation");
+        self.event(
+            kube::runtime::events::EventType::Warning,
+            "IntentIgnored",
+            "CheckIntent",
+            format!(
+                "ignored the {} annotation (attempt {}): {why}",
+                intent::ANNOTATION,
+                claimed.attempt
+            ),
+        )
+        .await;
+        self.intent = None;
+        self.intent_from_annotation = false;
+        Ok(())
+    }
+
+    async fn check_claimed_intent(&self, claimed: &intent::Intent) -> Result<()> {
+        if !intent::names_attempt(&claimed.name, &self.uid, &claimed.attempt) {
+            return Err(Error::InvalidSpec(
+                "its key name does not carry this resource's marker".into(),
+            ));
+        }
+        if claimed.tenant_id != self.tsk.spec.tenant_id {
+            return Err(Error::InvalidSpec(
+                "it names another tenant than the spec".into(),
+            ));
+        }
+        let namespace = self.tsk.namespace().unwrap_or_default();
+        let account =
+            account::resolve(self.ctx, &namespace, &claimed.account_ref, Purpose::Create).await?;
+        account.authorize(&claimed.tenant_id, &claimed.roles)?;
+        self.ctx
+            .settings
+            .allowed_imburse_hosts
+            .check(&claimed.endpoint.base_url)?;
         Ok(())
     }
 
@@ -154,6 +221,24 @@ impl<'a> Run<'a> {
             .then_some(Rotation::Scheduled)
     }
 
+    /// The Secret as the decision sees it. A Secret whose claim to hold the open attempt's
+    /// key Imburse did not confirm is taken to hold no attempt's key.
+    fn secret_state(&self) -> SecretState {
+        let state = secret::observe(self.tsk, self.secret.as_ref(), self.key_context().as_ref());
+        match state {
+            SecretState::Owned {
+                fingerprint,
+                layout_matches,
+                ..
+            } if self.secret_refuted => SecretState::Owned {
+                fingerprint,
+                attempt: None,
+                layout_matches,
+            },
+            state => state,
+        }
+    }
+
     pub(super) fn observed(&self) -> Observed {
         let s = &self.status;
         let current = match (&s.public_key, &s.tenant_id, &s.account_ref, &s.fingerprint) {
@@ -180,7 +265,7 @@ impl<'a> Run<'a> {
                 attempt: i.attempt().to_owned(),
                 clean: self.clean,
             }),
-            secret: secret::observe(self.tsk, self.secret.as_ref(), self.key_context().as_ref()),
+            secret: self.secret_state(),
             stale_secret: self.stale_secret.is_some(),
             sweep_needed: self.sweep_needed,
             rotation: self.rotation(now),

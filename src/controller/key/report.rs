@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
-use kube::{Resource, runtime::controller::Action, runtime::events::EventType};
+use kube::{Resource, ResourceExt, runtime::controller::Action, runtime::events::EventType};
 
-use super::Run;
+use super::{Run, Stop};
 use crate::controller::{
     error::{Error, Result},
     schedule,
@@ -13,45 +13,35 @@ use crate::controller::{
 };
 use crate::crd::TenantSecurityKeyStatus;
 
-/// When a deletion that did not finish, without a failure, is looked at again.
-const DELETION_RECHECK: Duration = Duration::from_secs(5);
-
 impl Run<'_> {
     /// Reports the result and decides when to look again.
-    pub(super) async fn finish(mut self, result: Result<()>) -> Result<Action> {
-        // A resource whose finalizer is gone has no status left to report.
-        if self.released || (self.deleting && !self.has_finalizer) {
-            self.ctx.forget_refusal(&self.uid);
-            return Ok(Action::await_change());
-        }
-        // Before the deletion's own exit below: a deletion that stopped for its backoff or for
-        // a cache behind the API server is not done, and no change may come to wake it.
-        if let Some(left) = self.waiting
-            && result.is_ok()
-        {
-            return Ok(Action::requeue(left));
-        }
-        if self.stale && result.is_ok() {
-            tracing::debug!("cache behind the API server; deciding again shortly");
-            return Ok(Action::requeue(Duration::from_millis(500)));
-        }
-        // A deletion that still holds the finalizer after a run without failure (its steps ran
-        // out) has nothing to report either, but must be looked at again until it is done.
-        if self.deleting && result.is_ok() {
-            return Ok(Action::requeue(DELETION_RECHECK));
-        }
-        // Someone else changed the resource since this reconcile read it: nothing went wrong,
-        // but everything decided here is void. Decide again on the new version.
-        if result.as_ref().is_err_and(Error::is_conflict) {
-            tracing::info!("the resource changed during the reconcile; deciding again");
-            return Ok(Action::requeue(Duration::from_millis(rand::random_range(
-                500..1500,
-            ))));
+    pub(super) async fn finish(mut self, result: Result<Stop>) -> Result<Action> {
+        match &result {
+            // A resource whose finalizer is gone has no status left to report.
+            Ok(Stop::Released) => {
+                self.ctx.forget_refusal(&self.uid);
+                return Ok(Action::await_change());
+            }
+            _ if self.deleting && !self.has_finalizer => {
+                self.ctx.forget_refusal(&self.uid);
+                return Ok(Action::await_change());
+            }
+            // Nothing was done; the status still tells why. Also a deletion must be looked
+            // at again, as no change may come to wake it.
+            Ok(Stop::Waiting(left)) => return Ok(Action::requeue(*left)),
+            Ok(Stop::Stale) => {
+                tracing::debug!("cache behind the API server; deciding again shortly");
+                return Ok(Action::requeue(Duration::from_millis(500)));
+            }
+            // Someone else changed the resource since this reconcile read it: nothing went
+            // wrong, but everything decided here is void. Decide again on the new version.
+            Err(e) if e.is_conflict() => return Ok(changed_meanwhile()),
+            _ => {}
         }
         let generation = self.tsk.meta().generation;
         let message;
         let outcome = match &result {
-            Ok(()) => {
+            Ok(Stop::Settled) => {
                 message = format!(
                     "key {} is in Secret {}",
                     self.status.public_key.as_deref().unwrap_or_default(),
@@ -62,15 +52,30 @@ impl Run<'_> {
                     message: &message,
                 }
             }
+            Ok(_) if self.deleting => {
+                message = format!(
+                    "revoking keys before the resource goes: {} replaced key(s) left",
+                    self.status.previous_keys.len()
+                );
+                Outcome::Progressing {
+                    reason: "Deleting",
+                    message: &message,
+                }
+            }
+            Ok(_) => Outcome::Progressing {
+                reason: "Progressing",
+                message: "more steps are needed; they follow at once",
+            },
             Err(e) => Outcome::Failed(e),
         };
-        let handled = result.as_ref().map_or_else(Error::is_permanent, |()| true);
+        let handled = result
+            .as_ref()
+            .map_or_else(Error::is_permanent, |stop| *stop == Stop::Settled);
         if handled {
             self.status.observed_generation = generation;
         }
-        // Recorded before any endpoint was: the key lives where the account points.
-        if self.status.public_key.is_some() && self.status.endpoint.is_none() && result.is_ok() {
-            self.status.endpoint = self.desired.endpoint.clone();
+        if matches!(result, Ok(Stop::Settled)) {
+            self.fill_in_older_records().await?;
         }
         self.schedule();
         let previous = self.tsk.status.clone().unwrap_or_default();
@@ -81,17 +86,28 @@ impl Run<'_> {
             &status::now(),
         );
         if self.status != previous {
-            // A status that records a key decision is written only on the version the
-            // decision was made on: another writer in between (a second operator process)
-            // makes it fail, and the next reconcile decides again.
-            let version = self
-                .guarded
-                .then_some(self.resource_version.as_deref())
-                .flatten();
-            status::apply_status(self.ctx, &self.keys, &self.name, &self.status, version).await?;
+            // Every status write is made on the version its content was derived from: another
+            // writer in between (a second operator process, a lagging cache) makes it fail,
+            // and the next reconcile decides again.
+            match status::apply_status(
+                self.ctx,
+                &self.keys,
+                &self.name,
+                &self.status,
+                self.resource_version.as_deref(),
+            )
+            .await
+            {
+                Ok(written) => self.resource_version = written.resource_version(),
+                Err(e) if e.is_conflict() => return Ok(changed_meanwhile()),
+                Err(e) => return Err(e),
+            }
+        }
+        if self.guarded {
+            self.drop_intent_annotation().await?;
         }
         match result {
-            Ok(()) => {
+            Ok(Stop::Settled) => {
                 self.ctx.forget_refusal(&self.uid);
                 let now = Timestamp::now();
                 let next_rotation = self
@@ -106,6 +122,7 @@ impl Run<'_> {
                     .min()
                     .map_or_else(Action::await_change, Action::requeue))
             }
+            Ok(_) => Ok(Action::requeue(Duration::from_millis(100))),
             Err(e) => {
                 let reason = e.reason().as_str();
                 tracing::warn!(
@@ -129,6 +146,23 @@ impl Run<'_> {
         }
     }
 
+    /// Keys recorded by older versions lack where they live and the credentials they were
+    /// made with: both are where the account points, and with its credentials, when the key
+    /// is found healthy. Recorded once, so a later change of the account is seen as one.
+    async fn fill_in_older_records(&mut self) -> Result<()> {
+        if self.status.public_key.is_none() || self.account.is_none() {
+            return Ok(());
+        }
+        if self.status.endpoint.is_none() {
+            self.status.endpoint = self.desired.endpoint.clone();
+        }
+        if self.status.credentials_fingerprint.is_none() {
+            let client = self.client().await?;
+            self.status.credentials_fingerprint = Some(client.credentials_fingerprint().to_owned());
+        }
+        Ok(())
+    }
+
     /// Brings the recorded schedule in line with the spec and the current key: the next
     /// rotation, and which key the restart targets know. Targets listed for the first time
     /// are taken to run with the current key, so only a later key change restarts them.
@@ -142,7 +176,7 @@ impl Run<'_> {
     }
 
     /// Time until the next replaced key leaves its grace period.
-    fn next_revocation(&self) -> Option<Duration> {
+    pub(super) fn next_revocation(&self) -> Option<Duration> {
         let now = Timestamp::now();
         self.status
             .previous_keys
@@ -152,6 +186,13 @@ impl Run<'_> {
             .filter_map(|t| Duration::try_from(t.0.duration_since(now)).ok())
             .min()
     }
+}
+
+/// When to decide again after someone else changed the resource: soon, with jitter, so that
+/// two processes that collided do not collide again.
+fn changed_meanwhile() -> Action {
+    tracing::info!("the resource changed during the reconcile; deciding again");
+    Action::requeue(Duration::from_millis(rand::random_range(500..1500)))
 }
 
 fn ready_reason(status: &TenantSecurityKeyStatus) -> Option<&str> {

@@ -81,8 +81,9 @@ impl Run<'_> {
         }
     }
 
-    /// Server-side applies the operator's metadata, conditional on the latest known resource
-    /// version: the finalizer (when `keep`) and the open intent. Fields omitted are released.
+    /// Server-side applies the operator's finalizer (when `keep`), conditional on the latest
+    /// known resource version. Fields omitted are released, among them the intent annotation of
+    /// older versions where the operator wrote it.
     pub(super) async fn write_metadata(&mut self, keep: bool) -> Result<()> {
         let mut metadata = json!({ "name": self.name });
         if let Some(version) = &self.resource_version {
@@ -90,9 +91,6 @@ impl Run<'_> {
         }
         if keep {
             metadata["finalizers"] = json!([FINALIZER]);
-            if let Some(Recorded::Current(intent)) = &self.intent {
-                metadata["annotations"] = json!({ intent::ANNOTATION: intent.to_annotation() });
-            }
         }
         let patch = json!({
             "apiVersion": TenantSecurityKey::api_version(&()),
@@ -111,6 +109,52 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Records the open intent (or that none is open) in the status, conditional on the latest
+    /// known resource version, so that of two processes deciding on the same version only one
+    /// goes on. The finalizer comes first: no key may exist that it does not protect. An intent
+    /// annotation of an older version is dropped once the status has taken over.
+    pub(super) async fn write_intent(&mut self) -> Result<()> {
+        if !self.has_finalizer && !self.deleting {
+            self.write_metadata(true).await?;
+        }
+        self.status.pending_create = match &self.intent {
+            Some(Recorded::Current(intent)) => Some(intent.clone()),
+            _ => None,
+        };
+        let written = status::apply_status(
+            self.ctx,
+            &self.keys,
+            &self.name,
+            &self.status,
+            self.resource_version.as_deref(),
+        )
+        .await?;
+        self.resource_version = written.resource_version();
+        self.guarded = true;
+        self.intent_from_annotation = false;
+        self.drop_intent_annotation().await
+    }
+
+    /// Removes the intent annotation of an older version, whoever wrote it, on the latest known
+    /// version: the status holds the operator's intent now.
+    pub(super) async fn drop_intent_annotation(&mut self) -> Result<()> {
+        if !self.intent_annotation {
+            return Ok(());
+        }
+        let patch = json!({ "metadata": {
+            "resourceVersion": self.resource_version,
+            "annotations": { intent::ANNOTATION: null },
+        } });
+        self.ctx.metrics.kube_write("tenantsecuritykeys", "patch");
+        let written = self
+            .keys
+            .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        self.resource_version = written.resource_version();
+        self.intent_annotation = false;
+        Ok(())
+    }
+
     /// Removes the finalizer (see [`finalizer::remove`]), then lets the account go if no other
     /// key uses it.
     pub(super) async fn remove_finalizer(&mut self) -> Result<()> {
@@ -121,6 +165,7 @@ impl Run<'_> {
             .status
             .account_ref
             .iter()
+            .chain(self.status.previous_keys.iter().map(|p| &p.account_ref))
             .chain(std::iter::once(&self.desired.account));
         for account_ref in accounts {
             account::release_if_unused(self.ctx, &namespace, account_ref, Some(&self.uid)).await?;
@@ -128,8 +173,9 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// A new intent for what the spec asks now.
-    fn new_intent(&self) -> Result<Intent> {
+    /// A new intent for what the spec asks now, with the credentials it will be made with.
+    async fn new_intent(&mut self) -> Result<Intent> {
+        let credentials = self.client().await?.credentials_fingerprint().to_owned();
         let endpoint = self
             .desired
             .endpoint
@@ -144,6 +190,7 @@ impl Run<'_> {
             account_ref: self.desired.account.clone(),
             endpoint,
             rotate_request: self.rotate_request(),
+            credentials_fingerprint: Some(credentials),
         })
     }
 
@@ -152,8 +199,8 @@ impl Run<'_> {
         // recording an intent, so that no key is made that could not be delivered.
         self.client().await?;
         self.dry_run_secret().await?;
-        self.intent = Some(Recorded::Current(self.new_intent()?));
-        self.write_metadata(true).await?;
+        self.intent = Some(Recorded::Current(self.new_intent().await?));
+        self.write_intent().await?;
         self.clean = true;
         tracing::info!(reason = reason.describe(), "creating key");
         let (type_, event) = match reason {
@@ -191,13 +238,20 @@ impl Run<'_> {
             }
             _ => (self.desired.account.clone(), None),
         };
+        let credentials = match &self.intent {
+            Some(Recorded::Current(i)) => i.credentials_fingerprint.clone(),
+            _ if self.deleting => self.status.credentials_fingerprint.clone(),
+            _ => None,
+        };
         let (client, _) = self.client_for(&account_ref, endpoint.as_ref()).await?;
         if !self.deleting {
             if self.intent.is_some() {
                 self.dry_run_secret().await?;
-                self.intent = Some(Recorded::Current(self.new_intent()?));
+                self.intent = Some(Recorded::Current(self.new_intent().await?));
+                self.write_intent().await?;
+            } else {
+                self.write_metadata(true).await?;
             }
-            self.write_metadata(true).await?;
         }
         if !client.supports_listing() {
             return Err(Error::ListingUnsupported(human_name(self.tsk)));
@@ -206,6 +260,14 @@ impl Run<'_> {
         let listed = match client.list_keys(&tenant_id).await {
             Ok(keys) => keys,
             Err(imburse::Error::TenantNotFound(_)) => {
+                // Only the credentials the attempt used can say its tenant is gone: another
+                // account does not know the tenant either.
+                if !same_credentials(credentials.as_deref(), &client) {
+                    return Err(Error::KeyNotRevoked {
+                        public_key: "of the interrupted creation".into(),
+                        why: "its account's credentials changed, and the new ones do not know its tenant".into(),
+                    });
+                }
                 self.tenant_gone(&tenant_id, "no key of an interrupted creation can remain")
                     .await;
                 Vec::new()
@@ -290,7 +352,7 @@ impl Run<'_> {
                 let e = Error::from(e);
                 self.retry_in = Some(self.ctx.refused(&self.uid, self.tsk.meta().generation, &e));
                 self.intent = None;
-                self.write_metadata(true).await?;
+                self.write_intent().await?;
                 return Err(e);
             }
             Err(e) => {
@@ -313,7 +375,7 @@ impl Run<'_> {
                 .is_ok();
             if self.clean && e.is_permanent() {
                 self.intent = None;
-                self.write_metadata(true).await?;
+                self.write_intent().await?;
             }
             return Err(e);
         }
@@ -465,35 +527,96 @@ impl Run<'_> {
         }
     }
 
-    pub(super) async fn adopt_from_secret(&mut self) {
+    /// Records the key in the Secret of the open attempt, once Imburse confirms it. The Secret
+    /// is only a claim (anyone who can edit the namespace can write one that names the attempt
+    /// and another key's public key): the key counts as this attempt's only when the listing
+    /// where the attempt went shows that public key under the attempt's own marked name. The
+    /// oldest intents named keys without a marker; their Secret must also hold a pair that
+    /// authenticates.
+    pub(super) async fn adopt_from_secret(&mut self) -> Result<()> {
         let Some(material) = self
             .secret
             .as_ref()
             .and_then(|s| secret::material(self.tsk, s))
         else {
-            return;
+            return Ok(());
         };
-        let intent = match self.intent.clone() {
-            Some(Recorded::Current(intent)) => intent,
+        let (intent, legacy) = match self.intent.clone() {
+            Some(Recorded::Current(intent)) => (intent, false),
             // An earlier version recorded no request: what the spec asks is the best guess.
-            Some(Recorded::Legacy { attempt, name }) => Intent {
-                attempt,
-                name,
-                tenant_id: self.desired.tenant_id.clone(),
-                roles: self.desired.roles.clone(),
-                account_ref: self.desired.account.clone(),
-                endpoint: match self.desired.endpoint.clone() {
-                    Some(endpoint) => endpoint,
-                    None => return,
-                },
-                rotate_request: None,
-            },
-            None => return,
+            Some(Recorded::Legacy { attempt, name }) => {
+                let Some(endpoint) = self.desired.endpoint.clone() else {
+                    return Ok(());
+                };
+                let intent = Intent {
+                    attempt,
+                    name,
+                    tenant_id: self.desired.tenant_id.clone(),
+                    roles: self.desired.roles.clone(),
+                    account_ref: self.desired.account.clone(),
+                    endpoint,
+                    rotate_request: None,
+                    credentials_fingerprint: None,
+                };
+                (intent, true)
+            }
+            None => return Ok(()),
         };
+        let (client, _) = self
+            .client_for(&intent.account_ref, Some(&intent.endpoint))
+            .await?;
+        if !client.supports_listing() {
+            return Err(Error::ListingUnsupported(human_name(self.tsk)));
+        }
+        let listed = client.list_keys(&intent.tenant_id).await?;
+        let named = |name: &str| {
+            if legacy {
+                name == intent.name
+            } else {
+                intent::names_attempt(name, &self.uid, &intent.attempt)
+            }
+        };
+        let mut proven = listed
+            .iter()
+            .any(|k| k.public_key == material.public_key && k.name.as_deref().is_some_and(named));
+        if proven && legacy {
+            let pair = imburse::KeyPair {
+                public_key: material.public_key.clone(),
+                private_key: material.private_key.clone(),
+            };
+            proven = imburse::authenticate(
+                &self.ctx.imburse,
+                &intent.endpoint.base_url,
+                intent.endpoint.api_generation.into(),
+                &pair,
+            )
+            .await
+            .is_ok();
+        }
+        if !proven {
+            tracing::warn!(
+                public_key = %material.public_key,
+                attempt = %intent.attempt,
+                "the Secret claims a key Imburse does not list for this attempt; not recorded"
+            );
+            self.event(
+                EventType::Warning,
+                "SecretClaimRefused",
+                "RecoverKey",
+                format!(
+                    "Secret {} claims key {} of attempt {}, which Imburse does not list for this resource; it is not recorded",
+                    self.desired.secret_name, material.public_key, intent.attempt
+                ),
+            )
+            .await;
+            self.secret_refuted = true;
+            return Ok(());
+        }
         tracing::info!(public_key = %material.public_key, "recovered key from its Secret");
         self.guarded = true;
         let replaced = self.record(&material, &intent);
         self.rotated(replaced).await;
+        Ok(())
     }
 
     /// Records a key as current, as the intent requested it. The key it replaces is queued
@@ -510,16 +633,18 @@ impl Run<'_> {
             s.account_ref.take(),
         ) && old != material.public_key
         {
-            if gone.as_deref() != Some(old.as_str()) {
-                s.previous_keys.push(PreviousKey {
-                    public_key: old.clone(),
-                    tenant_id,
-                    account_ref,
-                    endpoint: s.endpoint.take(),
-                    revoke_after: (!grace.is_zero()).then(|| status::after(grace)),
-                    revocation_error: None,
-                });
-            }
+            // A key Imburse said was gone is revoked again at once all the same: what a
+            // verification saw may not have been the whole truth.
+            let gone = gone.as_deref() == Some(old.as_str());
+            s.previous_keys.push(PreviousKey {
+                public_key: old.clone(),
+                tenant_id,
+                account_ref,
+                endpoint: s.endpoint.take(),
+                revoke_after: (!grace.is_zero() && !gone).then(|| status::after(grace)),
+                credentials_fingerprint: s.credentials_fingerprint.take(),
+                revocation_error: None,
+            });
             replaced = Some(old);
         }
         if intent.rotate_request.is_some() {
@@ -535,6 +660,8 @@ impl Run<'_> {
         s.endpoint = Some(intent.endpoint.clone());
         s.roles = intent.roles.clone();
         s.attempt = Some(intent.attempt.clone());
+        s.credentials_fingerprint = intent.credentials_fingerprint.clone();
+        s.pending_create = None;
         self.intent = None;
         self.ctx.forget_revoked_remotely(&self.uid);
         replaced
@@ -545,26 +672,17 @@ impl Run<'_> {
         let Some(old) = replaced else {
             return;
         };
-        let until = self
+        let when = self
             .status
             .previous_keys
             .iter()
             .find(|p| p.public_key == old)
-            .map(|p| {
-                p.revoke_after
-                    .as_ref()
-                    .map_or_else(|| "now".to_owned(), |t| format!("after {}", t.0))
-            });
-        let note = match until {
-            Some(when) => format!(
-                "key {} replaced key {old}, which is revoked {when}",
-                self.status.public_key.as_deref().unwrap_or_default()
-            ),
-            None => format!(
-                "key {} replaced key {old}, which Imburse no longer knew",
-                self.status.public_key.as_deref().unwrap_or_default()
-            ),
-        };
+            .and_then(|p| p.revoke_after.as_ref())
+            .map_or_else(|| "now".to_owned(), |t| format!("after {}", t.0));
+        let note = format!(
+            "key {} replaced key {old}, which is revoked {when}",
+            self.status.public_key.as_deref().unwrap_or_default()
+        );
         self.event(EventType::Normal, "KeyRotated", "RotateKey", note)
             .await;
     }
@@ -590,10 +708,17 @@ impl Run<'_> {
     }
 
     pub(super) async fn revoke_retired(&mut self, retired: &Retired) -> Result<()> {
+        let credentials = self
+            .status
+            .previous_keys
+            .iter()
+            .find(|p| p.public_key == retired.public_key)
+            .and_then(|p| p.credentials_fingerprint.clone());
         let outcome = self
             .revoke_recorded(
                 &retired.account,
                 retired.endpoint.as_ref(),
+                credentials.as_deref(),
                 &retired.tenant_id,
                 &retired.public_key,
             )
@@ -640,8 +765,15 @@ impl Run<'_> {
             return Ok(());
         };
         let endpoint = self.status.endpoint.clone();
+        let credentials = self.status.credentials_fingerprint.clone();
         let outcome = self
-            .revoke_recorded(&account_ref, endpoint.as_ref(), &tenant_id, &public_key)
+            .revoke_recorded(
+                &account_ref,
+                endpoint.as_ref(),
+                credentials.as_deref(),
+                &tenant_id,
+                &public_key,
+            )
             .await?;
         self.status.public_key = None;
         if matches!(outcome, Revoked::Done | Revoked::TenantGone) {
@@ -660,15 +792,38 @@ impl Run<'_> {
     /// Revokes a recorded key where it lives. A key whose tenant is gone is gone too. Where the
     /// key lives elsewhere than the account points now, a definitive refusal there is reported
     /// (Event, and the status entry) rather than retried forever.
+    ///
+    /// "Not found" proves a revocation only when asked with the credentials the key was made
+    /// with (`credentials`, unknown for keys recorded by older versions): another Imburse
+    /// account does not know the key or its tenant, and the key would stay live where it is.
     async fn revoke_recorded(
         &mut self,
         account_ref: &AccountRef,
         endpoint: Option<&Endpoint>,
+        credentials: Option<&str>,
         tenant_id: &str,
         public_key: &str,
     ) -> Result<Revoked> {
         let (client, moved) = self.client_for(account_ref, endpoint).await?;
-        match revoke(&client, tenant_id, public_key).await {
+        let result = client.delete_key(tenant_id, public_key).await;
+        if let Err(imburse::Error::NotFound(_) | imburse::Error::TenantNotFound(_)) = &result
+            && !same_credentials(credentials, &client)
+        {
+            // Looked at again slowly: the credentials may be put back without any change to
+            // the account that would wake this resource.
+            self.retry_in = Some(self.ctx.stalled_retry(self.tsk));
+            return Err(Error::KeyNotRevoked {
+                public_key: public_key.into(),
+                why: format!(
+                    "the credentials of {:?} {} are not the ones it was made with, and they do not know it",
+                    account_ref.kind, account_ref.name
+                ),
+            });
+        }
+        match result.or_else(|e| match e {
+            imburse::Error::NotFound(_) => Ok(()),
+            e => Err(Error::from(e)),
+        }) {
             Ok(()) => {
                 self.ctx.metrics.keys_revoked.inc();
                 Ok(Revoked::Done)
@@ -787,6 +942,12 @@ fn is_definitive_refusal(error: &imburse::Error) -> bool {
             | imburse::Error::TenantNotFound(_)
             | imburse::Error::InvalidConfig(_)
     )
+}
+
+/// Whether `client` signs with the credentials a key was recorded with; a record without them
+/// (older versions) cannot tell, and is taken to.
+fn same_credentials(recorded: Option<&str>, client: &imburse::AccountClient) -> bool {
+    recorded.is_none_or(|r| r == client.credentials_fingerprint())
 }
 
 /// Revokes a key; one that is already gone counts as revoked.

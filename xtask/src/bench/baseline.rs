@@ -26,7 +26,7 @@ use kube::{
 };
 use serde_json::json;
 use tenant_key_operator::{
-    controller::{intent, key::FINALIZER},
+    controller::key::FINALIZER,
     crd::{ImburseAccount, TenantSecurityKey},
 };
 
@@ -95,17 +95,28 @@ async fn one_key(client: &Client, i: usize) -> Result<()> {
     accounts.get("imburse").await?;
     secrets.get_opt(&name).await?;
     keys.get(&name).await?;
+    let finalizer = json!({
+        "apiVersion": "imbursepayments.com/v1alpha1",
+        "kind": "TenantSecurityKey",
+        "metadata": {"name": name, "finalizers": [FINALIZER]},
+    });
+    keys.patch(&name, &apply, &Patch::Apply(&finalizer)).await?;
+    // The intent goes into the status, where only the operator writes.
     let intent = json!({
         "apiVersion": "imbursepayments.com/v1alpha1",
         "kind": "TenantSecurityKey",
-        "metadata": {
-            "name": name,
-            "finalizers": [FINALIZER],
-            // As long as the operator's intent record.
-            "annotations": {intent::ANNOTATION: "x".repeat(200)},
-        },
+        "metadata": {"name": name},
+        "status": {"pendingCreate": {
+            "attempt": "0123456789abcdef",
+            "name": "x".repeat(80),
+            "tenantId": "x".repeat(36),
+            "roles": ["tenant-admin"],
+            "accountRef": {"kind": "ImburseAccount", "name": "imburse"},
+            "endpoint": {"baseUrl": "http://127.0.0.1:1", "apiGeneration": "seed"},
+        }},
     });
-    keys.patch(&name, &apply, &Patch::Apply(&intent)).await?;
+    keys.patch_status(&name, &apply, &Patch::Apply(&intent))
+        .await?;
     event(&events, &name, "CreatingKey").await?;
     let secret = json!({
         "apiVersion": "v1",

@@ -22,6 +22,8 @@ local permanent = {
   AdoptionRefused = true,
   SecretRejected = true,
   ListingUnsupported = true,
+  KeyNotRevoked = true,
+  RotationLimited = true,
 }
 
 local function describe(condition)
