@@ -383,6 +383,9 @@ fn an_account_a_replaced_key_lives_at_is_kept_until_it_is_revoked(env: &Env) -> 
         })
         .await?;
         accounts.delete("sa", &DeleteParams::default()).await?;
+        // The operator looks at a deleting account again every two seconds until no key uses
+        // it; an account it let go would be gone within this wait.
+        tokio::time::sleep(std::time::Duration::from_secs(6)).await;
         let sa = accounts.get("sa").await?;
         ensure!(
             sa.finalizers()
