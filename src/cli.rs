@@ -374,7 +374,7 @@ mod tests {
     }
 
     #[test]
-    fn allowed_hosts_default_to_imburse_and_loopback() -> Result<(), clap::Error> {
+    fn allowed_hosts_default_to_imburse() -> Result<(), clap::Error> {
         let args = run_args(&[])?;
         assert_eq!(args.allowed_imburse_hosts, AllowedHosts::default());
         assert!(args.watch_namespaces.is_empty());

@@ -219,7 +219,8 @@ const UNWATCHED: &str = "elsewhere";
 /// How the chart is installed.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    /// The defaults: every namespace, with a ClusterRole.
+    /// The defaults: every namespace, with a ClusterRole. Only the allowed Imburse hosts name
+    /// the sandbox's loopback address, which the defaults leave out.
     AllNamespaces,
     /// `watchNamespaces` set to [`WATCHED`], and the allowed Imburse hosts narrowed to the
     /// sandbox's.
@@ -229,7 +230,7 @@ enum Mode {
 impl Mode {
     fn values(self) -> Vec<String> {
         match self {
-            Mode::AllNamespaces => Vec::new(),
+            Mode::AllNamespaces => vec!["allowedImburseHosts={127.0.0.1}".into()],
             Mode::Namespaced => vec![
                 format!("watchNamespaces={{{}}}", WATCHED.join(",")),
                 "allowedImburseHosts={127.0.0.1}".into(),

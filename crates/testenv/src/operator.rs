@@ -56,6 +56,11 @@ pub async fn install_crds(client: &Client, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Where local sandboxes listen: the hosts the operator started here allows.
+pub const LOCAL_IMBURSE_HOSTS: &str = "127.0.0.1,localhost,::1";
+/// The variable the operator reads its allowed Imburse hosts from.
+const ALLOWED_HOSTS_VARIABLE: &str = "ALLOWED_IMBURSE_HOSTS";
+
 /// The operator binary running as a local process; killed when dropped.
 pub struct Operator {
     process: Process,
@@ -75,7 +80,9 @@ impl Operator {
     }
 
     /// Like [`Operator::start`], with `env` added to its environment, e.g. a `POD_NAME` that
-    /// tells it apart in the leader election Lease.
+    /// tells it apart in the leader election Lease. The sandbox listens on loopback, which the
+    /// operator does not allow by default: [`LOCAL_IMBURSE_HOSTS`] are allowed unless `env` or
+    /// `args` name the hosts.
     pub fn start_with_env(
         name: &'static str,
         binary: &Path,
@@ -86,7 +93,11 @@ impl Operator {
     ) -> Result<Operator> {
         let mut all: Vec<OsString> = vec!["run".into(), "--kubeconfig".into(), kubeconfig.into()];
         all.extend(args.iter().map(OsString::from));
-        let env = env.iter().map(|(k, v)| (k.into(), v.into())).collect();
+        let mut env: Vec<(OsString, OsString)> =
+            env.iter().map(|(k, v)| (k.into(), v.into())).collect();
+        if !env.iter().any(|(k, _)| k == ALLOWED_HOSTS_VARIABLE) {
+            env.push((ALLOWED_HOSTS_VARIABLE.into(), LOCAL_IMBURSE_HOSTS.into()));
+        }
         let mut process = Process::start_with_env(name, binary, all, env, dir, Lifetime::Owned)?;
         std::thread::sleep(Duration::from_millis(200));
         if let Err(e) = process.check_running() {
