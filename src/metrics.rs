@@ -237,16 +237,14 @@ fn encode_keys(
         "key_ready_status",
         "Status of the key's Ready condition (true, false or unknown): 1 for the current one",
         keys.iter().flat_map(|(labels, key)| {
-            let current = match status(key)
-                .conditions
-                .iter()
-                .find(|c| c.type_ == "Ready")
-                .map(|c| c.status.as_str())
-            {
-                Some("True") => "true",
-                Some("False") => "false",
-                _ => "unknown",
-            };
+            let current =
+                match crate::crd::find_condition(&status(key).conditions, crate::crd::READY)
+                    .map(|c| c.status.as_str())
+                {
+                    Some("True") => "true",
+                    Some("False") => "false",
+                    _ => "unknown",
+                };
             ["true", "false", "unknown"].map(|condition| {
                 let labels = ReadyLabels {
                     namespace: labels.namespace.clone(),

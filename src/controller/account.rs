@@ -129,9 +129,7 @@ impl ResolvedAccount {
         let deleting = account.meta().deletion_timestamp.is_some();
         let ready = account.account_status().is_some_and(|s| {
             (deleting || s.observed_generation == account.meta().generation)
-                && s.conditions
-                    .iter()
-                    .any(|c| c.type_ == status::READY && c.status == "True")
+                && crate::crd::is_true(&s.conditions, status::READY)
         });
         Self {
             spec: spec.clone(),
@@ -530,10 +528,7 @@ pub async fn reconcile<A: AccountResource>(account: Arc<A>, ctx: Arc<Context>) -
 }
 
 fn ready_reason(status: &AccountStatus) -> Option<(&str, &str)> {
-    status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == status::READY)
+    crate::crd::find_condition(&status.conditions, status::READY)
         .map(|c| (c.status.as_str(), c.reason.as_str()))
 }
 

@@ -144,7 +144,9 @@ impl Reason {
     }
 
     /// Whether retrying without a change to some watched object cannot help. Such failures
-    /// stall the resource until the resource, its account or a Secret changes.
+    /// stall the resource until the resource, its account or a Secret changes. For an Imburse
+    /// call it also means that Imburse refused the request itself, so the call had no effect
+    /// (no key was created); a call whose outcome is unknown is never permanent.
     ///
     /// This is the one classification of failures. The Imburse client's own
     /// `is_transient` answers a narrower question, whether the same HTTP call may be repeated

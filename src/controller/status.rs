@@ -12,7 +12,7 @@ use std::fmt::Debug;
 use super::{Context, FIELD_MANAGER, error::Error};
 use crate::crd::{Condition, ConditionStatus, set_condition};
 
-pub const READY: &str = "Ready";
+pub use crate::crd::READY;
 pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
 

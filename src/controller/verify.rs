@@ -141,10 +141,7 @@ async fn confirmed_gone(
 /// reason.
 fn place_of(key: &TenantSecurityKey, listed_from: Timestamp) -> Option<(Place, Recorded)> {
     let s = key.status.as_ref()?;
-    let ready = s
-        .conditions
-        .iter()
-        .any(|c| c.type_ == status::READY && c.status == "True");
+    let ready = crate::crd::is_true(&s.conditions, status::READY);
     if !ready
         || key.metadata.deletion_timestamp.is_some()
         || s.created_at.as_ref()?.0 >= listed_from

@@ -25,6 +25,19 @@ impl From<bool> for ConditionStatus {
     }
 }
 
+/// Type of the condition that says whether an object is what its spec asks.
+pub const READY: &str = "Ready";
+
+/// The condition of `type_`, if set.
+pub fn find_condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Whether the condition of `type_` is set and `True`.
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    find_condition(conditions, type_).is_some_and(|c| c.status == ConditionStatus::True.as_str())
+}
+
 /// Sets a condition, keeping `lastTransitionTime` when the status did not change so that the
 /// time reports when the condition last flipped, not when it was last written.
 pub fn set_condition(
@@ -37,9 +50,8 @@ pub fn set_condition(
     now: &Time,
 ) {
     let status = status.as_str();
-    let transition = conditions
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
+    let transition = find_condition(conditions, type_)
+        .filter(|c| c.status == status)
         .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
     conditions.retain(|c| c.type_ != type_);
     conditions.push(Condition {

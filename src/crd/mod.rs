@@ -15,7 +15,7 @@ pub use account::{
     AccountSpec, AccountStatus, AllowedNamespaces, ApiGeneration, ClusterImburseAccount,
     ClusterImburseAccountSpec, CredentialsSecretRef, DEFAULT_BASE_URL, ImburseAccount,
 };
-pub use conditions::{Condition, ConditionStatus, set_condition};
+pub use conditions::{Condition, ConditionStatus, READY, find_condition, is_true, set_condition};
 pub use tenant_security_key::{
     AccountKind, AccountRef, CreateIntent, DEFAULT_GRACE_PERIOD, DeletionPolicy, Endpoint,
     PreviousKey, ROTATE_REQUESTED_AT_ANNOTATION, RolloutRestartTarget, RotationPolicy,

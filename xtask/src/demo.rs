@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use imburse_sandbox::{Config, Sandbox};
 use kube::{Api, api::ListParams};
-use tenant_key_operator::crd::TenantSecurityKey;
+use tenant_key_operator::crd::{READY, TenantSecurityKey};
 use testenv::{ControlPlane, Operator};
 
 use crate::workspace::{self, step};
@@ -176,11 +176,9 @@ async fn wait_ready(keys: &Api<TenantSecurityKey>, log: &Path) -> Result<()> {
 }
 
 fn is_ready(key: &TenantSecurityKey) -> bool {
-    key.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-    })
+    key.status
+        .as_ref()
+        .is_some_and(|s| tenant_key_operator::crd::is_true(&s.conditions, READY))
 }
 
 fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Result<()> {

@@ -174,36 +174,50 @@ struct ClientInner {
     retry: RetryPolicy,
     rate_limit: Option<Quota>,
     observer: Option<Observer>,
-    accounts: Mutex<HashMap<AccountIdentity, Arc<AccountState>>>,
+    accounts: Mutex<HashMap<AccountSlot, Arc<AccountState>>>,
+    /// Rate limiters by host and account, shared by every credential of that account.
+    limiters: Mutex<HashMap<(String, String), Arc<DefaultDirectRateLimiter>>>,
 }
 
-/// What makes two [`AccountConfig`]s the same account. The private key is represented by its
-/// SHA-256 so the map never holds a second copy of the secret.
+/// Accounts kept beyond those in use before idle ones are forgotten (with their tokens).
+const IDLE_ACCOUNTS: usize = 256;
+
+/// Where one account's state lives: one per endpoint and account key. A new private key for
+/// the same public key replaces the state (its tokens were issued to the old pair).
 #[derive(PartialEq, Eq, Hash)]
-struct AccountIdentity {
+struct AccountSlot {
     base_url: String,
     generation: ApiGeneration,
     account_id: Option<String>,
     public_key: String,
-    private_key_digest: [u8; 32],
 }
 
-impl AccountIdentity {
+impl AccountSlot {
     fn of(cfg: &AccountConfig, base: &Url) -> Self {
         Self {
             base_url: base.as_str().to_owned(),
             generation: cfg.generation,
             account_id: cfg.account_id.clone(),
             public_key: cfg.credentials.public_key.clone(),
-            private_key_digest: Sha256::digest(
-                cfg.credentials.private_key.expose_secret().as_bytes(),
-            )
-            .into(),
         }
+    }
+
+    /// The account that rate limits count against: Imburse's account id where the API names
+    /// one, else the account key, at the host.
+    fn limited_as(&self, base: &Url) -> (String, String) {
+        let host = base.host_str().unwrap_or_default().to_owned();
+        (host, self.account_id.clone().unwrap_or_else(|| self.public_key.clone()))
     }
 }
 
+/// The private key as the map may hold it: its SHA-256, never a second copy of the secret.
+fn private_key_digest(cfg: &AccountConfig) -> [u8; 32] {
+    Sha256::digest(cfg.credentials.private_key.expose_secret().as_bytes()).into()
+}
+
 struct AccountState {
+    /// See [`private_key_digest`].
+    private_key_digest: [u8; 32],
     base: Url,
     generation: ApiGeneration,
     signer: SigningKey,
@@ -212,7 +226,7 @@ struct AccountState {
     /// Headers of every key call (`x-account-id` for the current generation).
     key_headers: HeaderMap,
     tokens: TokenCache,
-    limiter: Option<DefaultDirectRateLimiter>,
+    limiter: Option<Arc<DefaultDirectRateLimiter>>,
 }
 
 impl Client {
@@ -256,40 +270,70 @@ impl Client {
                 rate_limit,
                 observer: opts.observer,
                 accounts: Mutex::default(),
+                limiters: Mutex::default(),
             }),
         })
     }
 
     /// The handle for one account. The same base URL, generation, account id and key pair
-    /// always yield handles sharing one token cache and one rate limiter.
+    /// always yield handles sharing one token cache; every key pair of one account at one host
+    /// shares one rate limiter. The state of accounts no handle uses is forgotten once there
+    /// are many: the map is bounded by what is in use.
     pub fn account(&self, cfg: AccountConfig) -> Result<AccountClient, Error> {
         let signer = SigningKey::new(&cfg.credentials)?;
         let base = parse_base_url(&cfg.base_url)?;
         let key_headers = account_headers(&cfg)?;
-        let identity = AccountIdentity::of(&cfg, &base);
+        let slot = AccountSlot::of(&cfg, &base);
+        let digest = private_key_digest(&cfg);
         let mut accounts = self
             .inner
             .accounts
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let state = accounts
-            .entry(identity)
-            .or_insert_with(|| {
-                Arc::new(AccountState {
-                    base,
-                    generation: cfg.generation,
-                    signer,
-                    credentials_fingerprint: credentials_fingerprint(&cfg.credentials.public_key),
-                    key_headers,
-                    tokens: TokenCache::default(),
-                    limiter: self.inner.rate_limit.map(RateLimiter::direct),
-                })
-            })
-            .clone();
+        if let Some(state) = accounts.get(&slot).filter(|s| s.private_key_digest == digest) {
+            return Ok(AccountClient {
+                client: self.clone(),
+                state: state.clone(),
+            });
+        }
+        if accounts.len() >= IDLE_ACCOUNTS {
+            accounts.retain(|_, state| Arc::strong_count(state) > 1);
+        }
+        let limiter = self.limiter(slot.limited_as(&base));
+        let state = Arc::new(AccountState {
+            private_key_digest: digest,
+            base,
+            generation: cfg.generation,
+            signer,
+            credentials_fingerprint: credentials_fingerprint(&cfg.credentials.public_key),
+            key_headers,
+            tokens: TokenCache::default(),
+            limiter,
+        });
+        accounts.insert(slot, state.clone());
         Ok(AccountClient {
             client: self.clone(),
             state,
         })
+    }
+
+    /// The rate limiter of an account at a host, if rate limiting is on.
+    fn limiter(&self, key: (String, String)) -> Option<Arc<DefaultDirectRateLimiter>> {
+        let quota = self.inner.rate_limit?;
+        let mut limiters = self
+            .inner
+            .limiters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if limiters.len() >= IDLE_ACCOUNTS {
+            limiters.retain(|_, limiter| Arc::strong_count(limiter) > 1);
+        }
+        Some(
+            limiters
+                .entry(key)
+                .or_insert_with(|| Arc::new(RateLimiter::direct(quota)))
+                .clone(),
+        )
     }
 }
 
@@ -764,7 +808,7 @@ impl AccountClient {
             .tokens
             .get_or_fetch(|| {
                 self.client.inner.fetch_token(
-                    state.limiter.as_ref(),
+                    state.limiter.as_deref(),
                     &state.base,
                     state.generation,
                     &state.signer,
@@ -821,7 +865,7 @@ impl AccountClient {
         self.client
             .inner
             .send(
-                self.state.limiter.as_ref(),
+                self.state.limiter.as_deref(),
                 operation,
                 method.clone(),
                 url,
@@ -835,6 +879,45 @@ impl AccountClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config(public_key: &str, private_key: &str) -> AccountConfig {
+        AccountConfig {
+            base_url: "https://api.imbursepayments.com".into(),
+            generation: ApiGeneration::Seed,
+            account_id: None,
+            credentials: KeyPair::new(public_key, SecretString::from(private_key)),
+        }
+    }
+
+    /// One state per account key; a new private key for it replaces the state (its tokens
+    /// belong to the old pair) but keeps the account's rate limiter; accounts nobody uses are
+    /// forgotten once there are many.
+    #[test]
+    fn account_states_are_bounded_and_follow_credentials() {
+        let client = Client::new(ClientOptions {
+            rate_limit: Some(RateLimit {
+                per_second: 10,
+                burst: 10,
+            }),
+            ..ClientOptions::default()
+        })
+        .unwrap();
+        let first = client.account(config("pk", "c2VjcmV0LW9uZQ==")).unwrap();
+        let again = client.account(config("pk", "c2VjcmV0LW9uZQ==")).unwrap();
+        assert!(Arc::ptr_eq(&first.state, &again.state));
+        let rotated = client.account(config("pk", "c2VjcmV0LXR3bw==")).unwrap();
+        assert!(!Arc::ptr_eq(&first.state, &rotated.state));
+        let (Some(a), Some(b)) = (&first.state.limiter, &rotated.state.limiter) else {
+            panic!("rate limiting is on");
+        };
+        assert!(Arc::ptr_eq(a, b));
+        drop((first, again, rotated));
+        for i in 0..IDLE_ACCOUNTS * 2 {
+            drop(client.account(config(&format!("pk{i}"), "c2VjcmV0LW9uZQ==")).unwrap());
+        }
+        let held = client.inner.accounts.lock().unwrap().len();
+        assert!(held <= IDLE_ACCOUNTS, "{held} account states held");
+    }
 
     fn error_for(operation: Operation, status: u16, body: &str) -> Error {
         status_error(

@@ -43,9 +43,7 @@ pub struct Rotation {
 pub fn handled(tsk: &TenantSecurityKey, requested_at: &str) -> bool {
     tsk.status.as_ref().is_some_and(|s| {
         s.last_handled_rotate_request.as_deref() == Some(requested_at)
-            && s.conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
+            && tenant_key_operator::crd::is_true(&s.conditions, tenant_key_operator::crd::READY)
     })
 }
 

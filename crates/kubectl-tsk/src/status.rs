@@ -11,8 +11,8 @@ use serde::Serialize;
 use tenant_key_operator::{
     controller::secret::{FINGERPRINT_ANNOTATION, secret_name, stored_key},
     crd::{
-        AccountKind, ClusterImburseAccount, ImburseAccount, PreviousKey,
-        ROTATE_REQUESTED_AT_ANNOTATION, TenantSecurityKey,
+        AccountKind, ClusterImburseAccount, ImburseAccount, PreviousKey, READY,
+        ROTATE_REQUESTED_AT_ANNOTATION, TenantSecurityKey, find_condition,
     },
 };
 
@@ -223,7 +223,7 @@ async fn check_account(client: &Client, namespace: &str, tsk: &TenantSecurityKey
     };
     let (ready, error) = match status {
         Ok(Some(status)) => (
-            status.and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready")),
+            status.and_then(|s| find_condition(&s.conditions, READY).cloned()),
             None,
         ),
         Ok(None) => (None, Some("not found".to_owned())),
@@ -429,7 +429,7 @@ pub struct KeySummary {
 impl KeySummary {
     fn of(tsk: &TenantSecurityKey) -> Self {
         let status = tsk.status.clone().unwrap_or_default();
-        let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+        let ready = find_condition(&status.conditions, READY);
         Self {
             namespace: tsk.namespace().unwrap_or_default(),
             name: tsk.name_any(),

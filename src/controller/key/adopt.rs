@@ -60,7 +60,7 @@ impl Run<'_> {
             public_key: material.public_key.clone(),
             private_key: material.private_key.clone(),
         };
-        match imburse::authenticate(
+        if let Err(e) = imburse::authenticate(
             &self.ctx.imburse,
             &endpoint.base_url,
             endpoint.api_generation.into(),
@@ -68,17 +68,13 @@ impl Run<'_> {
         )
         .await
         {
-            Ok(_) => {}
-            Err(
-                e @ (imburse::Error::Unauthorized(_)
-                | imburse::Error::Forbidden(_)
-                | imburse::Error::InvalidConfig(_)),
-            ) => {
+            let e = Error::from(e);
+            if e.is_permanent() {
                 return Err(refuse(format!(
                     "its key pair does not authenticate at Imburse ({e})"
                 )));
             }
-            Err(e) => return Err(e.into()),
+            return Err(e);
         }
         let client = self.client().await?;
         if !client.supports_listing() {

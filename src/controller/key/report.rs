@@ -196,9 +196,5 @@ fn changed_meanwhile() -> Action {
 }
 
 fn ready_reason(status: &TenantSecurityKeyStatus) -> Option<&str> {
-    status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == crate::controller::status::READY)
-        .map(|c| c.reason.as_str())
+    crate::crd::find_condition(&status.conditions, crate::crd::READY).map(|c| c.reason.as_str())
 }

@@ -344,21 +344,21 @@ impl Run<'_> {
         };
         let created = match client.create_key(&intent.tenant_id, &request).await {
             Ok(created) => created,
-            Err(e) if is_definitive_refusal(&e) => {
+            Err(e) => {
+                let e = Error::from(e);
+                if !e.is_permanent() {
+                    // The key may exist even though the call failed; only a listing can tell.
+                    self.clean = false;
+                    return Err(e);
+                }
                 // Imburse refused the request itself: no key exists, so the intent is closed
                 // and nothing has to be listed later (also not when the resource is deleted).
                 // Until the spec changes or the backoff ends, no new attempt is made: each
                 // would write an intent, which would start the next.
-                let e = Error::from(e);
                 self.retry_in = Some(self.ctx.refused(&self.uid, self.tsk.meta().generation, &e));
                 self.intent = None;
                 self.write_intent().await?;
                 return Err(e);
-            }
-            Err(e) => {
-                // The key may exist even though the call failed; only a listing can tell.
-                self.clean = false;
-                return Err(e.into());
             }
         };
         self.ctx.metrics.keys_created.inc();
@@ -930,18 +930,6 @@ impl Run<'_> {
     pub(super) async fn event(&self, type_: EventType, reason: &str, action: &str, note: String) {
         status::publish(self.ctx, self.tsk, type_, reason, action, note).await;
     }
-}
-
-/// Whether Imburse refused a create outright, so that no key was made.
-fn is_definitive_refusal(error: &imburse::Error) -> bool {
-    matches!(
-        error,
-        imburse::Error::BadRequest(_)
-            | imburse::Error::Unauthorized(_)
-            | imburse::Error::Forbidden(_)
-            | imburse::Error::TenantNotFound(_)
-            | imburse::Error::InvalidConfig(_)
-    )
 }
 
 /// Whether `client` signs with the credentials a key was recorded with; a record without them

@@ -40,7 +40,7 @@ use kube::{
     runtime::{WatchStreamExt, watcher},
 };
 use serde_json::{Value, json};
-use tenant_key_operator::crd::{ImburseAccount, TenantSecurityKey};
+use tenant_key_operator::crd::{ImburseAccount, READY, TenantSecurityKey};
 use testenv::{ControlPlane, Operator};
 
 use crate::workspace::{self, step};
@@ -443,11 +443,11 @@ pub(crate) async fn setup_account(
     let accounts: Api<ImburseAccount> = Api::namespaced(client.clone(), NAMESPACE);
     accounts.create(&PostParams::default(), &resource).await?;
     for _ in 0..300 {
-        let ready = accounts.get("imburse").await?.status.is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-        });
+        let ready = accounts
+            .get("imburse")
+            .await?
+            .status
+            .is_some_and(|s| tenant_key_operator::crd::is_true(&s.conditions, READY));
         if ready {
             return Ok(());
         }
@@ -512,11 +512,9 @@ pub(crate) async fn wait_all_ready(keys: &Api<TenantSecurityKey>, expected: usiz
 }
 
 fn is_ready(key: &TenantSecurityKey) -> bool {
-    key.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-    })
+    key.status
+        .as_ref()
+        .is_some_and(|s| tenant_key_operator::crd::is_true(&s.conditions, READY))
 }
 
 /// The API server's own count of the requests it served (`apiserver_request_total`), by verb
