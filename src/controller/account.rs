@@ -518,7 +518,7 @@ pub async fn reconcile<A: AccountResource>(account: Arc<A>, ctx: Arc<Context>) -
                 // refusal of the moment. Nothing in the cluster changes when Imburse recovers,
                 // so look again, slowly.
                 Reason::CredentialsInvalid | Reason::Forbidden => {
-                    Ok(Action::requeue(ctx.stalled_retry(account.as_ref())))
+                    Ok(Action::requeue(ctx.retries.stalled_retry(account.as_ref())))
                 }
                 _ if e.is_permanent() => Ok(Action::await_change()),
                 _ => Err(e),

@@ -1,24 +1,22 @@
 //! The controllers: TenantSecurityKeys, and the two account kinds they use.
 
 pub mod account;
+mod context;
 pub mod decision;
 pub mod error;
 mod events;
 mod finalizer;
 pub mod intent;
 pub mod key;
+mod retry;
 mod schedule;
 pub mod secret;
 pub mod status;
 mod verify;
 
 use std::{
-    collections::HashMap,
     future::Future,
-    sync::{
-        Arc, Mutex, OnceLock,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
@@ -32,339 +30,21 @@ use kube::{
     core::PartialObjectMeta,
     runtime::{
         Controller, WatchStreamExt,
-        controller::{Action, Config as ControllerConfig},
+        controller::Config as ControllerConfig,
         reflector::{self, ObjectRef, Store},
         watcher::{self, watcher},
     },
 };
 
+pub use context::{AccountStores, Context, KeyLimits, Settings};
 pub use error::{Error, Result};
 
-use crate::{
-    allowed_hosts::AllowedHosts,
-    crd::{AccountKind, ClusterImburseAccount, ImburseAccount, TenantSecurityKey},
-    metrics::Metrics,
-};
+use crate::crd::{AccountKind, ClusterImburseAccount, ImburseAccount, TenantSecurityKey};
 use account::AccountResource;
-use events::Recorder;
+use retry::{error_policy, with_backoff_reset};
 
 /// Field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "tenant-key-operator";
-
-/// Settings that shape reconciliation.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    /// Namespace holding the credentials Secrets of ClusterImburseAccounts.
-    pub cluster_account_secret_namespace: String,
-    /// Namespaces whose TenantSecurityKeys, ImburseAccounts and Secrets are watched; empty
-    /// watches all namespaces.
-    pub watch_namespaces: Vec<String>,
-    /// Hosts an account's base URL may name.
-    pub allowed_imburse_hosts: AllowedHosts,
-    /// Reconciles running at once, per kind.
-    pub concurrency: u16,
-    /// First delay after a transient failure; doubled per consecutive failure.
-    pub backoff_base: Duration,
-    /// Longest delay after a transient failure.
-    pub backoff_cap: Duration,
-    /// First delay before an account whose credentials Imburse refused is verified again;
-    /// doubled per consecutive refusal up to an hour.
-    pub stalled_retry: Duration,
-    /// How often live keys are checked at Imburse (one listing per account and tenant);
-    /// `None` never checks.
-    pub verify_interval: Option<Duration>,
-    /// Floors and caps on what a key may ask for.
-    pub key_limits: KeyLimits,
-}
-
-/// Floors and caps on what a TenantSecurityKey may ask for: each rotation mints a key at
-/// Imburse, and whoever can edit a key must not be able to mint them without bound.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KeyLimits {
-    /// Shortest `rotation.interval`.
-    pub min_rotation_interval: Duration,
-    /// Longest `rotation.gracePeriod`.
-    pub max_grace_period: Duration,
-}
-
-impl Default for KeyLimits {
-    fn default() -> Self {
-        Self {
-            min_rotation_interval: Duration::from_secs(3600),
-            max_grace_period: Duration::from_secs(7 * 24 * 3600),
-        }
-    }
-}
-
-/// A create Imburse refused outright.
-struct Refusal {
-    generation: Option<i64>,
-    until: std::time::Instant,
-    /// Consecutive refusals, for the backoff.
-    count: u32,
-    reason: error::Reason,
-    message: String,
-}
-
-/// Consecutive transient failures of one object.
-struct Failures {
-    count: u32,
-    /// End of the current backoff.
-    not_before: std::time::Instant,
-    /// What the user asked when it failed: a new spec or a deletion is worth trying at once.
-    asked: (Option<i64>, bool),
-}
-
-fn asked<K: Resource>(obj: &K) -> (Option<i64>, bool) {
-    (
-        obj.meta().generation,
-        obj.meta().deletion_timestamp.is_some(),
-    )
-}
-
-/// Identifies an object across kinds: kind, namespace, name.
-type ObjectKey = (String, Option<String>, String);
-
-/// Everything a reconcile needs, shared by all of them.
-pub struct Context {
-    pub client: Client,
-    pub imburse: imburse::Client,
-    pub recorder: Recorder,
-    pub metrics: Metrics,
-    pub settings: Settings,
-    /// Set once the TenantSecurityKey caches (one per watched namespace) are synced; served by
-    /// `/readyz`.
-    ready: Arc<AtomicBool>,
-    /// Consecutive transient failures per object, and when the object may call Imburse again.
-    failures: Mutex<HashMap<ObjectKey, Failures>>,
-    /// Creates Imburse refused outright, by resource uid: no new attempt before `until` unless
-    /// the spec changes, so a refusal costs no loop of intents and creates.
-    refusals: Mutex<HashMap<String, Refusal>>,
-    /// The TenantSecurityKey caches (one per watched scope), set once the controllers run.
-    key_stores: OnceLock<Vec<Store<TenantSecurityKey>>>,
-    /// The account caches, set once the controllers run.
-    account_stores: OnceLock<AccountStores>,
-    /// Public keys that verification found missing at Imburse, by resource uid.
-    revoked_remotely: Mutex<HashMap<String, String>>,
-}
-
-impl Context {
-    pub fn new(
-        client: Client,
-        imburse: imburse::Client,
-        metrics: Metrics,
-        settings: Settings,
-        ready: Arc<AtomicBool>,
-    ) -> Self {
-        Self {
-            recorder: Recorder::new(
-                client.clone(),
-                FIELD_MANAGER,
-                std::env::var("POD_NAME").ok(),
-            ),
-            client,
-            imburse,
-            metrics,
-            settings,
-            ready,
-            failures: Mutex::default(),
-            key_stores: OnceLock::new(),
-            account_stores: OnceLock::new(),
-            refusals: Mutex::default(),
-            revoked_remotely: Mutex::default(),
-        }
-    }
-
-    /// The public key of the resource `uid` that Imburse no longer knows, if any.
-    pub fn revoked_remotely(&self, uid: &str) -> Option<String> {
-        self.revoked_remotely
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(uid)
-            .cloned()
-    }
-
-    /// Records that Imburse no longer knows the key `public_key` of the resource `uid`.
-    fn mark_revoked_remotely(&self, uid: &str, public_key: &str) {
-        self.revoked_remotely
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(uid.to_owned(), public_key.to_owned());
-    }
-
-    /// Forgets a remotely revoked key once it was replaced (or its resource is gone).
-    pub fn forget_revoked_remotely(&self, uid: &str) {
-        self.revoked_remotely
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(uid);
-    }
-
-    /// Every TenantSecurityKey in the caches; none before the controllers run (a replica
-    /// standing by for the leader has no cache).
-    pub fn cached_keys(&self) -> Vec<Arc<TenantSecurityKey>> {
-        self.key_stores
-            .get()
-            .map(|stores| stores.iter().flat_map(Store::state).collect())
-            .unwrap_or_default()
-    }
-
-    fn failure_key<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectKey {
-        (K::kind(&()).into_owned(), obj.namespace(), obj.name_any())
-    }
-
-    /// Delay before retrying `obj` after a transient error: exponential per object, capped,
-    /// with jitter so that objects failing together do not retry together.
-    fn backoff<K: Resource<DynamicType = ()>>(&self, obj: &K, error: &Error) -> Duration {
-        let jittered = self.exponential(obj, self.settings.backoff_base, self.settings.backoff_cap);
-        let delay = error
-            .retry_after()
-            .map_or(jittered, |after| after.max(jittered));
-        if let Some(entry) = self
-            .failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(&Self::failure_key(obj))
-        {
-            entry.not_before = std::time::Instant::now() + delay;
-            entry.asked = asked(obj);
-        }
-        delay
-    }
-
-    /// Time left in the object's backoff after a transient failure. A reconcile triggered
-    /// meanwhile by the operator's own writes must not call Imburse before it ends, or each
-    /// failed attempt's writes would start the next at once; a new spec or a deletion is
-    /// tried at once.
-    pub fn backing_off<K: Resource<DynamicType = ()>>(&self, obj: &K) -> Option<Duration> {
-        let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let failures = map
-            .get(&Self::failure_key(obj))
-            .filter(|f| f.asked == asked(obj))?;
-        failures
-            .not_before
-            .checked_duration_since(std::time::Instant::now())
-    }
-
-    /// Records that Imburse refused a create of the resource `uid` at `generation`; returns
-    /// the delay before it may be asked again.
-    pub fn refused(&self, uid: &str, generation: Option<i64>, error: &Error) -> Duration {
-        let mut map = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
-        let count = map
-            .get(uid)
-            .filter(|r| r.generation == generation)
-            .map_or(1, |r| r.count.saturating_add(1));
-        let delay = doubled(self.settings.stalled_retry, count, self.stalled_cap());
-        map.insert(
-            uid.to_owned(),
-            Refusal {
-                generation,
-                until: std::time::Instant::now() + delay,
-                count,
-                reason: error.reason(),
-                message: error.to_string(),
-            },
-        );
-        delay
-    }
-
-    /// The refusal still standing for the resource `uid` at `generation`, as the error to
-    /// report, with the time left.
-    pub fn refusal(&self, uid: &str, generation: Option<i64>) -> Option<(Error, Duration)> {
-        let map = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
-        let refusal = map.get(uid).filter(|r| r.generation == generation)?;
-        let left = refusal
-            .until
-            .checked_duration_since(std::time::Instant::now())?;
-        Some((
-            Error::Refused {
-                reason: refusal.reason,
-                message: refusal.message.clone(),
-            },
-            left,
-        ))
-    }
-
-    /// Forgets the refusals of a resource that got its key (or is gone).
-    pub fn forget_refusal(&self, uid: &str) {
-        self.refusals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(uid);
-    }
-
-    /// Delay before asking Imburse again what it refused, or answered for credentials other
-    /// than a key's: nothing in the cluster may change when Imburse's answer would.
-    pub fn stalled_retry<K: Resource<DynamicType = ()>>(&self, obj: &K) -> Duration {
-        self.exponential(obj, self.settings.stalled_retry, self.stalled_cap())
-    }
-
-    /// Longest wait before asking again what Imburse refused: an hour.
-    fn stalled_cap(&self) -> Duration {
-        Duration::from_secs(3600).max(self.settings.stalled_retry)
-    }
-
-    /// `base` doubled per consecutive failure of `obj`, capped, with jitter so that objects
-    /// failing together do not retry together.
-    fn exponential<K: Resource<DynamicType = ()>>(
-        &self,
-        obj: &K,
-        base: Duration,
-        cap: Duration,
-    ) -> Duration {
-        let failures = {
-            let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-            let entry = map.entry(Self::failure_key(obj)).or_insert(Failures {
-                count: 0,
-                not_before: std::time::Instant::now(),
-                asked: asked(obj),
-            });
-            entry.count = entry.count.saturating_add(1);
-            entry.count
-        };
-        doubled(base, failures, cap).mul_f64(rand::random_range(0.5..=1.0))
-    }
-
-    fn succeeded<K: Resource<DynamicType = ()>>(&self, obj: &K) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&Self::failure_key(obj));
-    }
-}
-
-/// `base` doubled for each of `count` consecutive failures after the first, capped.
-fn doubled(base: Duration, count: u32, cap: Duration) -> Duration {
-    base.saturating_mul(2u32.saturating_pow(count.saturating_sub(1).min(16)))
-        .min(cap)
-}
-
-fn error_policy<K: Resource<DynamicType = ()>>(
-    obj: Arc<K>,
-    error: &Error,
-    ctx: Arc<Context>,
-) -> Action {
-    Action::requeue(ctx.backoff(obj.as_ref(), error))
-}
-
-/// Wraps a reconciler so that a success resets the object's backoff.
-async fn with_backoff_reset<K, F, Fut>(
-    obj: Arc<K>,
-    ctx: Arc<Context>,
-    reconcile: F,
-) -> Result<Action>
-where
-    K: Resource<DynamicType = ()>,
-    F: FnOnce(Arc<K>, Arc<Context>) -> Fut,
-    Fut: Future<Output = Result<Action>>,
-{
-    let result = reconcile(obj.clone(), ctx.clone()).await;
-    // A reconcile that only waited out the backoff (see `Context::backing_off`) is no success.
-    if result.is_ok() && ctx.backing_off(obj.as_ref()).is_none() {
-        ctx.succeeded(obj.as_ref());
-    }
-    result
-}
 
 /// Drops what no reconcile reads from a TenantSecurityKey before it enters the cache, which
 /// holds every key for the operator's lifetime: `managedFields` (a field tree per writer, often
@@ -501,21 +181,6 @@ pub async fn run(
     );
     futures::pin_mut!(controllers, watches);
     future::select(controllers, watches).await;
-}
-
-/// The account caches, which keys read their account from.
-pub struct AccountStores {
-    pub(super) namespaced: Vec<Store<ImburseAccount>>,
-    pub(super) cluster: Store<ClusterImburseAccount>,
-}
-
-impl Context {
-    /// The account `reference` names, from the caches. A miss is no proof of absence: the
-    /// caches may not have caught up with an account created a moment ago.
-    fn cached_account<A: AccountResource>(&self, reference: &ObjectRef<A>) -> Option<Arc<A>> {
-        let stores = self.account_stores.get()?;
-        A::stores(stores).into_iter().find_map(|s| s.get(reference))
-    }
 }
 
 /// How many changes a shared watch holds for a subscriber that is behind.

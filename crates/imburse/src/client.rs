@@ -206,7 +206,12 @@ impl AccountSlot {
     /// one, else the account key, at the host.
     fn limited_as(&self, base: &Url) -> (String, String) {
         let host = base.host_str().unwrap_or_default().to_owned();
-        (host, self.account_id.clone().unwrap_or_else(|| self.public_key.clone()))
+        (
+            host,
+            self.account_id
+                .clone()
+                .unwrap_or_else(|| self.public_key.clone()),
+        )
     }
 }
 
@@ -290,7 +295,10 @@ impl Client {
             .accounts
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(state) = accounts.get(&slot).filter(|s| s.private_key_digest == digest) {
+        if let Some(state) = accounts
+            .get(&slot)
+            .filter(|s| s.private_key_digest == digest)
+        {
             return Ok(AccountClient {
                 client: self.clone(),
                 state: state.clone(),
@@ -913,7 +921,11 @@ mod tests {
         assert!(Arc::ptr_eq(a, b));
         drop((first, again, rotated));
         for i in 0..IDLE_ACCOUNTS * 2 {
-            drop(client.account(config(&format!("pk{i}"), "c2VjcmV0LW9uZQ==")).unwrap());
+            drop(
+                client
+                    .account(config(&format!("pk{i}"), "c2VjcmV0LW9uZQ=="))
+                    .unwrap(),
+            );
         }
         let held = client.inner.accounts.lock().unwrap().len();
         assert!(held <= IDLE_ACCOUNTS, "{held} account states held");

@@ -16,7 +16,7 @@ use std::{
 };
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, Resource, ResourceExt, runtime::controller::Action};
+use kube::{Api, ResourceExt, runtime::controller::Action};
 
 use super::{
     Context, KeyLimits,
@@ -216,7 +216,7 @@ impl Run<'_> {
             let step = decision::next_step(&self.observed());
             tracing::debug!(?step, "next step");
             if step.needs_latest_resource()
-                && let Some(left) = self.ctx.backing_off(self.tsk)
+                && let Some(left) = self.ctx.retries.backing_off(self.tsk)
             {
                 return Ok(Stop::Waiting(left));
             }
@@ -229,9 +229,7 @@ impl Run<'_> {
             match step {
                 Step::Settled => return Ok(Stop::Settled),
                 Step::BeginCreate(reason) => {
-                    if let Some((refused, left)) =
-                        self.ctx.refusal(&self.uid, self.tsk.meta().generation)
-                    {
+                    if let Some((refused, left)) = self.ctx.retries.refusal(self.tsk) {
                         self.retry_in = Some(left);
                         return Err(refused);
                     }

@@ -19,11 +19,11 @@ impl Run<'_> {
         match &result {
             // A resource whose finalizer is gone has no status left to report.
             Ok(Stop::Released) => {
-                self.ctx.forget_refusal(&self.uid);
+                self.forget();
                 return Ok(Action::await_change());
             }
             _ if self.deleting && !self.has_finalizer => {
-                self.ctx.forget_refusal(&self.uid);
+                self.forget();
                 return Ok(Action::await_change());
             }
             // Nothing was done; the status still tells why. Also a deletion must be looked
@@ -108,7 +108,7 @@ impl Run<'_> {
         }
         match result {
             Ok(Stop::Settled) => {
-                self.ctx.forget_refusal(&self.uid);
+                self.ctx.retries.forget_refusal(self.tsk);
                 let now = Timestamp::now();
                 let next_rotation = self
                     .status
@@ -144,6 +144,12 @@ impl Run<'_> {
                 }
             }
         }
+    }
+
+    /// Forgets what was remembered of a resource that is gone.
+    fn forget(&self) {
+        self.ctx.retries.forget(self.tsk);
+        self.ctx.forget_revoked_remotely(&self.uid);
     }
 
     /// Keys recorded by older versions lack where they live and the credentials they were

@@ -355,7 +355,7 @@ impl Run<'_> {
                 // and nothing has to be listed later (also not when the resource is deleted).
                 // Until the spec changes or the backoff ends, no new attempt is made: each
                 // would write an intent, which would start the next.
-                self.retry_in = Some(self.ctx.refused(&self.uid, self.tsk.meta().generation, &e));
+                self.retry_in = Some(self.ctx.retries.refused(self.tsk, &e));
                 self.intent = None;
                 self.write_intent().await?;
                 return Err(e);
@@ -811,7 +811,7 @@ impl Run<'_> {
         {
             // Looked at again slowly: the credentials may be put back without any change to
             // the account that would wake this resource.
-            self.retry_in = Some(self.ctx.stalled_retry(self.tsk));
+            self.retry_in = Some(self.ctx.retries.stalled_retry(self.tsk));
             return Err(Error::KeyNotRevoked {
                 public_key: public_key.into(),
                 why: format!(
