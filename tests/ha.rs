@@ -20,7 +20,7 @@ use kube::{
 };
 use libtest_mimic::Arguments;
 use serde_json::json;
-use support::{Env, TestFn, expect_single_key, poll};
+use support::{Env, Since, TestFn, expect_single_key, poll};
 use testenv::Operator;
 
 const NS: &str = "ha";
@@ -316,6 +316,10 @@ fn sigterm_lets_a_create_in_flight_finish(env: &Env) -> Result<()> {
         wait_holder(env, &standby_identity).await?;
         env.sandbox.admin().set_faults(&Faults::default()).await?;
         expect_single_key(env, NS, "in-flight", &tenant).await?;
+        // The recorded key is enough for the check above: the successor must have looked too.
+        let successor = Since::started(&standby)?;
+        env.wait_reconciled_since_restart(&successor, NS, "in-flight")
+            .await?;
         let stats = env.sandbox.admin().stats().await?;
         ensure!(
             stats.total(imburse::Operation::CreateKey) == 1

@@ -26,11 +26,18 @@ const ROTATE: &str = "imbursepayments.com/rotate-requested-at";
 fn main() -> std::process::ExitCode {
     let args = Arguments::from_args();
     // Live keys are checked at the sandbox every three seconds, and keys rotate within
-    // seconds.
+    // seconds. One process without leader election: a restarted one works at once, not after
+    // its predecessor's Lease expired.
     let env = match Env::start_with(
         Config::generate(1, 12),
         imburse_sandbox::Options::default(),
-        &["--verify-interval", "3s", "--min-rotation-interval", "1s"],
+        &[
+            "--verify-interval",
+            "3s",
+            "--min-rotation-interval",
+            "1s",
+            "--leader-election=false",
+        ],
     ) {
         Ok(env) => Arc::new(env),
         Err(e) => {
@@ -204,14 +211,11 @@ fn a_rotation_request_is_served_once(env: &Env) -> Result<()> {
                 == Some("2026-11-27T10:00:00Z")
         );
         let second = expect_single_key(env, ns, "on-request", &tenant).await?;
-        {
-            let mut operator = env.operator.lock().unwrap_or_else(|e| e.into_inner());
-            operator.kill();
-            operator.restart()?;
-        }
+        let restarted = env.crash_operator()?;
         // A re-sync applies the same value again.
         request_rotation(env, ns, "on-request", "2026-11-27T10:00:00Z").await?;
-        tokio::time::sleep(Duration::from_secs(4)).await;
+        env.wait_reconciled_since_restart(&restarted, ns, "on-request")
+            .await?;
         ensure!(expect_single_key(env, ns, "on-request", &tenant).await? == second);
         ensure!(
             created(env).await? - before == 2,
@@ -245,11 +249,7 @@ fn a_rotation_survives_a_crash_at_any_point(env: &Env) -> Result<()> {
             let value = format!("crash-{i}");
             request_rotation(env, ns, "crashing", &value).await?;
             tokio::time::sleep(Duration::from_millis(delay)).await;
-            {
-                let mut operator = env.operator.lock().unwrap_or_else(|e| e.into_inner());
-                operator.kill();
-                operator.restart()?;
-            }
+            env.crash_operator()?;
             wait_for(&env.keys(ns), "crashing", |k| {
                 k.status.as_ref().is_some_and(|s| {
                     s.last_handled_rotate_request.as_deref() == Some(value.as_str())
@@ -349,12 +349,9 @@ fn restart_targets_roll_once_per_key_change(env: &Env) -> Result<()> {
             support::ready(reported.status.as_ref().map(|s| &s.conditions))
                 == Some(("True", "KeyReady"))
         );
-        {
-            let mut operator = env.operator.lock().unwrap_or_else(|e| e.into_inner());
-            operator.kill();
-            operator.restart()?;
-        }
-        tokio::time::sleep(Duration::from_secs(4)).await;
+        let restarted = env.crash_operator()?;
+        env.wait_reconciled_since_restart(&restarted, ns, "restarting")
+            .await?;
         ensure!(
             template_state(&deployments, "web").await?.1 == generation + 1,
             "an operator restart restarted the workload"

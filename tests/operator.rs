@@ -795,11 +795,13 @@ fn steady_state_makes_no_calls_and_no_writes(env: &Env) -> Result<()> {
         let key = env.wait_ready(ns, "calm").await?;
         let secret = env.secrets(ns).get("calm").await?;
         // Touching an unrelated annotation triggers a reconcile that must change nothing.
+        let touched = env.operator_now()?;
         let patch = json!({"metadata": {"annotations": {"touched": "yes"}}});
         env.keys(ns)
             .patch("calm", &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
-        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        env.wait_reconciled_since_restart(&touched, ns, "calm")
+            .await?;
         let after = env.keys(ns).get("calm").await?;
         ensure!(after.status == key.status, "status was rewritten");
         let secret_after = env.secrets(ns).get("calm").await?;

@@ -13,7 +13,13 @@ use support::{Env, TestFn, poll};
 
 fn main() -> std::process::ExitCode {
     let args = Arguments::from_args();
-    let env = match Env::start(Config::generate(1, 8)) {
+    // One process without leader election: a restarted one works at once, not after its
+    // predecessor's Lease expired.
+    let env = match Env::start_with(
+        Config::generate(1, 8),
+        imburse_sandbox::Options::default(),
+        &["--leader-election=false"],
+    ) {
         Ok(env) => Arc::new(env),
         Err(e) => {
             eprintln!("could not start the test environment: {e:#}");
@@ -209,26 +215,9 @@ fn restart_at_rest_creates_and_writes_nothing(env: &Env) -> Result<()> {
             .metadata
             .resource_version;
         env.sandbox.admin().reset_stats().await?;
-        env.operator
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .restart()?;
-        // The restarted operator has verified the account once it answers again; give it the
-        // same bounded wait as any other state.
-        poll(
-            || async {
-                Ok(env
-                    .sandbox
-                    .admin()
-                    .stats()
-                    .await?
-                    .total(imburse::Operation::Token)
-                    > 0)
-            },
-            "the restarted operator to reach Imburse",
-        )
-        .await?;
-        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let restarted = env.restart_operator()?;
+        env.wait_reconciled_since_restart(&restarted, NS, "at-rest")
+            .await?;
         let stats = env.sandbox.admin().stats().await?;
         ensure!(
             stats.total(imburse::Operation::CreateKey) == 0,

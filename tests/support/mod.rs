@@ -4,17 +4,26 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
-use std::{collections::BTreeMap, future::Future, path::Path, time::Duration};
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use imburse_sandbox::{Account, Config, Options, Sandbox};
 use k8s_openapi::{
     ByteString,
-    api::core::v1::{Namespace, Secret},
+    api::{
+        coordination::v1::Lease,
+        core::v1::{Namespace, Secret},
+    },
 };
 use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, ListParams, ObjectMeta, PostParams},
+    runtime::reflector::ObjectRef,
 };
 use serde_json::json;
 use tenant_key_operator::crd::{
@@ -328,6 +337,53 @@ impl Env {
             .delete(name, &DeleteParams::default())
             .await?;
         Ok(())
+    }
+
+    /// SIGKILLs the environment's operator, as a crash would, and starts it again. Returns
+    /// the new process's start, for [`Env::wait_reconciled_since_restart`].
+    pub fn crash_operator(&self) -> Result<Since> {
+        let mut operator = self.operator.lock().unwrap_or_else(|e| e.into_inner());
+        operator.kill();
+        let since = Since::restart(&operator)?;
+        operator.restart()?;
+        Ok(since)
+    }
+
+    /// Stops the environment's operator gracefully (SIGTERM) and starts it again. Returns the
+    /// new process's start.
+    pub fn restart_operator(&self) -> Result<Since> {
+        let mut operator = self.operator.lock().unwrap_or_else(|e| e.into_inner());
+        let since = Since::restart(&operator)?;
+        operator.restart()?;
+        Ok(since)
+    }
+
+    /// This moment in the life of the environment's operator, which is running.
+    pub fn operator_now(&self) -> Result<Since> {
+        Since::now(&self.operator.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// See [`wait_reconciled_since_restart`]; the Lease is looked for in the operator's
+    /// namespace.
+    pub async fn wait_reconciled_since_restart(
+        &self,
+        since: &Since,
+        namespace: &str,
+        name: &str,
+    ) -> Result<()> {
+        wait_reconciled_since_restart(
+            &self.client,
+            &self.operator_namespace,
+            since,
+            namespace,
+            name,
+        )
+        .await
+    }
+
+    /// See [`wait_working`].
+    pub async fn wait_working(&self, since: &Since) -> Result<u64> {
+        wait_working(&self.client, &self.operator_namespace, since).await
     }
 }
 
@@ -674,4 +730,325 @@ pub fn no_secret_in_logs_events_or_status(env: &Env) -> Result<()> {
         );
         Ok(())
     })
+}
+
+/// A moment in the life of an operator process, as a position in its log (which restarts
+/// append to): what the process logged since its start and since the moment is its own, and
+/// so are the counters of its metrics endpoint, which start at zero with the process.
+#[derive(Clone, Debug)]
+pub struct Since {
+    log: PathBuf,
+    /// Where the process's own lines begin.
+    start: u64,
+    /// Where the lines after the moment begin.
+    moment: u64,
+}
+
+/// The log line of a process's start that names its metrics address.
+const SERVING: &str = "serving metrics and health endpoints";
+
+impl Since {
+    /// Before `operator` is started again: everything the next process logs is after the
+    /// moment.
+    pub fn restart(operator: &Operator) -> Result<Since> {
+        let log = operator.log_path().to_owned();
+        let start = std::fs::metadata(&log).map_or(0, |m| m.len());
+        Ok(Since {
+            log,
+            start,
+            moment: start,
+        })
+    }
+
+    /// The running `operator`'s start (it must have logged its metrics address).
+    pub fn started(operator: &Operator) -> Result<Since> {
+        let log = operator.log_path().to_owned();
+        let start = last_start(&log)?;
+        Ok(Since {
+            log,
+            start,
+            moment: start,
+        })
+    }
+
+    /// Now, in the life of the running `operator`.
+    pub fn now(operator: &Operator) -> Result<Since> {
+        let log = operator.log_path().to_owned();
+        let start = last_start(&log)?;
+        let moment = std::fs::metadata(&log)?.len();
+        Ok(Since { log, start, moment })
+    }
+
+    /// The process's log lines from `offset` on, flattened (see [`flatten`]).
+    fn lines_from(&self, offset: u64) -> Result<Vec<String>> {
+        let bytes =
+            std::fs::read(&self.log).with_context(|| format!("reading {}", self.log.display()))?;
+        let from = usize::try_from(offset)?.min(bytes.len());
+        Ok(String::from_utf8_lossy(&bytes[from..])
+            .lines()
+            .map(flatten)
+            .collect())
+    }
+}
+
+/// The offset of the last line of `log` that names the metrics address: the start of its
+/// current process.
+fn last_start(log: &Path) -> Result<u64> {
+    let bytes = std::fs::read(log).with_context(|| format!("reading {}", log.display()))?;
+    let mut offset = 0;
+    let mut start = None;
+    for line in bytes.split_inclusive(|b| *b == b'\n') {
+        if String::from_utf8_lossy(line).contains(SERVING) {
+            start = Some(offset);
+        }
+        offset += line.len() as u64;
+    }
+    start.with_context(|| format!("{} has no {SERVING:?} line", log.display()))
+}
+
+/// One log line, text or JSON, as `message key=value key=value ` with the fields of the event
+/// and of its spans, so that both formats are searched alike: the text format's colours are
+/// dropped, the JSON format's fields written out.
+fn flatten(line: &str) -> String {
+    let Ok(serde_json::Value::Object(json)) = serde_json::from_str::<serde_json::Value>(line)
+    else {
+        let mut plain = String::with_capacity(line.len());
+        let mut chars = line.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // An ANSI escape: `ESC [` parameters, then a letter.
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                plain.push(c);
+            }
+        }
+        return plain + " ";
+    };
+    let mut flat = String::new();
+    let mut add = |fields: &serde_json::Value| {
+        for (key, value) in fields.as_object().into_iter().flatten() {
+            let value = value
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_owned);
+            flat.push_str(&format!("{key}={value} "));
+        }
+    };
+    add(&json["fields"]);
+    for span in json
+        .get("spans")
+        .and_then(|s| s.as_array())
+        .into_iter()
+        .flatten()
+    {
+        add(span);
+    }
+    flat
+}
+
+/// The value of `key=` in a flattened line.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let pattern = format!("{key}=");
+    let at = line
+        .match_indices(&pattern)
+        .map(|(at, _)| at)
+        .find(|at| *at == 0 || line[..*at].ends_with([' ', '{']))?;
+    let value = &line[at + pattern.len()..];
+    Some(value.split([' ', '}']).next().unwrap_or(value))
+}
+
+/// The object a line logs as settled, when it is the key controller's last decision of a
+/// reconcile with nothing left to do (made after every step it took), within the span that
+/// names the object.
+fn settled(line: &str) -> Option<&str> {
+    if line.contains("next step") && field(line, "step") == Some("Settled") {
+        field(line, "object.ref")
+    } else {
+        None
+    }
+}
+
+/// The operator's counter of finished TenantSecurityKey reconciles, per result, from a scrape
+/// of its metrics endpoint.
+fn key_reconciles(metrics: &str) -> Vec<(String, u64)> {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("tenant_key_operator_reconciles_total{")
+                && l.contains(r#"kind="TenantSecurityKey""#)
+        })
+        .filter_map(|l| {
+            let result = l.split(r#"result=""#).nth(1)?.split('"').next()?;
+            let count = l.rsplit(' ').next()?.parse().ok()?;
+            Some((result.to_owned(), count))
+        })
+        .collect()
+}
+
+/// What the process `since` names has shown of itself so far.
+struct Progress {
+    /// Its metrics address, once logged.
+    address: Option<String>,
+    /// Whether it leads: it runs without leader election, or it holds the Lease it contests.
+    leading: bool,
+    /// Its finished TenantSecurityKey reconciles (any result), and those with result `ok`.
+    reconciles: u64,
+    ok: u64,
+    /// Reconciles it logged as settled since its start, of any key, and of the key asked about
+    /// since the moment.
+    settled: u64,
+    settled_since: u64,
+    /// What was seen, for the error message.
+    seen: String,
+}
+
+async fn progress(
+    client: &Client,
+    lease_namespace: &str,
+    since: &Since,
+    object: Option<&str>,
+) -> Result<Progress> {
+    let lines = since.lines_from(since.start)?;
+    let address = lines
+        .iter()
+        .filter(|l| l.contains(SERVING))
+        .find_map(|l| field(l, "address"))
+        .map(str::to_owned);
+    // A process that elects logs the Lease it contests and its identity in it.
+    let contest = lines
+        .iter()
+        .filter(|l| l.contains("waiting for the lease"))
+        .find_map(|l| Some((field(l, "lease")?, field(l, "identity")?)));
+    let (leading, holder) = match contest {
+        None => (address.is_some(), "no leader election".to_owned()),
+        Some((lease, identity)) => {
+            let holder = Api::<Lease>::namespaced(client.clone(), lease_namespace)
+                .get_opt(lease)
+                .await?
+                .and_then(|l| l.spec?.holder_identity);
+            (
+                holder.as_deref() == Some(identity),
+                format!("{identity} contests Lease {lease}, held by {holder:?}"),
+            )
+        }
+    };
+    let kind = ObjectRef::<TenantSecurityKey>::new("").to_string();
+    let settled_keys = lines
+        .iter()
+        .filter(|l| settled(l).is_some_and(|r| r.starts_with(&kind)))
+        .count() as u64;
+    let settled_since = match object {
+        Some(object) => since
+            .lines_from(since.moment)?
+            .iter()
+            .filter(|l| settled(l) == Some(object))
+            .count() as u64,
+        None => 0,
+    };
+    // Read after the log: every reconcile logged as settled by then has finished once the
+    // counter has caught up with it.
+    let (mut reconciles, mut ok) = (0, 0);
+    if let Some(address) = &address {
+        let text = reqwest::get(format!("http://{address}/metrics"))
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        for (result, count) in key_reconciles(&text) {
+            reconciles += count;
+            if result == "ok" {
+                ok += count;
+            }
+        }
+    }
+    let seen = format!(
+        "metrics at {address:?}; {holder}; {reconciles} reconciles finished ({ok} ok), \
+         {settled_keys} logged as settled{}",
+        object.map_or_else(String::new, |o| format!(
+            ", {settled_since} of {o} since the moment"
+        ))
+    );
+    Ok(Progress {
+        address,
+        leading,
+        reconciles,
+        ok,
+        settled: settled_keys,
+        settled_since,
+        seen,
+    })
+}
+
+/// Polls [`progress`] until `done`, for at most [`WAIT`].
+async fn wait_progress(
+    client: &Client,
+    lease_namespace: &str,
+    since: &Since,
+    object: Option<&str>,
+    what: &str,
+    done: impl Fn(&Progress) -> bool,
+) -> Result<Progress> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let progress = progress(client, lease_namespace, since, object).await?;
+        if done(&progress) {
+            return Ok(progress);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "gave up waiting for {what} ({}); last seen: {}",
+                since.log.display(),
+                progress.seen
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until the operator process `since` names has demonstrably reconciled the
+/// TenantSecurityKey `namespace/name` after that moment, so that a check that nothing changed
+/// since can fail rather than look before the process did anything: the process leads (it
+/// holds the Lease, when it contests one in `lease_namespace`), its log shows, after the
+/// moment, a reconcile of the key that settled (its last decision, after every step it took),
+/// and its metrics count at least as many finished `ok` reconciles as it logged settled ones,
+/// so that the reconcile's report (its status write) is done too.
+pub async fn wait_reconciled_since_restart(
+    client: &Client,
+    lease_namespace: &str,
+    since: &Since,
+    namespace: &str,
+    name: &str,
+) -> Result<()> {
+    let object = ObjectRef::<TenantSecurityKey>::new(name)
+        .within(namespace)
+        .to_string();
+    wait_progress(
+        client,
+        lease_namespace,
+        since,
+        Some(&object),
+        &format!("the operator to reconcile {namespace}/{name}"),
+        |p| p.leading && p.settled_since > 0 && p.ok >= p.settled,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Waits until the operator process `since` names is at work: it leads (holds the Lease, when
+/// it contests one in `lease_namespace`) and has finished a TenantSecurityKey reconcile.
+/// Returns its finished reconciles.
+pub async fn wait_working(client: &Client, lease_namespace: &str, since: &Since) -> Result<u64> {
+    let progress = wait_progress(
+        client,
+        lease_namespace,
+        since,
+        None,
+        "the operator to lead and reconcile keys",
+        |p| p.leading && p.reconciles > 0,
+    )
+    .await?;
+    Ok(progress.reconciles)
 }
