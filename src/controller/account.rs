@@ -1,7 +1,11 @@
 //! Imburse accounts: resolving them for a key, connecting with their credentials, and the
 //! reconciler that reports whether their credentials work.
 
-use std::{fmt::Debug, sync::Arc, time::Instant};
+use std::{
+    fmt::Debug,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
@@ -453,7 +457,7 @@ pub async fn reconcile<A: AccountResource>(account: Arc<A>, ctx: Arc<Context>) -
             if release_if_unused(&ctx, &namespace, &account_ref, None).await? {
                 Action::await_change()
             } else {
-                Action::requeue(std::time::Duration::from_secs(2))
+                Action::requeue(Duration::from_secs(2))
             },
         );
     }
@@ -477,7 +481,14 @@ pub async fn reconcile<A: AccountResource>(account: Arc<A>, ctx: Arc<Context>) -
     let name = account.name_any();
     if next != previous {
         let api = A::api(&ctx, account.namespace().as_deref());
-        status::apply_status(&ctx, &api, &name, &next, None).await?;
+        // Written on the version the verdict was reached on: a change since (a new spec, or
+        // credentials swapped and verified meanwhile) is verified again instead.
+        let version = account.meta().resource_version.as_deref();
+        match status::apply_status(&ctx, &api, &name, &next, version).await {
+            Ok(_) => {}
+            Err(e) if e.is_conflict() => return Ok(Action::requeue(Duration::from_secs(1))),
+            Err(e) => return Err(e),
+        }
         let (type_, reason, note) = match &result {
             Ok(()) => (
                 EventType::Normal,
