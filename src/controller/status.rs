@@ -108,7 +108,11 @@ where
         .await?)
 }
 
-/// Publishes an Event about `obj`. Failing to publish never fails a reconcile.
+/// The longest note the API server takes in an Event, in bytes.
+const NOTE_LIMIT: usize = 1024;
+
+/// Publishes an Event about `obj`, its note cut to what the API server takes. Failing to
+/// publish never fails a reconcile.
 pub async fn publish<K: Resource<DynamicType = ()>>(
     ctx: &Context,
     obj: &K,
@@ -120,11 +124,40 @@ pub async fn publish<K: Resource<DynamicType = ()>>(
     let event = Event {
         type_,
         reason: reason.into(),
-        note: Some(note),
+        note: Some(bounded_note(note)),
         action: action.into(),
         secondary: None,
     };
     if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
         tracing::warn!(error = %e, reason, "could not publish Event");
+    }
+}
+
+/// `note` cut at a character boundary so that it fits [`NOTE_LIMIT`], marked with `…`.
+fn bounded_note(mut note: String) -> String {
+    if note.len() <= NOTE_LIMIT {
+        return note;
+    }
+    let mut end = NOTE_LIMIT - '…'.len_utf8();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    note.truncate(end);
+    note.push('…');
+    note
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_fit_what_the_api_server_takes() {
+        assert_eq!(bounded_note("short".into()), "short");
+        for filler in ["a", "é", "€"] {
+            let note = bounded_note(filler.repeat(2000));
+            assert!(note.len() <= NOTE_LIMIT, "{filler}");
+            assert!(note.ends_with('…'));
+        }
     }
 }
