@@ -362,8 +362,23 @@ fn restart_targets_roll_once_per_key_change(env: &Env) -> Result<()> {
     })
 }
 
-/// A key made by hand (the tutorial's flow) and put in a Secret: refused without `adopt`,
-/// taken over with it (no key created), and a pair that does not authenticate is refused.
+/// Consent of the Secret's owner to its adoption by the TenantSecurityKey `by`.
+async fn consent_to_adoption(env: &Env, ns: &str, secret: &str, by: &str) -> Result<()> {
+    env.secrets(ns)
+        .patch(
+            secret,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "annotations": {
+                "imbursepayments.com/adopt-by": by,
+            } } })),
+        )
+        .await?;
+    Ok(())
+}
+
+/// A key made by hand (the tutorial's flow) and put in a Secret that consents: refused
+/// without `adopt`, taken over with it (no key created), and a pair that does not authenticate
+/// is refused.
 fn a_hand_made_key_is_adopted_only_when_asked(env: &Env) -> Result<()> {
     env.block_on(async {
         let ns = "adoption";
@@ -390,6 +405,7 @@ fn a_hand_made_key_is_adopted_only_when_asked(env: &Env) -> Result<()> {
             ]),
         )
         .await?;
+        consent_to_adoption(env, ns, "handmade", "adopting").await?;
         let before = created(env).await?;
         env.create_key(
             ns,
@@ -437,6 +453,7 @@ fn a_hand_made_key_is_adopted_only_when_asked(env: &Env) -> Result<()> {
             ]),
         )
         .await?;
+        consent_to_adoption(env, ns, "forged", "forging").await?;
         env.create_key(
             ns,
             "forging",
@@ -444,7 +461,15 @@ fn a_hand_made_key_is_adopted_only_when_asked(env: &Env) -> Result<()> {
             json!({ "secret": { "name": "forged" }, "adopt": true }),
         )
         .await?;
-        env.wait_reason(ns, "forging", "AdoptionRefused").await?;
+        let refused = env.wait_reason(ns, "forging", "AdoptionRefused").await?;
+        ensure!(
+            refused
+                .status
+                .iter()
+                .flat_map(|s| &s.conditions)
+                .any(|c| c.message.contains("does not authenticate")),
+            "the forged pair was refused for another reason"
+        );
         ensure!(
             created(env).await? == before + 1,
             "a refused adoption created a key"

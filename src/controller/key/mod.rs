@@ -210,12 +210,12 @@ impl Run<'_> {
                 Step::RevokeCurrent => self.revoke_current().await?,
                 Step::DeleteSecret => {
                     if let Some(existing) = self.secret.take() {
-                        self.delete_secret(&existing).await?;
+                        self.discard_secret(&existing).await?;
                     }
                 }
                 Step::DeleteStaleSecret => {
                     if let Some(existing) = self.stale_secret.take() {
-                        self.delete_secret(&existing).await?;
+                        self.discard_secret(&existing).await?;
                     }
                 }
                 Step::ReleaseSecret => self.release_secret().await?,
