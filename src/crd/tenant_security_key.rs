@@ -263,7 +263,12 @@ pub struct TenantSecurityKeySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation: Option<RotationPolicy>,
     /// Workloads whose pods are restarted (through a pod template annotation) once each time
-    /// the Secret's key changes.
+    /// the Secret's key changes. A workload is restarted only with its owner's consent: it must
+    /// carry the annotation `imbursepayments.com/restart-for` naming this resource (a
+    /// comma-separated list of TenantSecurityKey names in its namespace). A target without it,
+    /// missing, or refused by the API server (RBAC, admission policy) is skipped and reported
+    /// in the `RolloutRestarted` condition and an Event; it never holds the key or the
+    /// revocation of a replaced one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub rollout_restart_targets: Vec<RolloutRestartTarget>,

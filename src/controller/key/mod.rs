@@ -162,6 +162,9 @@ struct Run<'a> {
     /// The resource is in its backoff after a transient failure for this long: nothing was
     /// done, and the status still tells why.
     waiting: Option<std::time::Duration>,
+    /// The rollout restart failed for a reason that may pass: it is tried again after this
+    /// long, and not again in this reconcile, whose other steps go on.
+    restart_retry: Option<std::time::Duration>,
     released: bool,
     /// The resource was confirmed current against the API server during this reconcile.
     confirmed_fresh: bool,

@@ -53,6 +53,7 @@ impl<'a> Run<'a> {
             guarded: false,
             retry_in: None,
             waiting: None,
+            restart_retry: None,
             released: false,
             confirmed_fresh: false,
             stale: false,
@@ -184,7 +185,8 @@ impl<'a> Run<'a> {
             stale_secret: self.stale_secret.is_some(),
             sweep_needed: self.sweep_needed,
             rotation: self.rotation(now),
-            restart_pending: !self.tsk.spec.rollout_restart_targets.is_empty()
+            restart_pending: self.restart_retry.is_none()
+                && !self.tsk.spec.rollout_restart_targets.is_empty()
                 && s.fingerprint.is_some()
                 && s.rollout_restart_fingerprint.is_some()
                 && s.rollout_restart_fingerprint != s.fingerprint,
