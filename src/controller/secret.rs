@@ -1,14 +1,14 @@
 //! The Secret that delivers a key: how it is built from the spec and how an existing one is read.
 //! Pure functions; the reconciler does the API calls.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{Resource, ResourceExt, api::ObjectMeta};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
-use super::{FIELD_MANAGER, decision::SecretState};
+use super::decision::SecretState;
 use crate::crd::{DeletionPolicy, SecretKeyNames, TenantSecurityKey, is_allowed_secret_type};
 
 /// Label on every Secret the operator writes; the operator watches only Secrets carrying it.
@@ -25,6 +25,9 @@ pub const ATTEMPT_ANNOTATION: &str = "imbursepayments.com/create-attempt";
 /// the garbage collector must never race the operator for it (a foreground deletion of the
 /// resource deletes every dependent at once), nor delete what others keep in it.
 pub const OWNER_UID_ANNOTATION: &str = "imbursepayments.com/owner-uid";
+/// Annotation listing (comma-separated) the entries the operator wrote into the Secret: the
+/// entries of others are told apart by it, also after the spec renamed its entries.
+pub const ENTRIES_ANNOTATION: &str = "imbursepayments.com/entries";
 /// Annotation by which whoever may write a Secret consents to its adoption (`spec.adopt`) by
 /// the TenantSecurityKey it names. Set by people, never by the operator.
 pub const ADOPT_BY_ANNOTATION: &str = "imbursepayments.com/adopt-by";
@@ -119,7 +122,10 @@ pub fn validate(tsk: &TenantSecurityKey) -> Result<(), String> {
             return Err("secret.labels may not set the operator's own labels".into());
         }
         if template.annotations.keys().any(|k| {
-            k == FINGERPRINT_ANNOTATION || k == ATTEMPT_ANNOTATION || k == OWNER_UID_ANNOTATION
+            k == FINGERPRINT_ANNOTATION
+                || k == ATTEMPT_ANNOTATION
+                || k == OWNER_UID_ANNOTATION
+                || k == ENTRIES_ANNOTATION
         }) {
             return Err("secret.annotations may not set the operator's own annotations".into());
         }
@@ -221,6 +227,8 @@ pub fn build(
     let mut annotations = template_annotations(tsk);
     annotations.insert(FINGERPRINT_ANNOTATION.into(), key.fingerprint());
     annotations.insert(ATTEMPT_ANNOTATION.into(), attempt.into());
+    let entries: Vec<&str> = data.keys().map(String::as_str).collect();
+    annotations.insert(ENTRIES_ANNOTATION.into(), entries.join(","));
     // `Delete` lets the garbage collector clean up after a force-removed finalizer; `Retain`
     // and a Secret shared with others must never be collected, so they are owned by
     // annotation only.
@@ -359,37 +367,16 @@ pub fn observe(
     }
 }
 
-/// Entries of the Secret that the operator wrote, as its field manager's records in
-/// `managedFields` list them; `None` when it has no record there (a Secret written by someone
-/// else, or created by a version that did not name its field manager).
-fn written_entries(secret: &Secret) -> Option<BTreeSet<&str>> {
-    let records: Vec<_> = secret
-        .metadata
-        .managed_fields
-        .iter()
-        .flatten()
-        .filter(|m| m.manager.as_deref() == Some(FIELD_MANAGER))
-        .collect();
-    if records.is_empty() {
-        return None;
-    }
-    Some(
-        records
-            .iter()
-            .filter_map(|m| m.fields_v1.as_ref()?.0.get("f:data")?.as_object())
-            .flat_map(|data| data.keys())
-            .filter_map(|k| k.strip_prefix("f:"))
-            .collect(),
-    )
-}
-
 /// Entries of the Secret that the operator did not write (such as a database password kept
-/// beside an adopted key): those its records do not list or, without records, those the spec
-/// does not name. The operator never changes or removes them, and never deletes a Secret that
-/// holds any.
+/// beside an adopted key): those [`ENTRIES_ANNOTATION`] does not list or, on a Secret the
+/// operator has not written yet (or wrote before it kept that list), those the spec does not
+/// name. The operator never changes or removes them, and never deletes a Secret that holds any.
 pub fn foreign_entries<'s>(tsk: &TenantSecurityKey, secret: &'s Secret) -> Vec<&'s str> {
     let names = entry_names(tsk).all();
-    let written = written_entries(secret);
+    let written: Option<Vec<&str>> = secret
+        .annotations()
+        .get(ENTRIES_ANNOTATION)
+        .map(|list| list.split(',').map(str::trim).collect());
     secret
         .data
         .iter()
@@ -512,7 +499,12 @@ pub fn strip_patch(tsk: &TenantSecurityKey, secret: &Secret) -> Option<serde_jso
             "resourceVersion": secret.resource_version(),
             "ownerReferences": owners,
             "labels": removed(&[MANAGED_BY_LABEL, OWNER_LABEL]),
-            "annotations": removed(&[FINGERPRINT_ANNOTATION, ATTEMPT_ANNOTATION, OWNER_UID_ANNOTATION]),
+            "annotations": removed(&[
+                FINGERPRINT_ANNOTATION,
+                ATTEMPT_ANNOTATION,
+                OWNER_UID_ANNOTATION,
+                ENTRIES_ANNOTATION,
+            ]),
         },
         "data": own,
     }))
@@ -574,6 +566,10 @@ mod tests {
         assert!(is_owned_by(&s, &t));
         assert_eq!(s.labels()[MANAGED_BY_LABEL], MANAGED_BY_VALUE);
         assert_eq!(s.annotations()[FINGERPRINT_ANNOTATION], key().fingerprint());
+        assert_eq!(
+            s.annotations()[ENTRIES_ANNOTATION],
+            "accountId,baseUrl,privateKey,publicKey,tenantId"
+        );
         let data = s.data.as_ref().unwrap();
         let keys: Vec<_> = data.keys().map(String::as_str).collect();
         assert_eq!(
@@ -727,32 +723,6 @@ mod tests {
         s
     }
 
-    /// What the operator's field manager records after it applied `entries`.
-    fn written_by_operator(secret: &mut Secret, entries: &[&str]) {
-        let data: serde_json::Map<_, _> = entries
-            .iter()
-            .map(|e| (format!("f:{e}"), serde_json::json!({})))
-            .collect();
-        secret.metadata.managed_fields = Some(vec![
-            k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry {
-                manager: Some("kubectl-create".into()),
-                operation: Some("Update".into()),
-                fields_v1: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1(
-                    serde_json::json!({ "f:data": { "f:DB_PASSWORD": {}, "f:publicKey": {} } }),
-                )),
-                ..Default::default()
-            },
-            k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry {
-                manager: Some(FIELD_MANAGER.into()),
-                operation: Some("Apply".into()),
-                fields_v1: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1(
-                    serde_json::json!({ "f:data": data }),
-                )),
-                ..Default::default()
-            },
-        ]);
-    }
-
     #[test]
     fn adoption_needs_the_owners_consent() {
         let t = tsk(None);
@@ -843,16 +813,6 @@ mod tests {
                 .as_mut()
                 .unwrap()
                 .insert("DB_PASSWORD".into(), ByteString(b"hunter2".to_vec()));
-            written_by_operator(
-                &mut written,
-                &[
-                    "publicKey",
-                    "privateKey",
-                    "tenantId",
-                    "accountId",
-                    "baseUrl",
-                ],
-            );
             assert_eq!(foreign_entries(&t, &written), ["DB_PASSWORD"]);
             assert_eq!(
                 observe(&t, Some(&written), Some(&CTX)),
@@ -882,16 +842,6 @@ mod tests {
             .as_mut()
             .unwrap()
             .insert("DB_PASSWORD".into(), ByteString(b"hunter2".to_vec()));
-        written_by_operator(
-            &mut live,
-            &[
-                "publicKey",
-                "privateKey",
-                "tenantId",
-                "accountId",
-                "baseUrl",
-            ],
-        );
         let same = build(&t, &key(), &CTX, "a1", Some(&live));
         assert_eq!(overwritten_entry(&t, &live, &same), None);
         let renamed = tsk(Some(SecretTemplate {
@@ -906,8 +856,16 @@ mod tests {
             overwritten_entry(&renamed, &live, &desired),
             Some("DB_PASSWORD")
         );
-        // Without records of its own, the operator takes the entries the spec names as its own.
-        live.metadata.managed_fields = None;
+        // An entry of its own that someone edited is the key's to write again.
+        let mut tampered = live.clone();
+        tampered
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("privateKey".into(), ByteString(b"edited".to_vec()));
+        assert_eq!(overwritten_entry(&t, &tampered, &same), None);
+        // Without the list (a Secret of an earlier version), the spec's entries are its own.
+        live.annotations_mut().remove(ENTRIES_ANNOTATION);
         assert_eq!(foreign_entries(&t, &live), ["DB_PASSWORD"]);
     }
 
@@ -923,16 +881,6 @@ mod tests {
             .as_mut()
             .unwrap()
             .insert("DB_PASSWORD".into(), ByteString(b"hunter2".to_vec()));
-        written_by_operator(
-            &mut live,
-            &[
-                "publicKey",
-                "privateKey",
-                "tenantId",
-                "accountId",
-                "baseUrl",
-            ],
-        );
         let patch = strip_patch(&t, &live).unwrap();
         assert_eq!(patch["metadata"]["resourceVersion"], "7");
         assert_eq!(patch["metadata"]["ownerReferences"], serde_json::json!([]));
@@ -942,6 +890,7 @@ mod tests {
         assert!(!data.contains_key("DB_PASSWORD"));
         let annotations = patch["metadata"]["annotations"].as_object().unwrap();
         assert!(annotations.contains_key(OWNER_UID_ANNOTATION));
+        assert!(annotations.contains_key(ENTRIES_ANNOTATION));
         assert!(!annotations.contains_key(ADOPT_BY_ANNOTATION));
         assert!(patch["metadata"]["labels"][MANAGED_BY_LABEL].is_null());
         assert_eq!(strip_patch(&t, &build(&t, &key(), &CTX, "a1", None)), None);

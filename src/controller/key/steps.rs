@@ -457,13 +457,8 @@ impl Run<'_> {
         let written = match existing {
             None => {
                 self.ctx.metrics.kube_write("secrets", "create");
-                // Named, so that `managedFields` tells the entries the operator wrote.
-                let params = PostParams {
-                    field_manager: Some(FIELD_MANAGER.into()),
-                    ..Default::default()
-                };
                 self.secrets
-                    .create(&params, &desired)
+                    .create(&PostParams::default(), &desired)
                     .await
                     .map_err(|e| self.secret_error(e))?
             }
