@@ -17,11 +17,9 @@ use kube::{
 use libtest_mimic::Arguments;
 use serde_json::json;
 use support::{
-    Env, TestFn, by_hand, create_secret, expect_single_key, poll, secret_key_pair, wait_for,
+    Env, TestFn, by_hand, create_secret, deployment, expect_single_key, poll, public_key,
+    request_rotation, secret_key_pair, template_state, wait_for, wait_replaced,
 };
-use tenant_key_operator::crd::TenantSecurityKey;
-
-const ROTATE: &str = "imbursepayments.com/rotate-requested-at";
 
 fn main() -> std::process::ExitCode {
     let args = Arguments::from_args();
@@ -104,32 +102,6 @@ async fn authenticates(env: &Env, pair: &imburse::KeyPair) -> Result<bool> {
         Err(imburse::Error::Unauthorized(_)) => Ok(false),
         Err(e) => Err(e.into()),
     }
-}
-
-fn public_key(key: &TenantSecurityKey) -> Option<&str> {
-    key.status.as_ref()?.public_key.as_deref()
-}
-
-/// Waits until the key's public key is another than `old`, the key Ready and its Secret
-/// switched; returns the resource.
-async fn wait_replaced(env: &Env, ns: &str, name: &str, old: &str) -> Result<TenantSecurityKey> {
-    wait_for(&env.keys(ns), name, |k| {
-        public_key(k).is_some_and(|p| p != old)
-            && support::ready(k.status.as_ref().map(|s| &s.conditions))
-                == Some(("True", "KeyReady"))
-    })
-    .await
-}
-
-async fn request_rotation(env: &Env, ns: &str, name: &str, value: &str) -> Result<()> {
-    env.keys(ns)
-        .patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "metadata": { "annotations": { ROTATE: value } } })),
-        )
-        .await?;
-    Ok(())
 }
 
 /// With a 16 s interval and a 6 s grace period: the key rotates by itself, both keys
@@ -263,34 +235,9 @@ fn a_rotation_survives_a_crash_at_any_point(env: &Env) -> Result<()> {
     })
 }
 
-fn deployment(name: &str) -> Result<Deployment> {
-    Ok(serde_json::from_value(json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": { "name": name },
-        "spec": {
-            "selector": { "matchLabels": { "app": name } },
-            "template": {
-                "metadata": { "labels": { "app": name } },
-                "spec": { "containers": [{ "name": "app", "image": "example.com/app:1" }] },
-            },
-        },
-    }))?)
-}
-
-/// The pod template annotation that restarts a workload, and the workload's generation.
-async fn template_state(api: &Api<Deployment>, name: &str) -> Result<(Option<String>, i64)> {
-    let d = api.get(name).await?;
-    let annotation = d
-        .spec
-        .and_then(|s| s.template.metadata)
-        .and_then(|m| m.annotations)
-        .and_then(|a| a.get("imbursepayments.com/key-fingerprint").cloned());
-    Ok((annotation, d.metadata.generation.unwrap_or_default()))
-}
-
-/// A listed Deployment gets its pod template changed exactly once per key change, never for
-/// the first key or an operator restart; a missing target is reported and skipped.
+/// A listed Deployment that consents gets its pod template changed exactly once per key
+/// change, never for the first key or an operator restart; a missing target is reported and
+/// skipped.
 fn restart_targets_roll_once_per_key_change(env: &Env) -> Result<()> {
     env.block_on(async {
         let ns = "restarts";
@@ -298,7 +245,10 @@ fn restart_targets_roll_once_per_key_change(env: &Env) -> Result<()> {
         let tenant = env.tenant(0, 3);
         let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), ns);
         deployments
-            .create(&PostParams::default(), &deployment("web")?)
+            .create(
+                &PostParams::default(),
+                &deployment("web", Some("reporting, restarting"))?,
+            )
             .await?;
         let (_, generation) = template_state(&deployments, "web").await?;
         env.create_key(
@@ -360,8 +310,23 @@ fn restart_targets_roll_once_per_key_change(env: &Env) -> Result<()> {
     })
 }
 
-/// A key made by hand (the tutorial's flow) and put in a Secret: refused without `adopt`,
-/// taken over with it (no key created), and a pair that does not authenticate is refused.
+/// Consent of the Secret's owner to its adoption by the TenantSecurityKey `by`.
+async fn consent_to_adoption(env: &Env, ns: &str, secret: &str, by: &str) -> Result<()> {
+    env.secrets(ns)
+        .patch(
+            secret,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "annotations": {
+                "imbursepayments.com/adopt-by": by,
+            } } })),
+        )
+        .await?;
+    Ok(())
+}
+
+/// A key made by hand (the tutorial's flow) and put in a Secret that consents: refused
+/// without `adopt`, taken over with it (no key created), and a pair that does not authenticate
+/// is refused.
 fn a_hand_made_key_is_adopted_only_when_asked(env: &Env) -> Result<()> {
     env.block_on(async {
         let ns = "adoption";
@@ -388,6 +353,7 @@ fn a_hand_made_key_is_adopted_only_when_asked(env: &Env) -> Result<()> {
             ]),
         )
         .await?;
+        consent_to_adoption(env, ns, "handmade", "adopting").await?;
         let before = created(env).await?;
         env.create_key(
             ns,
@@ -435,6 +401,7 @@ fn a_hand_made_key_is_adopted_only_when_asked(env: &Env) -> Result<()> {
             ]),
         )
         .await?;
+        consent_to_adoption(env, ns, "forged", "forging").await?;
         env.create_key(
             ns,
             "forging",
@@ -442,7 +409,15 @@ fn a_hand_made_key_is_adopted_only_when_asked(env: &Env) -> Result<()> {
             json!({ "secret": { "name": "forged" }, "adopt": true }),
         )
         .await?;
-        env.wait_reason(ns, "forging", "AdoptionRefused").await?;
+        let refused = env.wait_reason(ns, "forging", "AdoptionRefused").await?;
+        ensure!(
+            refused
+                .status
+                .iter()
+                .flat_map(|s| &s.conditions)
+                .any(|c| c.message.contains("does not authenticate")),
+            "the forged pair was refused for another reason"
+        );
         ensure!(
             created(env).await? == before + 1,
             "a refused adoption created a key"

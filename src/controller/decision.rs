@@ -181,7 +181,8 @@ pub enum Step {
     AdoptFromSecret,
     /// Make the Secret's metadata and layout match the spec again (same key).
     RewriteSecret,
-    /// Delete the owned Secret left under the previous `secret.name`.
+    /// Delete the owned Secret left under the previous `secret.name` (or, if it holds entries
+    /// of others, remove only the operator's).
     DeleteStaleSecret,
     /// Add the finalizer that protects an existing key.
     AddFinalizer,
@@ -189,7 +190,8 @@ pub enum Step {
     RevokeRetired(Retired),
     /// Deletion with `Delete`: revoke the current key.
     RevokeCurrent,
-    /// Deletion with `Delete`: remove the Secret.
+    /// Deletion with `Delete`: remove the Secret (or, if it holds entries of others, only the
+    /// operator's entries and marks).
     DeleteSecret,
     /// Deletion with `Retain`: drop the operator's ownership so the Secret survives.
     ReleaseSecret,

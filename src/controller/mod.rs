@@ -74,6 +74,33 @@ fn keys_where(
         .collect()
 }
 
+/// The TenantSecurityKeys a change of the Secret concerns: the one its owner label names
+/// (rather than owner references: a Secret kept with `Retain` has none), and the one its
+/// adoption consent names.
+fn secret_triggers(secret: &PartialObjectMeta<Secret>) -> Vec<ObjectRef<TenantSecurityKey>> {
+    let Some(namespace) = secret.namespace() else {
+        return Vec::new();
+    };
+    let managed = secret
+        .labels()
+        .get(secret::MANAGED_BY_LABEL)
+        .map(String::as_str)
+        == Some(secret::MANAGED_BY_VALUE);
+    let owner = managed
+        .then(|| secret::owner_name(secret.labels(), secret.annotations()))
+        .flatten();
+    let adopter = secret
+        .annotations()
+        .get(secret::ADOPT_BY_ANNOTATION)
+        .map(|name| name.trim().to_owned());
+    owner
+        .into_iter()
+        .chain(adopter)
+        .filter(|name| !name.is_empty())
+        .map(|name| ObjectRef::new(&name).within(&namespace))
+        .collect()
+}
+
 /// Whether a key refers to the account of `kind` named `name`, in its spec or for a key it
 /// still has to revoke.
 fn uses_account(key: &TenantSecurityKey, kind: AccountKind, name: &str) -> bool {
@@ -248,28 +275,20 @@ fn run_keys(
     let verifier = verify::run(ctx.clone(), key_store.clone(), verified);
     let (ns_store, cluster_store, namespace_store) =
         (key_store.clone(), key_store.clone(), key_store.clone());
-    // Only the Secrets the operator labelled, and only their metadata: the data is read with
-    // a GET when a reconcile needs it, so the cache never holds key material.
-    let owned_secrets = watch.clone().labels(&format!(
-        "{}={}",
-        secret::MANAGED_BY_LABEL,
-        secret::MANAGED_BY_VALUE
-    ));
     // Only the labels of the watched namespace matter to its keys.
     let namespaces = match namespace {
         Some(ns) => watch.clone().fields(&format!("metadata.name={ns}")),
         None => watch.clone(),
     };
-    // Mapped by the owner label rather than owner references: a Secret kept with `Retain` has
-    // no owner reference.
+    // Only the Secrets' metadata, and no cache: the data is read with a GET when a reconcile
+    // needs it, so the operator never holds key material it does not use. Every Secret, not only
+    // those the operator labelled: consent to an adoption is given on a Secret that is not the
+    // operator's yet, and must wake the resource it names.
     let controller = keys
         .watches(
             scoped::<PartialObjectMeta<Secret>>(&client, namespace),
-            owned_secrets,
-            |s| {
-                let owner = secret::owner_name(s.labels(), s.annotations())?;
-                Some(ObjectRef::new(&owner).within(&s.namespace()?))
-            },
+            watch.clone(),
+            |s| secret_triggers(&s),
         )
         .watches_shared_stream(accounts.namespaced, move |a| {
             keys_where(&ns_store, |k| {
@@ -347,4 +366,54 @@ async fn run_accounts<A: AccountResource>(
         )
         .for_each(|_| future::ready(()))
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use kube::api::ObjectMeta;
+
+    use super::*;
+
+    fn secret(labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> PartialObjectMeta<Secret> {
+        let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        PartialObjectMeta {
+            types: None,
+            metadata: ObjectMeta {
+                name: Some("s".into()),
+                namespace: Some("team-a".into()),
+                labels: Some(map(labels)),
+                annotations: Some(map(annotations)),
+                ..Default::default()
+            },
+            _phantom: std::marker::PhantomData,
+        }
+    }
+
+    /// A Secret wakes the key that owns it and the key its owner consented to be adopted by;
+    /// an unrelated Secret wakes nobody.
+    #[test]
+    fn secrets_wake_their_owner_and_the_key_they_consent_to() {
+        let key = |name: &str| ObjectRef::<TenantSecurityKey>::new(name).within("team-a");
+        let owned = secret(
+            &[
+                (secret::MANAGED_BY_LABEL, secret::MANAGED_BY_VALUE),
+                (secret::OWNER_LABEL, "pay"),
+            ],
+            &[],
+        );
+        assert_eq!(secret_triggers(&owned), [key("pay")]);
+        let consenting = secret(&[], &[(secret::ADOPT_BY_ANNOTATION, " pay ")]);
+        assert_eq!(secret_triggers(&consenting), [key("pay")]);
+        assert!(secret_triggers(&secret(&[], &[])).is_empty());
+        // The owner label alone, without the operator's mark, is no Secret of the operator's.
+        let unmanaged = secret(&[(secret::OWNER_LABEL, "pay")], &[]);
+        assert!(secret_triggers(&unmanaged).is_empty());
+    }
 }

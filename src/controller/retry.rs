@@ -77,7 +77,7 @@ impl Retries {
 
     /// Delay before retrying `obj` after a transient error: exponential per object, capped,
     /// with jitter so that objects failing together do not retry together.
-    fn backoff<K: Resource>(&self, obj: &K, error: &Error) -> Duration {
+    pub fn backoff<K: Resource>(&self, obj: &K, error: &Error) -> Duration {
         let jittered = self.exponential(obj, self.base, self.cap);
         let delay = error
             .retry_after()

@@ -35,7 +35,8 @@ pub struct AccountRef {
 /// What happens to the Imburse key and the Secret when the resource is deleted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum DeletionPolicy {
-    /// Revoke the key at Imburse and delete the Secret (default).
+    /// Revoke the key at Imburse and delete the Secret (default); from a Secret that also holds
+    /// entries the operator did not write, only the key's entries are removed.
     #[default]
     Delete,
     /// Leave the key valid at Imburse and keep the Secret (no longer owned by the resource).
@@ -254,20 +255,31 @@ pub struct TenantSecurityKeySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<SecretTemplate>,
     /// `Delete` (default) revokes the key at Imburse and deletes the Secret when this resource
-    /// is deleted; `Retain` leaves both.
+    /// is deleted (or only the key's entries, when the Secret holds entries of others);
+    /// `Retain` leaves both.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_policy: Option<DeletionPolicy>,
     /// Scheduled rotation and the grace period of replaced keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation: Option<RotationPolicy>,
     /// Workloads whose pods are restarted (through a pod template annotation) once each time
-    /// the Secret's key changes.
+    /// the Secret's key changes. A workload is restarted only with its owner's consent: it must
+    /// carry the annotation `imbursepayments.com/restart-for` naming this resource (a
+    /// comma-separated list of TenantSecurityKey names in its namespace). A target without it,
+    /// missing, or refused by the API server (RBAC, admission policy) is skipped and reported
+    /// in the `RolloutRestarted` condition and an Event; it never holds the key or the
+    /// revocation of a replaced one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub rollout_restart_targets: Vec<RolloutRestartTarget>,
     /// Take over an existing Secret that holds a key made by other means (for example by
-    /// hand), instead of refusing it: the pair must authenticate at Imburse and the public key
-    /// must belong to the tenant. No key is created. Without it, such a Secret is a conflict.
+    /// hand), instead of refusing it. The Secret's owner must consent: the Secret must carry
+    /// the annotation `imbursepayments.com/adopt-by` naming this resource, and no owner
+    /// reference or operator label or annotation of another resource. The pair must
+    /// authenticate at Imburse and the public key must belong to the tenant. No key is created.
+    /// Entries of the Secret other than the key's are never changed; a Secret holding such
+    /// entries is not deleted with the resource (`deletionPolicy: Delete` then removes only the
+    /// key's entries). Without `adopt`, such a Secret is a conflict.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adopt: Option<bool>,
 }

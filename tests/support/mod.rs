@@ -16,6 +16,7 @@ use imburse_sandbox::{Account, Config, Options, Sandbox};
 use k8s_openapi::{
     ByteString,
     api::{
+        apps::v1::Deployment,
         coordination::v1::Lease,
         core::v1::{Namespace, Secret},
     },
@@ -599,6 +600,71 @@ pub async fn create_secret(
         .create(&PostParams::default(), &secret)
         .await?;
     Ok(())
+}
+
+pub fn public_key(key: &TenantSecurityKey) -> Option<&str> {
+    key.status.as_ref()?.public_key.as_deref()
+}
+
+/// Waits until the key's public key is another than `old`, the key Ready and its Secret
+/// switched; returns the resource.
+pub async fn wait_replaced(
+    env: &Env,
+    ns: &str,
+    name: &str,
+    old: &str,
+) -> Result<TenantSecurityKey> {
+    wait_for(&env.keys(ns), name, |k| {
+        public_key(k).is_some_and(|p| p != old)
+            && ready(k.status.as_ref().map(|s| &s.conditions)) == Some(("True", "KeyReady"))
+    })
+    .await
+}
+
+/// Requests a rotation with the annotation's new `value`.
+pub async fn request_rotation(env: &Env, ns: &str, name: &str, value: &str) -> Result<()> {
+    env.keys(ns)
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({ "metadata": { "annotations": {
+                tenant_key_operator::crd::ROTATE_REQUESTED_AT_ANNOTATION: value,
+            } } })),
+        )
+        .await?;
+    Ok(())
+}
+
+/// A Deployment whose pods never need to run; with `restart_for`, its owner consents to
+/// restarts for the TenantSecurityKeys it names.
+pub fn deployment(name: &str, restart_for: Option<&str>) -> Result<Deployment> {
+    let annotations: BTreeMap<&str, &str> = restart_for
+        .map(|names| ("imbursepayments.com/restart-for", names))
+        .into_iter()
+        .collect();
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": { "name": name, "annotations": annotations },
+        "spec": {
+            "selector": { "matchLabels": { "app": name } },
+            "template": {
+                "metadata": { "labels": { "app": name } },
+                "spec": { "containers": [{ "name": "app", "image": "example.com/app:1" }] },
+            },
+        },
+    }))?)
+}
+
+/// The pod template annotation that restarts a workload, and the workload's generation.
+pub async fn template_state(api: &Api<Deployment>, name: &str) -> Result<(Option<String>, i64)> {
+    let d = api.get(name).await?;
+    let annotation = d
+        .spec
+        .and_then(|s| s.template.metadata)
+        .and_then(|m| m.annotations)
+        .and_then(|a| a.get("imbursepayments.com/key-fingerprint").cloned());
+    Ok((annotation, d.metadata.generation.unwrap_or_default()))
 }
 
 /// Polls `check` until it returns true, for at most [`WAIT`].

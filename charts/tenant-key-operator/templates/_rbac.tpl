@@ -30,10 +30,11 @@ ClusterRole, or per watched namespace by Roles when `watchNamespaces` is set.
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 {{- if .Values.rolloutRestart.enabled }}
 # Rollout restarts: the pod template of the workloads a key lists in rolloutRestartTargets
-# gets the new key's fingerprint as an annotation, once per key change.
+# gets the new key's fingerprint as an annotation, once per key change. Each workload is read
+# first, as only one whose restart-for annotation names the key is patched.
 - apiGroups: ["apps"]
   resources: ["deployments", "statefulsets", "daemonsets"]
-  verbs: ["patch"]
+  verbs: ["get", "patch"]
 {{- end }}
 {{ include "tenant-key-operator.eventRules" . }}
 {{- end }}

@@ -292,7 +292,7 @@ impl World {
         Api::<Secret>::namespaced(self.client.clone(), namespace)
             .create(
                 &PostParams::default(),
-                &secret::build(&tsk, &key, &context, "attempt-1"),
+                &secret::build(&tsk, &key, &context, "attempt-1", None),
             )
             .await?;
         let now = Timestamp::now();

@@ -56,8 +56,9 @@ pub async fn install_crds(client: &Client, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Where local sandboxes listen: the hosts the operator started here allows.
-pub const LOCAL_IMBURSE_HOSTS: &str = "127.0.0.1,localhost,::1";
+/// The hosts the operator started here allows: its defaults (the documented Imburse hosts) and
+/// loopback, where local sandboxes listen.
+pub const LOCAL_IMBURSE_HOSTS: &str = "sandbox-api.imbursepayments.com,api-sandbox.imbursepayments.com,api.imbursepayments.com,127.0.0.1,localhost,::1";
 /// The variable the operator reads its allowed Imburse hosts from.
 const ALLOWED_HOSTS_VARIABLE: &str = "ALLOWED_IMBURSE_HOSTS";
 

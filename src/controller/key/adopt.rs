@@ -16,6 +16,8 @@ use crate::controller::{
 
 impl Run<'_> {
     /// Proves the key in the Secret and takes both over, creating no key:
+    /// 0. the Secret's owner must consent, and the Secret carry no other owner's marks (see
+    ///    [`secret::adoption_refusal`]);
     /// 1. the pair must authenticate at Imburse (a tenant token is issued for it) and the
     ///    account's listing of the tenant's keys must show the public key;
     /// 2. an intent naming the key is recorded, conditional on the resource version;
@@ -36,14 +38,19 @@ impl Run<'_> {
             name: name.clone(),
             why,
         };
-        let material = secret::material(self.tsk, &found).ok_or_else(|| {
-            refuse("it has no public and private key in the entries the spec names".into())
-        })?;
         let ctx = self
             .key_context()
             .ok_or_else(|| Error::InvalidSpec("no account resolved".into()))?;
+        // Before anything else, Imburse included: the Secret is someone else's until its owner
+        // says otherwise. The refusal is permanent; a change of the Secret wakes the resource.
+        if let Some(why) = secret::adoption_refusal(self.tsk, &found, &ctx) {
+            return Err(refuse(why));
+        }
+        let material = secret::material(self.tsk, &found).ok_or_else(|| {
+            refuse("it has no public and private key in the entries the spec names".into())
+        })?;
         // The type of a Secret is immutable, and replacing the object is not taking it over.
-        let wanted = secret::build(self.tsk, &secret::placeholder(), &ctx, "").type_;
+        let wanted = secret::build(self.tsk, &secret::placeholder(), &ctx, "", None).type_;
         if wanted != found.type_ {
             return Err(refuse(format!(
                 "its type {:?} differs from the spec's {:?}",
@@ -109,7 +116,8 @@ impl Run<'_> {
         let ctx = self
             .key_context()
             .ok_or_else(|| Error::InvalidSpec("no account resolved".into()))?;
-        let mut desired = secret::build(self.tsk, &material, &ctx, &adopted.attempt);
+        // Entries of others stay as they are, and make the Secret owned by annotation only.
+        let mut desired = secret::build(self.tsk, &material, &ctx, &adopted.attempt, Some(&found));
         desired.metadata.resource_version = found.resource_version();
         self.ctx.metrics.kube_write("secrets", "apply");
         let written = self

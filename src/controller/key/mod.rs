@@ -205,6 +205,9 @@ struct Run<'a> {
     guarded: bool,
     /// When to look again after a permanent failure that may pass (a refused create).
     retry_in: Option<Duration>,
+    /// The rollout restart failed for a reason that may pass: it is tried again after this
+    /// long, and not again in this reconcile, whose other steps go on.
+    restart_retry: Option<Duration>,
     /// The resource was confirmed current against the API server during this reconcile.
     confirmed_fresh: bool,
 }
@@ -246,12 +249,12 @@ impl Run<'_> {
                 Step::RevokeCurrent => self.revoke_current().await?,
                 Step::DeleteSecret => {
                     if let Some(existing) = self.secret.take() {
-                        self.delete_secret(&existing).await?;
+                        self.discard_secret(&existing).await?;
                     }
                 }
                 Step::DeleteStaleSecret => {
                     if let Some(existing) = self.stale_secret.take() {
-                        self.delete_secret(&existing).await?;
+                        self.discard_secret(&existing).await?;
                     }
                 }
                 Step::ReleaseSecret => self.release_secret().await?,

@@ -65,6 +65,7 @@ impl<'a> Run<'a> {
             resource_version: tsk.resource_version(),
             guarded: false,
             retry_in: None,
+            restart_retry: None,
             confirmed_fresh: false,
         }
     }
@@ -269,7 +270,8 @@ impl<'a> Run<'a> {
             stale_secret: self.stale_secret.is_some(),
             sweep_needed: self.sweep_needed,
             rotation: self.rotation(now),
-            restart_pending: !self.tsk.spec.rollout_restart_targets.is_empty()
+            restart_pending: self.restart_retry.is_none()
+                && !self.tsk.spec.rollout_restart_targets.is_empty()
                 && s.fingerprint.is_some()
                 && s.rollout_restart_fingerprint.is_some()
                 && s.rollout_restart_fingerprint != s.fingerprint,

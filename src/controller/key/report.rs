@@ -119,6 +119,7 @@ impl Run<'_> {
                     .next_revocation()
                     .into_iter()
                     .chain(next_rotation)
+                    .chain(self.restart_retry)
                     .min()
                     .map_or_else(Action::await_change, Action::requeue))
             }

@@ -399,7 +399,14 @@ impl Run<'_> {
         let Some(ctx) = self.key_context() else {
             return Ok(());
         };
-        let placeholder = secret::build(self.tsk, &secret::placeholder(), &ctx, "dry-run");
+        let owned = self
+            .secret
+            .as_ref()
+            .filter(|s| secret::is_owned_by(s, self.tsk));
+        let placeholder = secret::build(self.tsk, &secret::placeholder(), &ctx, "dry-run", owned);
+        if let Some(found) = owned {
+            self.keeps_foreign_entries(found, &placeholder)?;
+        }
         // A type change replaces the Secret, which a dry run of an apply cannot express.
         if self
             .secret
@@ -422,6 +429,26 @@ impl Run<'_> {
             Ok(_) => Ok(()),
             Err(e) => Err(self.secret_error(e)),
         }
+    }
+
+    /// A write of `desired` over the owned Secret `existing` must leave what others keep there
+    /// as it is: no entry of theirs that the spec now names is overwritten, and a Secret holding
+    /// any is never replaced to change its type (which would delete them).
+    fn keeps_foreign_entries(&self, existing: &Secret, desired: &Secret) -> Result<()> {
+        let name = &self.desired.secret_name;
+        if let Some(entry) = secret::overwritten_entry(self.tsk, existing, desired) {
+            return Err(Error::InvalidSpec(format!(
+                "secret.keys names entry {entry:?}, which Secret {name:?} holds for someone else"
+            )));
+        }
+        if existing.type_ != desired.type_
+            && !secret::foreign_entries(self.tsk, existing).is_empty()
+        {
+            return Err(Error::InvalidSpec(format!(
+                "secret.type cannot change: Secret {name:?} holds entries the operator did not write, which replacing it would delete"
+            )));
+        }
+        Ok(())
     }
 
     /// A refused Secret write as the error users see: permanent when the API server refused
@@ -475,12 +502,13 @@ impl Run<'_> {
         let ctx = self
             .key_context()
             .ok_or_else(|| Error::InvalidSpec("no account resolved".into()))?;
-        let mut desired = secret::build(self.tsk, material, &ctx, attempt);
+        let mut desired = secret::build(self.tsk, material, &ctx, attempt, self.secret.as_ref());
         let mut existing = self.secret.clone();
         if let Some(found) = &existing {
             if !secret::is_owned_by(found, self.tsk) {
                 return Err(Error::SecretConflict(self.desired.secret_name.clone()));
             }
+            self.keeps_foreign_entries(found, &desired)?;
             self.ensure_latest_intent().await?;
             // The type of a Secret is immutable: replace the object when it changes.
             if found.type_ != desired.type_ {
@@ -862,7 +890,7 @@ impl Run<'_> {
     }
 
     /// Deletes a Secret, only if it is still the object that was read (same uid and version).
-    pub(super) async fn delete_secret(&self, existing: &Secret) -> Result<()> {
+    async fn delete_secret(&self, existing: &Secret) -> Result<()> {
         let params = DeleteParams {
             preconditions: Some(Preconditions {
                 uid: existing.uid(),
@@ -881,6 +909,39 @@ impl Run<'_> {
             "SecretDeleted",
             "DeleteSecret",
             format!("deleted Secret {}", existing.name_any()),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Removes the key's Secret: deletes it, or, when it holds entries of others, removes only
+    /// what the operator put there (see [`secret::strip_patch`]), on the version that was read.
+    pub(super) async fn discard_secret(&self, existing: &Secret) -> Result<()> {
+        let Some(patch) = secret::strip_patch(self.tsk, existing) else {
+            return self.delete_secret(existing).await;
+        };
+        self.ctx.metrics.kube_write("secrets", "patch");
+        match self
+            .secrets
+            .patch(
+                &existing.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        self.event(
+            EventType::Normal,
+            "SecretStripped",
+            "DeleteSecret",
+            format!(
+                "removed the key's entries from Secret {} and kept the entries it holds for others",
+                existing.name_any()
+            ),
         )
         .await;
         Ok(())
