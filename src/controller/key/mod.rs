@@ -1,13 +1,17 @@
 //! The TenantSecurityKey reconciler, read as a pipeline:
 //! - [`observe`]: what the resource, its Secret and its intent say, and whether the cached
 //!   resource is the API server's latest version;
-//! - [`decision::next_step`] picks one step; [`steps`] has one executor per step;
+//! - [`decision::next_step`] picks one step, which one executor carries out: [`create`] (the
+//!   create protocol), [`deliver`] (the Secret), [`revoke`] (revocation and letting go),
+//!   [`adopt`] and [`workloads`];
 //! - [`report`]: status, Events and when to look again.
 
 mod adopt;
+mod create;
+mod deliver;
 mod observe;
 mod report;
-mod steps;
+mod revoke;
 mod workloads;
 
 use std::{

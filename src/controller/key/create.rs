@@ -1,41 +1,28 @@
-//! One executor per [`Step`](crate::controller::decision::Step). Each changes the world by one
-//! step and updates the run's picture of it.
+//! Creating keys: the steps of the crash-safe create protocol (record the intent, sweep what an
+//! interrupted attempt left, create, record the key), the recovery of a key from its Secret,
+//! and the clients they use.
 
-use std::time::Duration;
-
-use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Resource, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions},
+    api::{Patch, PatchParams},
     runtime::events::EventType,
 };
 use serde_json::json;
 
-use super::{FINALIZER, KIND, Run, human_name};
+use super::{
+    FINALIZER, KIND, Run, human_name,
+    revoke::{revoke, same_credentials},
+};
 use crate::controller::{
     FIELD_MANAGER,
     account::{self, Purpose},
-    decision::{CreateReason, Retired, Rotation},
+    decision::{CreateReason, Rotation},
     error::{Error, Result},
-    finalizer,
     intent::{self, Intent, Recorded},
     secret::{self, KeyMaterial},
     status,
 };
 use crate::crd::{AccountRef, DeletionPolicy, Endpoint, PreviousKey, TenantSecurityKey};
-
-/// Reads and writes of the Secret made to deliver a created key before giving the key up.
-const SECRET_WRITE_TRIES: u32 = 9;
-
-/// What became of a revocation.
-enum Revoked {
-    /// Revoked now, or already gone.
-    Done,
-    /// The tenant no longer exists, and its keys with it.
-    TenantGone,
-    /// Imburse refused for good where the key lives (the message says why).
-    Refused(String),
-}
 
 impl Run<'_> {
     /// The account's client, connected once per reconcile.
@@ -56,7 +43,7 @@ impl Run<'_> {
     /// be allowed to create keys with) at its recorded endpoint, or where the account points
     /// for keys recorded without one. Also tells whether that is elsewhere than the account
     /// points now.
-    async fn client_for(
+    pub(super) async fn client_for(
         &mut self,
         account_ref: &AccountRef,
         endpoint: Option<&Endpoint>,
@@ -155,26 +142,8 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Removes the finalizer (see [`finalizer::remove`]), then lets the account go if no other
-    /// key uses it.
-    pub(super) async fn remove_finalizer(&mut self) -> Result<()> {
-        finalizer::remove(&self.keys, &self.name, FINALIZER, &self.ctx.metrics).await?;
-        self.has_finalizer = false;
-        let namespace = self.tsk.namespace().unwrap_or_default();
-        let accounts = self
-            .status
-            .account_ref
-            .iter()
-            .chain(self.status.previous_keys.iter().map(|p| &p.account_ref))
-            .chain(std::iter::once(&self.desired.account));
-        for account_ref in accounts {
-            account::release_if_unused(self.ctx, &namespace, account_ref, Some(&self.uid)).await?;
-        }
-        Ok(())
-    }
-
     /// A new intent for what the spec asks now, with the credentials it will be made with.
-    async fn new_intent(&mut self) -> Result<Intent> {
+    pub(super) async fn new_intent(&mut self) -> Result<Intent> {
         let credentials = self.client().await?.credentials_fingerprint().to_owned();
         let endpoint = self
             .desired
@@ -394,167 +363,6 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Checks with a server-side dry run that the API server would take the Secret.
-    async fn dry_run_secret(&mut self) -> Result<()> {
-        let Some(ctx) = self.key_context() else {
-            return Ok(());
-        };
-        let owned = self
-            .secret
-            .as_ref()
-            .filter(|s| secret::is_owned_by(s, self.tsk));
-        let placeholder = secret::build(self.tsk, &secret::placeholder(), &ctx, "dry-run", owned);
-        if let Some(found) = owned {
-            self.keeps_foreign_entries(found, &placeholder)?;
-        }
-        // A type change replaces the Secret, which a dry run of an apply cannot express.
-        if self
-            .secret
-            .as_ref()
-            .is_some_and(|s| s.type_ != placeholder.type_)
-        {
-            return Ok(());
-        }
-        let params = PatchParams::apply(FIELD_MANAGER).force().dry_run();
-        self.ctx.metrics.kube_write("secrets", "dry-run");
-        match self
-            .secrets
-            .patch(
-                &self.desired.secret_name,
-                &params,
-                &Patch::Apply(&placeholder),
-            )
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) => Err(self.secret_error(e)),
-        }
-    }
-
-    /// A write of `desired` over the owned Secret `existing` must leave what others keep there
-    /// as it is: no entry of theirs that the spec now names is overwritten, and a Secret holding
-    /// any is never replaced to change its type (which would delete them).
-    fn keeps_foreign_entries(&self, existing: &Secret, desired: &Secret) -> Result<()> {
-        let name = &self.desired.secret_name;
-        if let Some(entry) = secret::overwritten_entry(self.tsk, existing, desired) {
-            return Err(Error::InvalidSpec(format!(
-                "secret.keys names entry {entry:?}, which Secret {name:?} holds for someone else"
-            )));
-        }
-        if existing.type_ != desired.type_
-            && !secret::foreign_entries(self.tsk, existing).is_empty()
-        {
-            return Err(Error::InvalidSpec(format!(
-                "secret.type cannot change: Secret {name:?} holds entries the operator did not write, which replacing it would delete"
-            )));
-        }
-        Ok(())
-    }
-
-    /// A refused Secret write as the error users see: permanent when the API server refused
-    /// the object itself (validation, admission, quota), transient otherwise.
-    pub(super) fn secret_error(&self, error: kube::Error) -> Error {
-        match error {
-            kube::Error::Api(e) if matches!(e.code, 400 | 403 | 422) => Error::SecretRejected {
-                name: self.desired.secret_name.clone(),
-                message: e.message,
-            },
-            other => other.into(),
-        }
-    }
-
-    /// Writes the Secret, retrying briefly: the key in hand exists nowhere else. Between tries
-    /// the Secret is read again; without a successful read nothing is written.
-    async fn write_secret(&mut self, material: &KeyMaterial, attempt: &str) -> Result<()> {
-        let mut delay = Duration::from_millis(250);
-        let mut known = true;
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            let outcome = if known {
-                self.try_write_secret(material, attempt).await
-            } else {
-                self.secrets
-                    .get_opt(&self.desired.secret_name)
-                    .await
-                    .map(|found| self.secret = found)
-                    .map_err(Error::from)
-            };
-            match outcome {
-                Ok(()) if known => return Ok(()),
-                // Read again: write on that read at once.
-                Ok(()) => known = true,
-                Err(e) if e.is_permanent() || tries >= SECRET_WRITE_TRIES => return Err(e),
-                Err(e) => {
-                    tracing::warn!(error = %e, "writing the Secret failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                    known = false;
-                }
-            }
-        }
-    }
-
-    /// One write of the Secret, never over a Secret whose ownership was not confirmed by the
-    /// read it is based on: a missing Secret is created (which fails if one appeared), an
-    /// owned one is applied on the version that was read.
-    async fn try_write_secret(&mut self, material: &KeyMaterial, attempt: &str) -> Result<()> {
-        let ctx = self
-            .key_context()
-            .ok_or_else(|| Error::InvalidSpec("no account resolved".into()))?;
-        let mut desired = secret::build(self.tsk, material, &ctx, attempt, self.secret.as_ref());
-        let mut existing = self.secret.clone();
-        if let Some(found) = &existing {
-            if !secret::is_owned_by(found, self.tsk) {
-                return Err(Error::SecretConflict(self.desired.secret_name.clone()));
-            }
-            self.keeps_foreign_entries(found, &desired)?;
-            self.ensure_latest_intent().await?;
-            // The type of a Secret is immutable: replace the object when it changes.
-            if found.type_ != desired.type_ {
-                self.delete_secret(found).await?;
-                existing = None;
-            }
-        }
-        let written = match existing {
-            None => {
-                self.ctx.metrics.kube_write("secrets", "create");
-                self.secrets
-                    .create(&PostParams::default(), &desired)
-                    .await
-                    .map_err(|e| self.secret_error(e))?
-            }
-            Some(found) => {
-                desired.metadata.resource_version = found.resource_version();
-                self.ctx.metrics.kube_write("secrets", "apply");
-                let params = PatchParams::apply(FIELD_MANAGER).force();
-                self.secrets
-                    .patch(&self.desired.secret_name, &params, &Patch::Apply(&desired))
-                    .await
-                    .map_err(|e| self.secret_error(e))?
-            }
-        };
-        self.secret = Some(written);
-        Ok(())
-    }
-
-    /// Before a key of this reconcile replaces or deletes what a Secret holds: the resource must
-    /// still be at the version this reconcile wrote its intent on. Otherwise another process
-    /// took the resource over (superseding the attempt), and its key must not be overwritten.
-    async fn ensure_latest_intent(&self) -> Result<()> {
-        if !self.guarded {
-            return Ok(());
-        }
-        let live = self.keys.get_opt(&self.name).await?;
-        if live.and_then(|l| l.resource_version()) == self.resource_version {
-            Ok(())
-        } else {
-            Err(Error::conflict(
-                "the creation attempt was superseded before its Secret was written",
-            ))
-        }
-    }
-
     /// Records the key in the Secret of the open attempt, once Imburse confirms it. The Secret
     /// is only a claim (anyone who can edit the namespace can write one that names the attempt
     /// and another key's public key): the key counts as this attempt's only when the listing
@@ -696,7 +504,7 @@ impl Run<'_> {
     }
 
     /// Reports that the key `replaced` (if any) gave way to the current one.
-    async fn rotated(&self, replaced: Option<String>) {
+    pub(super) async fn rotated(&self, replaced: Option<String>) {
         let Some(old) = replaced else {
             return;
         };
@@ -715,294 +523,7 @@ impl Run<'_> {
             .await;
     }
 
-    pub(super) async fn rewrite_secret(&mut self) -> Result<()> {
-        let (Some(material), Some(attempt)) = (
-            self.secret
-                .as_ref()
-                .and_then(|s| secret::material(self.tsk, s)),
-            self.status.attempt.clone(),
-        ) else {
-            return Ok(());
-        };
-        self.try_write_secret(&material, &attempt).await?;
-        self.event(
-            EventType::Normal,
-            "SecretWritten",
-            "WriteSecret",
-            format!("updated Secret {}", self.desired.secret_name),
-        )
-        .await;
-        Ok(())
-    }
-
-    pub(super) async fn revoke_retired(&mut self, retired: &Retired) -> Result<()> {
-        let credentials = self
-            .status
-            .previous_keys
-            .iter()
-            .find(|p| p.public_key == retired.public_key)
-            .and_then(|p| p.credentials_fingerprint.clone());
-        let outcome = self
-            .revoke_recorded(
-                &retired.account,
-                retired.endpoint.as_ref(),
-                credentials.as_deref(),
-                &retired.tenant_id,
-                &retired.public_key,
-            )
-            .await?;
-        let entry = self
-            .status
-            .previous_keys
-            .iter_mut()
-            .find(|p| p.public_key == retired.public_key);
-        match outcome {
-            Revoked::Refused(message) => {
-                if let Some(entry) = entry {
-                    entry.revocation_error = Some(message);
-                }
-                if self.deleting {
-                    self.status
-                        .previous_keys
-                        .retain(|p| p.public_key != retired.public_key);
-                }
-            }
-            Revoked::Done | Revoked::TenantGone => {
-                self.status
-                    .previous_keys
-                    .retain(|p| p.public_key != retired.public_key);
-                tracing::info!(public_key = %retired.public_key, "revoked replaced key");
-                self.event(
-                    EventType::Normal,
-                    "PreviousKeyRevoked",
-                    "RevokeKey",
-                    format!("revoked replaced key {}", retired.public_key),
-                )
-                .await;
-            }
-        }
-        Ok(())
-    }
-
-    pub(super) async fn revoke_current(&mut self) -> Result<()> {
-        let (Some(public_key), Some(tenant_id), Some(account_ref)) = (
-            self.status.public_key.clone(),
-            self.status.tenant_id.clone(),
-            self.status.account_ref.clone(),
-        ) else {
-            return Ok(());
-        };
-        let endpoint = self.status.endpoint.clone();
-        let credentials = self.status.credentials_fingerprint.clone();
-        let outcome = self
-            .revoke_recorded(
-                &account_ref,
-                endpoint.as_ref(),
-                credentials.as_deref(),
-                &tenant_id,
-                &public_key,
-            )
-            .await?;
-        self.status.public_key = None;
-        if matches!(outcome, Revoked::Done | Revoked::TenantGone) {
-            tracing::info!(%public_key, "revoked key");
-            self.event(
-                EventType::Normal,
-                "KeyRevoked",
-                "RevokeKey",
-                format!("revoked key {public_key}"),
-            )
-            .await;
-        }
-        Ok(())
-    }
-
-    /// Revokes a recorded key where it lives. A key whose tenant is gone is gone too. Where the
-    /// key lives elsewhere than the account points now, a definitive refusal there is reported
-    /// (Event, and the status entry) rather than retried forever.
-    ///
-    /// "Not found" proves a revocation only when asked with the credentials the key was made
-    /// with (`credentials`, unknown for keys recorded by older versions): another Imburse
-    /// account does not know the key or its tenant, and the key would stay live where it is.
-    async fn revoke_recorded(
-        &mut self,
-        account_ref: &AccountRef,
-        endpoint: Option<&Endpoint>,
-        credentials: Option<&str>,
-        tenant_id: &str,
-        public_key: &str,
-    ) -> Result<Revoked> {
-        let (client, moved) = self.client_for(account_ref, endpoint).await?;
-        let result = client.delete_key(tenant_id, public_key).await;
-        if let Err(imburse::Error::NotFound(_) | imburse::Error::TenantNotFound(_)) = &result
-            && !same_credentials(credentials, &client)
-        {
-            // Looked at again slowly: the credentials may be put back without any change to
-            // the account that would wake this resource.
-            self.retry_in = Some(self.ctx.retries.stalled_retry(self.tsk));
-            return Err(Error::KeyNotRevoked {
-                public_key: public_key.into(),
-                why: format!(
-                    "the credentials of {:?} {} are not the ones it was made with, and they do not know it",
-                    account_ref.kind, account_ref.name
-                ),
-            });
-        }
-        match result.or_else(|e| match e {
-            imburse::Error::NotFound(_) => Ok(()),
-            e => Err(Error::from(e)),
-        }) {
-            Ok(()) => {
-                self.ctx.metrics.keys_revoked.inc();
-                Ok(Revoked::Done)
-            }
-            Err(Error::Imburse(imburse::Error::TenantNotFound(_))) => {
-                self.tenant_gone(tenant_id, &format!("key {public_key} counts as revoked"))
-                    .await;
-                Ok(Revoked::TenantGone)
-            }
-            Err(e) if moved && e.is_permanent() => {
-                let at = endpoint.map_or("", |e| e.base_url.as_str());
-                let message = format!("could not revoke key {public_key} at {at}: {e}");
-                tracing::warn!(%public_key, error = %e, "key could not be revoked where it lives");
-                self.event(
-                    EventType::Warning,
-                    "KeyNotRevoked",
-                    "RevokeKey",
-                    format!("{message}; revoke it by hand"),
-                )
-                .await;
-                Ok(Revoked::Refused(message))
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    async fn tenant_gone(&self, tenant_id: &str, consequence: &str) {
-        tracing::warn!(tenant_id, "tenant not found at Imburse");
-        self.event(
-            EventType::Warning,
-            "TenantGone",
-            "RevokeKey",
-            format!("tenant {tenant_id} no longer exists at Imburse: {consequence}"),
-        )
-        .await;
-    }
-
-    /// Deletes a Secret, only if it is still the object that was read (same uid and version).
-    async fn delete_secret(&self, existing: &Secret) -> Result<()> {
-        let params = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: existing.uid(),
-                resource_version: existing.resource_version(),
-            }),
-            ..Default::default()
-        };
-        self.ctx.metrics.kube_write("secrets", "delete");
-        match self.secrets.delete(&existing.name_any(), &params).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
-        self.event(
-            EventType::Normal,
-            "SecretDeleted",
-            "DeleteSecret",
-            format!("deleted Secret {}", existing.name_any()),
-        )
-        .await;
-        Ok(())
-    }
-
-    /// Removes the key's Secret: deletes it, or, when it holds entries of others, removes only
-    /// what the operator put there (see [`secret::strip_patch`]), on the version that was read.
-    pub(super) async fn discard_secret(&self, existing: &Secret) -> Result<()> {
-        let Some(patch) = secret::strip_patch(self.tsk, existing) else {
-            return self.delete_secret(existing).await;
-        };
-        self.ctx.metrics.kube_write("secrets", "patch");
-        match self
-            .secrets
-            .patch(
-                &existing.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
-            Err(e) => return Err(e.into()),
-        }
-        self.event(
-            EventType::Normal,
-            "SecretStripped",
-            "DeleteSecret",
-            format!(
-                "removed the key's entries from Secret {} and kept the entries it holds for others",
-                existing.name_any()
-            ),
-        )
-        .await;
-        Ok(())
-    }
-
-    /// Drops every mark of the operator's ownership from the Secret, on the version that was
-    /// read, so that it survives the resource.
-    pub(super) async fn release_secret(&mut self) -> Result<()> {
-        let Some(existing) = self.secret.take() else {
-            return Ok(());
-        };
-        let uid = self.tsk.uid();
-        let owners: Vec<_> = existing
-            .owner_references()
-            .iter()
-            .filter(|r| Some(&r.uid) != uid.as_ref())
-            .cloned()
-            .collect();
-        let patch = json!({
-            "metadata": {
-                "resourceVersion": existing.resource_version(),
-                "ownerReferences": owners,
-                "annotations": { secret::OWNER_UID_ANNOTATION: null },
-            }
-        });
-        self.ctx.metrics.kube_write("secrets", "patch");
-        self.secrets
-            .patch(
-                &existing.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await?;
-        self.event(
-            EventType::Normal,
-            "SecretRetained",
-            "ReleaseSecret",
-            format!(
-                "kept Secret {} and its key (deletionPolicy Retain)",
-                existing.name_any()
-            ),
-        )
-        .await;
-        Ok(())
-    }
-
     pub(super) async fn event(&self, type_: EventType, reason: &str, action: &str, note: String) {
         status::publish(self.ctx, self.tsk, type_, reason, action, note).await;
-    }
-}
-
-/// Whether `client` signs with the credentials a key was recorded with; a record without them
-/// (older versions) cannot tell, and is taken to.
-fn same_credentials(recorded: Option<&str>, client: &imburse::AccountClient) -> bool {
-    recorded.is_none_or(|r| r == client.credentials_fingerprint())
-}
-
-/// Revokes a key; one that is already gone counts as revoked.
-async fn revoke(client: &imburse::AccountClient, tenant_id: &str, public_key: &str) -> Result<()> {
-    match client.delete_key(tenant_id, public_key).await {
-        Ok(()) | Err(imburse::Error::NotFound(_)) => Ok(()),
-        Err(e) => Err(e.into()),
     }
 }
