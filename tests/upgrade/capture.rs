@@ -182,19 +182,21 @@ impl Capture<'_> {
         fixtures.push(("retain-deleting", retain));
 
         // A crash after the Secret write of a first create leaves the Secret of the open
-        // attempt and no status at all: the Ready key without its status.
+        // attempt and a status holding only the intent: the Ready key's status, turned back
+        // into the intent it closed.
         let mut with_secret = self
             .fixture(
-                "A first create interrupted after the Secret write, before the status: the \
-                 open intent's Secret is there, the status is not. Assembled from the Ready \
-                 key of a real create, without its status.",
+                "A first create interrupted after the Secret write, before the status recorded \
+                 the key: the open intent's Secret is there, the status holds only the intent. \
+                 Assembled from the Ready key of a real create, its status turned back into the \
+                 intent it closed.",
                 "intent-open-with-secret",
                 tenant::WITH_SECRET,
                 self.live_secret("intent-open-with-secret").await?,
             )
             .await?
             .expecting(Expect::nothing());
-        remove_status(&mut with_secret.key);
+        reopen_intent(&mut with_secret.key, None)?;
         fixtures.push(("intent-open-with-secret", with_secret));
         let replaced = self.live_key("intent-open-with-secret-replacement").await?;
         let replaced_status = replaced.data.get("status").cloned();
@@ -269,13 +271,7 @@ impl Capture<'_> {
                 keys_revoked: BTreeSet::from([replaced_key]),
                 ..Expect::nothing()
             });
-        remove_status(&mut with_secret_replacement.key);
-        if let (Some(fields), Some(status)) = (
-            with_secret_replacement.key.data.as_object_mut(),
-            replaced_status,
-        ) {
-            fields.insert("status".into(), status);
-        }
+        reopen_intent(&mut with_secret_replacement.key, replaced_status)?;
         fixtures.push((
             "intent-open-with-secret-replacement",
             with_secret_replacement,
@@ -502,10 +498,29 @@ fn dynamic<K: kube::Resource<DynamicType = ()>>(env: &Env) -> Api<DynamicObject>
     Api::namespaced_with(env.client.clone(), NS, &ApiResource::erase::<K>(&()))
 }
 
-fn remove_status(key: &mut DynamicObject) {
-    if let Some(fields) = key.data.as_object_mut() {
-        fields.remove("status");
-    }
+/// Turns the status of a key that recorded its new key back into the open intent that the
+/// record closed, on top of `before` (the status before the attempt, or none for a first
+/// create): what a crash between the Secret write and the status write leaves.
+fn reopen_intent(key: &mut DynamicObject, before: Option<serde_json::Value>) -> Result<()> {
+    let after = &key.data["status"];
+    let field = |name: &str| after[name].clone();
+    let intent = json!({
+        "attempt": field("attempt"),
+        "name": field("keyName"),
+        "tenantId": field("tenantId"),
+        "roles": field("roles"),
+        "accountRef": field("accountRef"),
+        "endpoint": field("endpoint"),
+        "credentialsFingerprint": field("credentialsFingerprint"),
+    });
+    ensure!(
+        intent.as_object().is_some_and(|i| i.values().all(|v| !v.is_null())),
+        "the status records no complete key: {after}"
+    );
+    let mut status = before.unwrap_or_else(|| json!({}));
+    status["pendingCreate"] = intent;
+    key.data["status"] = status;
+    Ok(())
 }
 
 fn public_key(key: &DynamicObject) -> Result<String> {
