@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use futures::{StreamExt, TryStreamExt, stream};
@@ -17,7 +17,6 @@ use imburse::Operation;
 use imburse_sandbox::{Config, Faults, RateLimitedFault};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
-use libtest_mimic::Arguments;
 use rand::Rng as _;
 use serde_json::json;
 use support::{Env, TestFn, WAIT};
@@ -64,21 +63,14 @@ const APISERVER_RESTARTS: usize = 2;
 const LEASE: &str = "chaos-leader";
 
 fn main() -> std::process::ExitCode {
-    let args = Arguments::from_args();
     let tenants = ALL.iter().map(|k| k.first_tenant + k.count).max();
-    let env = match Env::start(Config::generate(1, tenants.unwrap_or(1))) {
-        Ok(env) => Arc::new(env),
-        Err(e) => {
-            eprintln!("could not start the test environment: {e:#}");
-            return std::process::ExitCode::FAILURE;
+    let start = || {
+        let env = Env::start(Config::generate(1, tenants.unwrap_or(1)))?;
+        for keys in ALL {
+            env.block_on(env.namespace_with_account(keys.namespace, 0))?;
         }
+        Ok(env)
     };
-    for keys in ALL {
-        if let Err(e) = env.block_on(env.namespace_with_account(keys.namespace, 0)) {
-            eprintln!("could not set up the account: {e:#}");
-            return std::process::ExitCode::FAILURE;
-        }
-    }
     let tests: Vec<(&str, TestFn)> = vec![
         (
             "kill_storm_ends_with_one_working_key_each",
@@ -97,7 +89,7 @@ fn main() -> std::process::ExitCode {
             deletion_storm_revokes_the_deleted_keys_and_keeps_the_others,
         ),
     ];
-    support::run_one_at_a_time(args, env, tests)
+    support::run_suite(start, tests)
 }
 
 impl Keys {

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
 use imburse_sandbox::Config;
@@ -18,23 +18,15 @@ use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams, PostParams},
 };
-use libtest_mimic::Arguments;
 use serde_json::json;
 use support::{
-    Env, TestFn, by_hand, create_secret, deployment, expect_single_key, poll, public_key,
-    request_rotation, template_state, wait_for, wait_replaced,
+    Env, TestFn, create_secret, deployment, expect_single_key, poll, public_key, request_rotation,
+    template_state, wait_for, wait_replaced,
 };
 use tenant_key_operator::crd::TenantSecurityKey;
 
 fn main() -> std::process::ExitCode {
-    let args = Arguments::from_args();
-    let env = match Env::start(Config::generate(1, 4)) {
-        Ok(env) => Arc::new(env),
-        Err(e) => {
-            eprintln!("could not start the test environment: {e:#}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
+    let start = || Env::start(Config::generate(1, 4));
     let tests: Vec<(&str, TestFn)> = vec![
         (
             "an_admins_secret_is_adopted_only_with_its_consent_and_keeps_its_entries",
@@ -49,7 +41,7 @@ fn main() -> std::process::ExitCode {
             a_workload_without_consent_is_not_restarted,
         ),
     ];
-    support::run_one_at_a_time(args, env, tests)
+    support::run_suite(start, tests)
 }
 
 fn entry(secret: &Secret, name: &str) -> Option<String> {
@@ -81,15 +73,7 @@ fn an_admins_secret_is_adopted_only_with_its_consent_and_keeps_its_entries(
         let ns = "consent-adopt";
         env.namespace_with_account(ns, 0).await?;
         let tenant = env.tenant(0, 0);
-        let made = by_hand(env, &env.sandbox.base_url())?
-            .create_key(
-                &tenant,
-                &imburse::NewKey {
-                    name: Some("Admin Key".into()),
-                    roles: vec!["tenant-admin".into()],
-                },
-            )
-            .await?;
+        let made = env.key_by_hand(&tenant, "Admin Key").await?;
         let private_key = secrecy::ExposeSecret::expose_secret(&made.private_key).to_owned();
         create_secret(
             &env.client,

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::collections::BTreeMap;
 
 use anyhow::{Context as _, Result, ensure};
 use imburse_sandbox::{Config, Faults, Misbehaviour, ScriptedFault};
@@ -14,9 +14,8 @@ use kube::{
     Api, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
-use libtest_mimic::Arguments;
 use serde_json::json;
-use support::{Env, TestFn, by_hand, create_namespace, expect_single_key, poll, wait_for};
+use support::{Env, TestFn, create_namespace, expect_single_key, poll, wait_for};
 use tenant_key_operator::crd::{ImburseAccount, TenantSecurityKey};
 
 const FINALIZER: &str = "imbursepayments.com/revoke-key";
@@ -24,24 +23,19 @@ const INTENT_ANNOTATION: &str = "imbursepayments.com/create-pending";
 const ROTATE_ANNOTATION: &str = "imbursepayments.com/rotate-requested-at";
 
 fn main() -> std::process::ExitCode {
-    let args = Arguments::from_args();
     // Two Imburse accounts, so credentials can be swapped for another account's; live keys
     // are verified every two seconds, and what Imburse refused is asked again after two.
-    let env = match Env::start_with(
-        Config::generate(2, 8),
-        imburse_sandbox::Options::default(),
-        &[
-            "--verify-interval",
-            "2s",
-            "--credentials-retry-seconds",
-            "2",
-        ],
-    ) {
-        Ok(env) => Arc::new(env),
-        Err(e) => {
-            eprintln!("could not start the test environment: {e:#}");
-            return std::process::ExitCode::FAILURE;
-        }
+    let start = || {
+        Env::start_with(
+            Config::generate(2, 8),
+            imburse_sandbox::Options::default(),
+            &[
+                "--verify-interval",
+                "2s",
+                "--credentials-retry-seconds",
+                "2",
+            ],
+        )
     };
     let tests: Vec<(&str, TestFn)> = vec![
         (
@@ -77,7 +71,7 @@ fn main() -> std::process::ExitCode {
             a_listing_that_lacks_a_key_replaces_nothing,
         ),
     ];
-    support::run_one_at_a_time(args, env, tests)
+    support::run_suite(start, tests)
 }
 
 /// The public key the resource's status records.
@@ -305,18 +299,9 @@ fn deletion_with_more_replaced_keys_than_steps_finishes(env: &Env) -> Result<()>
         )
         .await?;
         expect_single_key(env, ns, "heavy", &tenant).await?;
-        let by_hand = by_hand(env, &env.sandbox.base_url())?;
         let mut previous = Vec::new();
         for i in 0..20 {
-            let key = by_hand
-                .create_key(
-                    &tenant,
-                    &imburse::NewKey {
-                        name: Some(format!("older key {i}")),
-                        roles: vec!["tenant-admin".into()],
-                    },
-                )
-                .await?;
+            let key = env.key_by_hand(&tenant, &format!("older key {i}")).await?;
             previous.push(json!({
                 "publicKey": key.public_key,
                 "tenantId": tenant,

@@ -7,7 +7,6 @@ mod support;
 
 use std::{
     path::Path,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -18,7 +17,6 @@ use kube::{
     Api,
     api::{Patch, PatchParams},
 };
-use libtest_mimic::Arguments;
 use serde_json::json;
 use support::{Env, Since, TestFn, expect_single_key, poll};
 use testenv::Operator;
@@ -30,22 +28,15 @@ const LEASE_DURATION: Duration = Duration::from_secs(15);
 const BURST: usize = 20;
 
 fn main() -> std::process::ExitCode {
-    let args = Arguments::from_args();
-    let env = match Env::start_with(
-        Config::generate(1, 4 + BURST),
-        Options::default(),
-        &["--log-format", "json"],
-    ) {
-        Ok(env) => Arc::new(env),
-        Err(e) => {
-            eprintln!("could not start the test environment: {e:#}");
-            return std::process::ExitCode::FAILURE;
-        }
+    let start = || {
+        let env = Env::start_with(
+            Config::generate(1, 4 + BURST),
+            Options::default(),
+            &["--log-format", "json"],
+        )?;
+        env.block_on(env.namespace_with_account(NS, 0))?;
+        Ok(env)
     };
-    if let Err(e) = env.block_on(env.namespace_with_account(NS, 0)) {
-        eprintln!("could not set up the account: {e:#}");
-        return std::process::ExitCode::FAILURE;
-    }
     let tests: Vec<(&str, TestFn)> = vec![
         (
             "a_follower_does_not_reconcile_and_the_leader_reports_its_keys",
@@ -68,7 +59,7 @@ fn main() -> std::process::ExitCode {
             leader_killed_during_a_burst_leaves_one_key_per_resource,
         ),
     ];
-    support::run_one_at_a_time(args, env, tests)
+    support::run_suite(start, tests)
 }
 
 /// The JSON log lines of a process whose message is `message`, oldest first.

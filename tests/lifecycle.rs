@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
 use imburse_sandbox::Config;
@@ -14,7 +14,6 @@ use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams, PostParams},
 };
-use libtest_mimic::Arguments;
 use serde_json::json;
 use support::{
     Env, TestFn, by_hand, create_secret, deployment, expect_single_key, poll, public_key,
@@ -22,26 +21,21 @@ use support::{
 };
 
 fn main() -> std::process::ExitCode {
-    let args = Arguments::from_args();
     // Live keys are checked at the sandbox every three seconds, and keys rotate within
     // seconds. One process without leader election: a restarted one works at once, not after
     // its predecessor's Lease expired.
-    let env = match Env::start_with(
-        Config::generate(1, 12),
-        imburse_sandbox::Options::default(),
-        &[
-            "--verify-interval",
-            "3s",
-            "--min-rotation-interval",
-            "1s",
-            "--leader-election=false",
-        ],
-    ) {
-        Ok(env) => Arc::new(env),
-        Err(e) => {
-            eprintln!("could not start the test environment: {e:#}");
-            return std::process::ExitCode::FAILURE;
-        }
+    let start = || {
+        Env::start_with(
+            Config::generate(1, 12),
+            imburse_sandbox::Options::default(),
+            &[
+                "--verify-interval",
+                "3s",
+                "--min-rotation-interval",
+                "1s",
+                "--leader-election=false",
+            ],
+        )
     };
     let tests: Vec<(&str, TestFn)> = vec![
         (
@@ -74,7 +68,7 @@ fn main() -> std::process::ExitCode {
             support::no_secret_in_logs_events_or_status,
         ),
     ];
-    support::run_one_at_a_time(args, env, tests)
+    support::run_suite(start, tests)
 }
 
 /// Keys created at the sandbox so far.
@@ -332,16 +326,7 @@ fn a_hand_made_key_is_adopted_only_when_asked(env: &Env) -> Result<()> {
         let ns = "adoption";
         env.namespace_with_account(ns, 0).await?;
         let tenant = env.tenant(0, 4);
-        let hand = by_hand(env, &env.sandbox.base_url())?;
-        let made = hand
-            .create_key(
-                &tenant,
-                &imburse::NewKey {
-                    name: Some("Hand Made".into()),
-                    roles: vec!["tenant-admin".into()],
-                },
-            )
-            .await?;
+        let made = env.key_by_hand(&tenant, "Hand Made").await?;
         let private_key = secrecy::ExposeSecret::expose_secret(&made.private_key).to_owned();
         create_secret(
             &env.client,
@@ -382,15 +367,7 @@ fn a_hand_made_key_is_adopted_only_when_asked(env: &Env) -> Result<()> {
         );
         env.wait_event(ns, "adopting", "KeyAdopted").await?;
         // A pair whose private key is not the key's own.
-        let other = hand
-            .create_key(
-                &tenant,
-                &imburse::NewKey {
-                    name: Some("Other".into()),
-                    roles: vec!["tenant-admin".into()],
-                },
-            )
-            .await?;
+        let other = env.key_by_hand(&tenant, "Other").await?;
         create_secret(
             &env.client,
             ns,

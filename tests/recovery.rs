@@ -3,33 +3,23 @@
 
 mod support;
 
-use std::sync::Arc;
-
 use anyhow::{Context as _, Result, ensure};
 use imburse_sandbox::{Config, Faults};
-use libtest_mimic::Arguments;
 use serde_json::json;
 use support::{Env, TestFn, poll};
 
 fn main() -> std::process::ExitCode {
-    let args = Arguments::from_args();
     // One process without leader election: a restarted one works at once, not after its
     // predecessor's Lease expired.
-    let env = match Env::start_with(
-        Config::generate(1, 8),
-        imburse_sandbox::Options::default(),
-        &["--leader-election=false"],
-    ) {
-        Ok(env) => Arc::new(env),
-        Err(e) => {
-            eprintln!("could not start the test environment: {e:#}");
-            return std::process::ExitCode::FAILURE;
-        }
+    let start = || {
+        let env = Env::start_with(
+            Config::generate(1, 8),
+            imburse_sandbox::Options::default(),
+            &["--leader-election=false"],
+        )?;
+        env.block_on(env.namespace_with_account("recovery", 0))?;
+        Ok(env)
     };
-    if let Err(e) = env.block_on(env.namespace_with_account("recovery", 0)) {
-        eprintln!("could not set up the account: {e:#}");
-        return std::process::ExitCode::FAILURE;
-    }
     let tests: Vec<(&str, TestFn)> = vec![
         (
             "lost_create_response_leaves_no_orphan",
@@ -56,7 +46,7 @@ fn main() -> std::process::ExitCode {
             restart_at_rest_creates_and_writes_nothing,
         ),
     ];
-    support::run_one_at_a_time(args, env, tests)
+    support::run_suite(start, tests)
 }
 
 const NS: &str = "recovery";

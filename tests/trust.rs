@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
 use imburse_sandbox::{Config, Faults, Misbehaviour, Sandbox};
@@ -13,29 +13,23 @@ use kube::{
     Api, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy},
 };
-use libtest_mimic::Arguments;
 use serde_json::json;
 use support::{
-    Env, TestFn, by_hand, create_namespace, expect_single_key, expect_single_key_at, poll,
-    secret_key_pair, wait_for,
+    Env, TestFn, create_namespace, expect_single_key, expect_single_key_at, poll, secret_key_pair,
+    wait_for,
 };
 use tenant_key_operator::crd::{ClusterImburseAccount, ImburseAccount, TenantSecurityKey};
 
 const FINALIZER: &str = "imbursepayments.com/revoke-key";
 
 fn main() -> std::process::ExitCode {
-    let args = Arguments::from_args();
     // Accounts whose credentials Imburse refused are verified again after two seconds.
-    let env = match Env::start_with(
-        Config::generate(1, 24),
-        imburse_sandbox::Options::default(),
-        &["--credentials-retry-seconds", "2"],
-    ) {
-        Ok(env) => Arc::new(env),
-        Err(e) => {
-            eprintln!("could not start the test environment: {e:#}");
-            return std::process::ExitCode::FAILURE;
-        }
+    let start = || {
+        Env::start_with(
+            Config::generate(1, 24),
+            imburse_sandbox::Options::default(),
+            &["--credentials-retry-seconds", "2"],
+        )
     };
     let tests: Vec<(&str, TestFn)> = vec![
         (
@@ -103,7 +97,7 @@ fn main() -> std::process::ExitCode {
             a_key_whose_tenant_is_gone_counts_as_revoked,
         ),
     ];
-    support::run_one_at_a_time(args, env, tests)
+    support::run_suite(start, tests)
 }
 
 /// Two resources with the same key name and a key made by hand with that name too: the
@@ -113,16 +107,7 @@ fn orphan_cleanup_spares_keys_it_did_not_make(env: &Env) -> Result<()> {
         let ns = "same-name";
         env.namespace_with_account(ns, 0).await?;
         let tenant = env.tenant(0, 0);
-        let hand_made = by_hand(env, &env.sandbox.base_url())?
-            .create_key(
-                &tenant,
-                &imburse::NewKey {
-                    name: Some("Admin Key".into()),
-                    roles: vec!["tenant-admin".into()],
-                },
-            )
-            .await?
-            .public_key;
+        let hand_made = env.key_by_hand(&tenant, "Admin Key").await?.public_key;
         let named = json!({ "name": "Admin Key" });
         env.create_key(ns, "first", &tenant, named.clone()).await?;
         let first = env
@@ -451,15 +436,7 @@ fn adoption_records_what_the_attempt_requested(env: &Env) -> Result<()> {
         let uid = key.uid().context("uid")?;
         let attempt = "00aa00aa00aa00aa";
         let name = format!("{ns}/adopted #tko:{uid}:{attempt}");
-        let created = by_hand(env, &env.sandbox.base_url())?
-            .create_key(
-                &tenant,
-                &imburse::NewKey {
-                    name: Some(name.clone()),
-                    roles: vec!["tenant-admin".into()],
-                },
-            )
-            .await?;
+        let created = env.key_by_hand(&tenant, &name).await?;
         let accounts: Api<ImburseAccount> = Api::namespaced(env.client.clone(), ns);
         let endpoint = accounts.get("imburse").await?.spec.account.base_url;
         let intent = json!({

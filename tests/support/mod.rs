@@ -442,7 +442,23 @@ pub type TestFn = fn(&Env) -> Result<()>;
 
 /// Runs `tests` one at a time (the sandbox's faults are global). Whatever a test did, the
 /// next one starts with a running operator and without faults.
-pub fn run_one_at_a_time(
+/// Starts the environment, then runs `tests` in it one at a time (see [`run_one_at_a_time`]);
+/// an environment that does not start fails the binary.
+pub fn run_suite(
+    start: impl FnOnce() -> Result<Env>,
+    tests: Vec<(&'static str, TestFn)>,
+) -> std::process::ExitCode {
+    let args = libtest_mimic::Arguments::from_args();
+    match start() {
+        Ok(env) => run_one_at_a_time(args, std::sync::Arc::new(env), tests),
+        Err(e) => {
+            eprintln!("could not start the test environment: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_one_at_a_time(
     mut args: libtest_mimic::Arguments,
     env: std::sync::Arc<Env>,
     tests: Vec<(&'static str, TestFn)>,
@@ -475,6 +491,23 @@ pub fn run_one_at_a_time(
     let conclusion = libtest_mimic::run(&args, trials);
     drop(env);
     conclusion.exit_code()
+}
+
+impl Env {
+    /// A `tenant-admin` key named `name` for `tenant`, made by hand with sandbox account 0 as
+    /// the tutorial makes one.
+    pub async fn key_by_hand(&self, tenant: &str, name: &str) -> Result<imburse::CreatedKey> {
+        let key = by_hand(self, &self.sandbox.base_url())?
+            .create_key(
+                tenant,
+                &imburse::NewKey {
+                    name: Some(name.to_owned()),
+                    roles: vec!["tenant-admin".into()],
+                },
+            )
+            .await?;
+        Ok(key)
+    }
 }
 
 /// An Imburse client acting as sandbox account 0, as a person following the tutorial.

@@ -514,7 +514,9 @@ fn reopen_intent(key: &mut DynamicObject, before: Option<serde_json::Value>) -> 
         "credentialsFingerprint": field("credentialsFingerprint"),
     });
     ensure!(
-        intent.as_object().is_some_and(|i| i.values().all(|v| !v.is_null())),
+        intent
+            .as_object()
+            .is_some_and(|i| i.values().all(|v| !v.is_null())),
         "the status records no complete key: {after}"
     );
     let mut status = before.unwrap_or_else(|| json!({}));
