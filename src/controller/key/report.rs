@@ -64,7 +64,7 @@ impl Run<'_> {
             }
             Ok(_) => Outcome::Progressing {
                 reason: "Progressing",
-                message: "more steps are needed; they follow at once",
+                message: "more steps are needed; they follow shortly",
             },
             Err(e) => Outcome::Failed(e),
         };
@@ -75,7 +75,7 @@ impl Run<'_> {
             self.status.observed_generation = generation;
         }
         if matches!(result, Ok(Stop::Settled)) {
-            self.fill_in_older_records().await?;
+            self.fill_in_older_records().await;
         }
         self.schedule();
         let previous = self.tsk.status.clone().unwrap_or_default();
@@ -123,7 +123,8 @@ impl Run<'_> {
                     .min()
                     .map_or_else(Action::await_change, Action::requeue))
             }
-            Ok(_) => Ok(Action::requeue(Duration::from_millis(100))),
+            // Not at once: a decision that kept coming back to the same steps must not spin.
+            Ok(_) => Ok(Action::requeue(MORE_STEPS)),
             Err(e) => {
                 let reason = e.reason().as_str();
                 tracing::warn!(
@@ -155,19 +156,27 @@ impl Run<'_> {
 
     /// Keys recorded by older versions lack where they live and the credentials they were
     /// made with: both are where the account points, and with its credentials, when the key
-    /// is found healthy. Recorded once, so a later change of the account is seen as one.
-    async fn fill_in_older_records(&mut self) -> Result<()> {
+    /// is found healthy. Recorded once, so a later change of the account is seen as one. The
+    /// credentials are filled in once the account can be connected to; until then the key is
+    /// reported as it is.
+    async fn fill_in_older_records(&mut self) {
         if self.status.public_key.is_none() || self.account.is_none() {
-            return Ok(());
+            return;
         }
         if self.status.endpoint.is_none() {
             self.status.endpoint = self.desired.endpoint.clone();
         }
         if self.status.credentials_fingerprint.is_none() {
-            let client = self.client().await?;
-            self.status.credentials_fingerprint = Some(client.credentials_fingerprint().to_owned());
+            match self.client().await {
+                Ok(client) => {
+                    self.status.credentials_fingerprint =
+                        Some(client.credentials_fingerprint().to_owned());
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "credentials of an older key not recorded yet")
+                }
+            }
         }
-        Ok(())
     }
 
     /// Brings the recorded schedule in line with the spec and the current key: the next
@@ -194,6 +203,9 @@ impl Run<'_> {
             .min()
     }
 }
+
+/// When a reconcile that ran out of steps goes on.
+const MORE_STEPS: Duration = Duration::from_secs(1);
 
 /// When to decide again after someone else changed the resource: soon, with jitter, so that
 /// two processes that collided do not collide again.
