@@ -74,18 +74,21 @@ pub fn human_name(name: &str) -> &str {
     name.rsplit_once(MARKER).map_or(name, |(human, _)| human)
 }
 
-/// Whether `name` is exactly the name attempt `attempt` of the resource `uid` gives a key.
-pub fn names_attempt(name: &str, uid: &str, attempt: &str) -> bool {
+/// The resource uid and attempt a key name's marker names, if it has one with an attempt.
+fn marker(name: &str) -> Option<(&str, &str)> {
     name.rsplit_once(MARKER)
         .and_then(|(_, marker)| marker.split_once(':'))
-        .is_some_and(|(owner, a)| owner == uid && a == attempt && !attempt.is_empty())
+        .filter(|(_, attempt)| !attempt.is_empty())
+}
+
+/// Whether `name` is exactly the name attempt `attempt` of the resource `uid` gives a key.
+pub fn names_attempt(name: &str, uid: &str, attempt: &str) -> bool {
+    marker(name) == Some((uid, attempt))
 }
 
 /// Whether Imburse's key name marks the key as made for the resource with this uid.
 pub fn made_for(name: &str, uid: &str) -> bool {
-    name.rsplit_once(MARKER)
-        .and_then(|(_, marker)| marker.split_once(':'))
-        .is_some_and(|(owner, attempt)| owner == uid && !attempt.is_empty())
+    marker(name).is_some_and(|(owner, _)| owner == uid)
 }
 
 #[cfg(test)]
