@@ -232,6 +232,14 @@ pub fn endpoint_of(spec: &AccountSpec) -> Endpoint {
     }
 }
 
+/// Whether `client` signs with the credentials a key was recorded with (see
+/// [`imburse::AccountClient::credentials_fingerprint`]): only they can say the key is gone, as
+/// another Imburse account does not know it either. A record without them (keys of versions
+/// before 0.4, until their credentials are filled in) cannot tell, and is taken to.
+pub fn same_credentials(recorded: Option<&str>, client: &imburse::AccountClient) -> bool {
+    recorded.is_none_or(|r| r == client.credentials_fingerprint())
+}
+
 /// What a key wants to do with an account: creating keys is checked against what the account
 /// allows; revoking is always allowed, since it only ever takes access away (a namespace that
 /// lost its permission must still be able to revoke the keys it made).

@@ -481,7 +481,11 @@ pub fn adoption_refusal(
             "its annotation {OWNER_UID_ANNOTATION} names another TenantSecurityKey (uid {other})"
         ));
     }
-    if let Some(other) = secret.labels().get(OWNER_LABEL).filter(|v| **v != name) {
+    if let Some(other) = secret
+        .labels()
+        .get(OWNER_LABEL)
+        .filter(|v| **v != owner_label_value(&name))
+    {
         return Some(format!(
             "its label {OWNER_LABEL} names TenantSecurityKey {other:?}; remove the label if that resource no longer uses it"
         ));
@@ -546,6 +550,7 @@ pub fn strip_patch(tsk: &TenantSecurityKey, secret: &Secret) -> Option<serde_jso
                 FINGERPRINT_ANNOTATION,
                 ATTEMPT_ANNOTATION,
                 OWNER_UID_ANNOTATION,
+                OWNER_NAME_ANNOTATION,
                 ENTRIES_ANNOTATION,
             ]),
         },
@@ -816,6 +821,14 @@ mod tests {
         own.annotations_mut()
             .insert(OWNER_UID_ANNOTATION.into(), "uid-1".into());
         assert_eq!(adoption_refusal(&t, &own, &CTX), None);
+        // Also under a name too long for a label value, whose label is the hashed form.
+        let mut long = tsk(None);
+        long.metadata.name = Some("p".repeat(200));
+        let mut own_long = admins_secret(&[(ADOPT_BY_ANNOTATION, &"p".repeat(200))]);
+        own_long
+            .labels_mut()
+            .insert(OWNER_LABEL.into(), owner_label_value(&"p".repeat(200)));
+        assert_eq!(adoption_refusal(&long, &own_long, &CTX), None);
     }
 
     #[test]

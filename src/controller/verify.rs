@@ -4,7 +4,8 @@
 //! Every interval (less up to a tenth, so replicas and restarts drift apart) the keys in the
 //! cache are grouped by where they live (account, endpoint, tenant), and each group costs one
 //! listing, however many keys it has. A key missing from its listing, and confirmed gone by a
-//! read of that key alone, is remembered for its resource, whose reconcile is then triggered: the decision replaces it
+//! read of that key alone, is remembered for its resource, whose reconcile is then triggered:
+//! the decision replaces it
 //! ([`crate::controller::decision::Rotation::RevokedExternally`]).
 
 use std::{collections::HashMap, sync::Arc};
@@ -119,7 +120,7 @@ async fn confirmed_gone(
     public_key: &str,
     credentials: Option<&str>,
 ) -> bool {
-    if credentials.is_some_and(|c| c != client.credentials_fingerprint()) {
+    if !account::same_credentials(credentials, client) {
         tracing::warn!(%public_key, "key not listed, but the account's credentials changed since it was made; not replaced");
         return false;
     }

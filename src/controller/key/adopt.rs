@@ -11,10 +11,32 @@ use crate::controller::{
     FIELD_MANAGER,
     error::{Error, Result},
     intent::{self, Intent, Recorded},
-    secret,
+    secret::{self, KeyMaterial},
 };
+use crate::crd::Endpoint;
 
 impl Run<'_> {
+    /// Whether the pair found in a Secret gets a token at `endpoint`: proof that whoever wrote
+    /// the Secret holds the private key. A permanent error is Imburse's refusal.
+    pub(super) async fn authenticate(
+        &self,
+        material: &KeyMaterial,
+        endpoint: &Endpoint,
+    ) -> Result<()> {
+        let pair = imburse::KeyPair {
+            public_key: material.public_key.clone(),
+            private_key: material.private_key.clone(),
+        };
+        imburse::authenticate(
+            &self.ctx.imburse,
+            &endpoint.base_url,
+            endpoint.api_generation.into(),
+            &pair,
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Proves the key in the Secret and takes both over, creating no key:
     /// 0. the Secret's owner must consent, and the Secret carry no other owner's marks (see
     ///    [`secret::adoption_refusal`]);
@@ -63,19 +85,7 @@ impl Run<'_> {
             .endpoint
             .clone()
             .ok_or_else(|| Error::InvalidSpec("no account resolved".into()))?;
-        let pair = imburse::KeyPair {
-            public_key: material.public_key.clone(),
-            private_key: material.private_key.clone(),
-        };
-        if let Err(e) = imburse::authenticate(
-            &self.ctx.imburse,
-            &endpoint.base_url,
-            endpoint.api_generation.into(),
-            &pair,
-        )
-        .await
-        {
-            let e = Error::from(e);
+        if let Err(e) = self.authenticate(&material, &endpoint).await {
             if e.is_permanent() {
                 return Err(refuse(format!(
                     "its key pair does not authenticate at Imburse ({e})"

@@ -9,10 +9,7 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{
-    FINALIZER, KIND, Run, human_name,
-    revoke::{revoke, same_credentials},
-};
+use super::{FINALIZER, KIND, Run, human_name, revoke::revoke};
 use crate::controller::{
     FIELD_MANAGER,
     account::{self, Purpose},
@@ -118,7 +115,6 @@ impl Run<'_> {
         .await?;
         self.resource_version = written.resource_version();
         self.guarded = true;
-        self.intent_from_annotation = false;
         self.drop_intent_annotation().await
     }
 
@@ -231,11 +227,12 @@ impl Run<'_> {
             Err(imburse::Error::TenantNotFound(_)) => {
                 // Only the credentials the attempt used can say its tenant is gone: another
                 // account does not know the tenant either.
-                if !same_credentials(credentials.as_deref(), &client) {
-                    return Err(Error::KeyNotRevoked {
-                        public_key: "of the interrupted creation".into(),
-                        why: "its account's credentials changed, and the new ones do not know its tenant".into(),
-                    });
+                if !account::same_credentials(credentials.as_deref(), &client) {
+                    return Err(self.not_proven_revoked(
+                        "of the interrupted creation",
+                        "its account's credentials changed, and the new ones do not know its tenant"
+                            .into(),
+                    ));
                 }
                 self.tenant_gone(&tenant_id, "no key of an interrupted creation can remain")
                     .await;
@@ -416,18 +413,12 @@ impl Run<'_> {
             .iter()
             .any(|k| k.public_key == material.public_key && k.name.as_deref().is_some_and(named));
         if proven && legacy {
-            let pair = imburse::KeyPair {
-                public_key: material.public_key.clone(),
-                private_key: material.private_key.clone(),
+            // A refusal refutes the claim; a failure of the moment proves nothing either way.
+            proven = match self.authenticate(&material, &intent.endpoint).await {
+                Ok(()) => true,
+                Err(e) if e.is_permanent() => false,
+                Err(e) => return Err(e),
             };
-            proven = imburse::authenticate(
-                &self.ctx.imburse,
-                &intent.endpoint.base_url,
-                intent.endpoint.api_generation.into(),
-                &pair,
-            )
-            .await
-            .is_ok();
         }
         if !proven {
             tracing::warn!(
@@ -456,8 +447,8 @@ impl Run<'_> {
     }
 
     /// Records a key as current, as the intent requested it. The key it replaces is queued
-    /// for revocation where it lives, after the grace period; a key Imburse no longer knows is
-    /// just dropped. Returns the replaced key.
+    /// for revocation where it lives, after the grace period (at once for a key Imburse was
+    /// found no longer to know). Returns the replaced key.
     pub(super) fn record(&mut self, material: &KeyMaterial, intent: &Intent) -> Option<String> {
         let gone = self.ctx.revoked_remotely(&self.uid);
         let grace = self.tsk.spec.grace_period();

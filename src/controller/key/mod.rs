@@ -157,7 +157,7 @@ enum Stop {
     /// The cached resource was older than the API server's: decide again on the new one.
     Stale,
     /// The step limit was reached with work left; what was done is recorded, and the rest
-    /// follows at once.
+    /// follows shortly.
     OutOfSteps,
 }
 

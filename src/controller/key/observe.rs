@@ -130,7 +130,6 @@ impl<'a> Run<'a> {
         )
         .await;
         self.intent = None;
-        self.intent_from_annotation = false;
         Ok(())
     }
 

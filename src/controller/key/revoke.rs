@@ -5,7 +5,7 @@ use kube::{ResourceExt, runtime::events::EventType};
 
 use super::{FINALIZER, Run};
 use crate::controller::{
-    account::{self},
+    account::{self, same_credentials},
     decision::Retired,
     error::{Error, Result},
     finalizer,
@@ -29,12 +29,7 @@ impl Run<'_> {
         finalizer::remove(&self.keys, &self.name, FINALIZER, &self.ctx.metrics).await?;
         self.has_finalizer = false;
         let namespace = self.tsk.namespace().unwrap_or_default();
-        let accounts = self
-            .status
-            .account_ref
-            .iter()
-            .chain(self.status.previous_keys.iter().map(|p| &p.account_ref))
-            .chain(std::iter::once(&self.desired.account));
+        let accounts: std::collections::BTreeSet<_> = self.tsk.account_refs().collect();
         for account_ref in accounts {
             account::release_if_unused(self.ctx, &namespace, account_ref, Some(&self.uid)).await?;
         }
@@ -143,44 +138,50 @@ impl Run<'_> {
         if let Err(imburse::Error::NotFound(_) | imburse::Error::TenantNotFound(_)) = &result
             && !same_credentials(credentials, &client)
         {
-            // Looked at again slowly: the credentials may be put back without any change to
-            // the account that would wake this resource.
-            self.retry_in = Some(self.ctx.retries.stalled_retry(self.tsk));
-            return Err(Error::KeyNotRevoked {
-                public_key: public_key.into(),
-                why: format!(
+            return Err(self.not_proven_revoked(
+                public_key,
+                format!(
                     "the credentials of {:?} {} are not the ones it was made with, and they do not know it",
                     account_ref.kind, account_ref.name
                 ),
-            });
+            ));
         }
-        match result.or_else(|e| match e {
-            imburse::Error::NotFound(_) => Ok(()),
-            e => Err(Error::from(e)),
-        }) {
-            Ok(()) => {
+        let e = match result {
+            Ok(()) | Err(imburse::Error::NotFound(_)) => {
                 self.ctx.metrics.keys_revoked.inc();
-                Ok(Revoked::Done)
+                return Ok(Revoked::Done);
             }
-            Err(Error::Imburse(imburse::Error::TenantNotFound(_))) => {
+            Err(imburse::Error::TenantNotFound(_)) => {
                 self.tenant_gone(tenant_id, &format!("key {public_key} counts as revoked"))
                     .await;
-                Ok(Revoked::TenantGone)
+                return Ok(Revoked::TenantGone);
             }
-            Err(e) if moved && e.is_permanent() => {
-                let at = endpoint.map_or("", |e| e.base_url.as_str());
-                let message = format!("could not revoke key {public_key} at {at}: {e}");
-                tracing::warn!(%public_key, error = %e, "key could not be revoked where it lives");
-                self.event(
-                    EventType::Warning,
-                    "KeyNotRevoked",
-                    "RevokeKey",
-                    format!("{message}; revoke it by hand"),
-                )
-                .await;
-                Ok(Revoked::Refused(message))
-            }
-            Err(e) => Err(e),
+            Err(e) => Error::from(e),
+        };
+        if !(moved && e.is_permanent()) {
+            return Err(e);
+        }
+        let at = endpoint.map_or("", |e| e.base_url.as_str());
+        let message = format!("could not revoke key {public_key} at {at}: {e}");
+        tracing::warn!(%public_key, error = %e, "key could not be revoked where it lives");
+        self.event(
+            EventType::Warning,
+            "KeyNotRevoked",
+            "RevokeKey",
+            format!("{message}; revoke it by hand"),
+        )
+        .await;
+        Ok(Revoked::Refused(message))
+    }
+
+    /// The error that holds a key only other credentials than its own say is gone. It is
+    /// looked at again slowly: the credentials may be put back without any change to the
+    /// account that would wake this resource.
+    pub(super) fn not_proven_revoked(&mut self, public_key: &str, why: String) -> Error {
+        self.retry_in = Some(self.ctx.retries.stalled_retry(self.tsk));
+        Error::KeyNotRevoked {
+            public_key: public_key.into(),
+            why,
         }
     }
 
@@ -194,12 +195,6 @@ impl Run<'_> {
         )
         .await;
     }
-}
-
-/// Whether `client` signs with the credentials a key was recorded with; a record without them
-/// (older versions) cannot tell, and is taken to.
-pub(super) fn same_credentials(recorded: Option<&str>, client: &imburse::AccountClient) -> bool {
-    recorded.is_none_or(|r| r == client.credentials_fingerprint())
 }
 
 /// Revokes a key; one that is already gone counts as revoked.
