@@ -2,7 +2,6 @@
 
 use std::{
     io::Write,
-    net::SocketAddr,
     sync::{Arc, atomic::AtomicBool},
     time::Duration,
 };
@@ -14,7 +13,10 @@ use tracing_subscriber::EnvFilter;
 use crate::{
     allowed_hosts::AllowedHosts,
     controller::{self, Context, KeyLimits, Settings},
-    crd, http, leader,
+    crd,
+    http::{self, BindAddress},
+    kube_client, leader,
+    liveness::Liveness,
     metrics::{self, Metrics},
 };
 
@@ -52,71 +54,88 @@ enum LogFormat {
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
-    /// Address of the metrics and health endpoints.
-    #[arg(long, env = "LISTEN_ADDRESS", default_value = "0.0.0.0:8080")]
-    listen_address: SocketAddr,
+    /// Address `/metrics` is served on: `ip:port`, `:port` for every interface, or `0` for
+    /// none.
+    #[arg(long, env = "TKO_METRICS_BIND_ADDRESS", default_value = ":8080")]
+    metrics_bind_address: BindAddress,
+    /// Address the probes (`/livez`, `/readyz`, `/healthz`) are served on, in the same form.
+    #[arg(long, env = "TKO_HEALTH_PROBE_BIND_ADDRESS", default_value = ":8081")]
+    health_probe_bind_address: BindAddress,
+    /// How long a reconcile may run before `/livez` fails, so that Kubernetes restarts a
+    /// controller that is wedged (each Imburse and Kubernetes request has a timeout of its own,
+    /// so a healthy reconcile ends well within it).
+    #[arg(long, env = "TKO_LIVENESS_STALL_TIMEOUT", default_value = "5m", value_parser = parse_interval)]
+    liveness_stall_timeout: Duration,
     /// Namespace the operator runs in; ClusterImburseAccount credentials are read from here
     /// unless --cluster-account-secret-namespace says otherwise.
     #[arg(long, env = "POD_NAMESPACE", default_value = "tenant-key-operator")]
     namespace: String,
     /// Namespace of the credentials Secrets of ClusterImburseAccounts.
-    #[arg(long, env = "CLUSTER_ACCOUNT_SECRET_NAMESPACE")]
+    #[arg(long, env = "TKO_CLUSTER_ACCOUNT_SECRET_NAMESPACE")]
     cluster_account_secret_namespace: Option<String>,
     /// Namespaces whose TenantSecurityKeys, ImburseAccounts and Secrets the operator watches,
     /// comma-separated; none (the default) watches all namespaces. ClusterImburseAccount
     /// credentials are read from --cluster-account-secret-namespace either way.
-    #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',')]
+    #[arg(long, env = "TKO_WATCH_NAMESPACES", value_delimiter = ',')]
     watch_namespaces: Vec<String>,
     /// Hosts an account's baseUrl may name, comma-separated: host names, `*.domain` wildcards
     /// (subdomains only) or IP addresses. Requests signed with account credentials go nowhere
     /// else.
-    #[arg(long, env = "ALLOWED_IMBURSE_HOSTS", default_value_t = AllowedHosts::default())]
+    #[arg(long, env = "TKO_ALLOWED_IMBURSE_HOSTS", default_value_t = AllowedHosts::default())]
     allowed_imburse_hosts: AllowedHosts,
     /// Reconciles running at once per resource kind.
-    #[arg(long, env = "CONCURRENCY", default_value_t = 8)]
+    #[arg(long, env = "TKO_CONCURRENCY", default_value_t = 8)]
     concurrency: u16,
     /// Sustained Imburse requests per second per account (0: no client-side limit).
-    #[arg(long, env = "IMBURSE_RATE_LIMIT", default_value_t = 10)]
+    #[arg(long, env = "TKO_IMBURSE_RATE_LIMIT", default_value_t = 10)]
     imburse_rate_limit: u32,
     /// Imburse requests allowed in a burst per account.
-    #[arg(long, env = "IMBURSE_BURST", default_value_t = 20)]
+    #[arg(long, env = "TKO_IMBURSE_BURST", default_value_t = 20)]
     imburse_burst: u32,
-    /// Timeout of one Imburse request, in seconds.
-    #[arg(long, env = "IMBURSE_TIMEOUT_SECONDS", default_value_t = 30)]
-    imburse_timeout_seconds: u64,
-    /// Seconds before an account whose credentials Imburse refused (401 or 403) is verified
-    /// again, doubled per refusal up to an hour: a refusal may be of the moment (clock skew),
-    /// and nothing in the cluster changes when Imburse recovers.
-    #[arg(long, env = "CREDENTIALS_RETRY_SECONDS", default_value_t = 120)]
-    credentials_retry_seconds: u64,
+    /// Timeout of one Imburse request.
+    #[arg(long, env = "TKO_IMBURSE_TIMEOUT", default_value = "30s", value_parser = parse_positive)]
+    imburse_timeout: Duration,
+    /// How long before an account whose credentials Imburse refused (401 or 403), or a key
+    /// that cannot be proven revoked, is looked at again; doubled per refusal up to an hour: a
+    /// refusal may be of the moment (clock skew), and nothing in the cluster changes when
+    /// Imburse recovers.
+    #[arg(long, env = "TKO_CREDENTIALS_RETRY_INTERVAL", default_value = "2m", value_parser = parse_positive)]
+    credentials_retry_interval: Duration,
+    /// Sustained Kubernetes API requests per second (0: no client-side limit; the API
+    /// server's priority and fairness still applies). Watches count once, when they start.
+    #[arg(long, env = "TKO_KUBE_API_QPS", default_value_t = 0)]
+    kube_api_qps: u32,
+    /// Kubernetes API requests allowed in a burst above --kube-api-qps.
+    #[arg(long, env = "TKO_KUBE_API_BURST", default_value_t = 0)]
+    kube_api_burst: u32,
     /// How often every live key is checked at Imburse, as a duration (`1h`, `30m`; `0s`
     /// never checks). One listing per account and tenant, not per key; a key Imburse no
     /// longer knows is replaced.
-    #[arg(long, env = "VERIFY_INTERVAL", default_value = "1h", value_parser = parse_interval)]
+    #[arg(long, env = "TKO_VERIFY_INTERVAL", default_value = "1h", value_parser = parse_interval)]
     verify_interval: Duration,
     /// Shortest `rotation.interval` a TenantSecurityKey may ask for (`1h`, `30m`): each
     /// rotation mints a key at Imburse, so whoever can edit a key must not mint them in a loop.
     /// A shorter interval stalls the resource with `InvalidSpec`.
-    #[arg(long, env = "MIN_ROTATION_INTERVAL", default_value = "1h", value_parser = parse_interval)]
+    #[arg(long, env = "TKO_MIN_ROTATION_INTERVAL", default_value = "1h", value_parser = parse_interval)]
     min_rotation_interval: Duration,
     /// Longest `rotation.gracePeriod` a TenantSecurityKey may ask for: a replaced key stays
     /// valid that long, and pending replaced keys are capped.
-    #[arg(long, env = "MAX_GRACE_PERIOD", default_value = "168h", value_parser = parse_interval)]
+    #[arg(long, env = "TKO_MAX_GRACE_PERIOD", default_value = "168h", value_parser = parse_interval)]
     max_grace_period: Duration,
     /// Kubeconfig to use instead of the in-cluster configuration or $KUBECONFIG.
     #[arg(long)]
     kubeconfig: Option<std::path::PathBuf>,
     /// Log filter, in `tracing` EnvFilter syntax.
-    #[arg(long, env = "RUST_LOG", default_value = "info,kube=warn")]
+    #[arg(long, env = "TKO_LOG_FILTER", default_value = "info,kube=warn")]
     log_filter: String,
     /// Log format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(long, env = "TKO_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
     /// Run the controllers only while holding a Lease, so that of several replicas one works
     /// and the others stand by; `--leader-election=false` for a single replica.
     #[arg(
         long,
-        env = "LEADER_ELECTION",
+        env = "TKO_LEADER_ELECTION",
         action = ArgAction::Set,
         num_args = 0..=1,
         require_equals = true,
@@ -125,25 +144,25 @@ struct RunArgs {
     )]
     leader_election: bool,
     /// Namespace of the leader election Lease (default: --namespace).
-    #[arg(long, env = "LEADER_ELECTION_NAMESPACE")]
+    #[arg(long, env = "TKO_LEADER_ELECTION_NAMESPACE")]
     leader_election_namespace: Option<String>,
     /// Name of the leader election Lease.
     #[arg(
         long,
-        env = "LEADER_ELECTION_LEASE_NAME",
+        env = "TKO_LEADER_ELECTION_LEASE_NAME",
         default_value = "tenant-key-operator"
     )]
     leader_election_lease_name: String,
     /// How long the other replicas wait after the leader's last renewal before taking over
     /// (whole seconds).
-    #[arg(long, env = "LEADER_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = parse_interval)]
+    #[arg(long, env = "TKO_LEADER_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = parse_interval)]
     leader_election_lease_duration: Duration,
     /// How long after its last renewal a leader that cannot renew stops (and exits); shorter
     /// than the lease duration, so that it stops before another replica takes over.
-    #[arg(long, env = "LEADER_ELECTION_RENEW_DEADLINE", default_value = "10s", value_parser = parse_interval)]
+    #[arg(long, env = "TKO_LEADER_ELECTION_RENEW_DEADLINE", default_value = "10s", value_parser = parse_interval)]
     leader_election_renew_deadline: Duration,
     /// How often the leader renews the Lease (whole seconds).
-    #[arg(long, env = "LEADER_ELECTION_RETRY_PERIOD", default_value = "2s", value_parser = parse_interval)]
+    #[arg(long, env = "TKO_LEADER_ELECTION_RETRY_PERIOD", default_value = "2s", value_parser = parse_interval)]
     leader_election_retry_period: Duration,
 }
 
@@ -237,6 +256,15 @@ fn parse_interval(value: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{value:?} is not a duration such as 1h, 30m or 0s"))
 }
 
+/// A duration that must not be zero: a timeout or retry delay of nothing would spin.
+fn parse_positive(value: &str) -> Result<Duration, String> {
+    let duration = parse_interval(value)?;
+    if duration.is_zero() {
+        return Err(format!("{value:?} must be longer than 0s"));
+    }
+    Ok(duration)
+}
+
 fn run(args: RunArgs) -> Result<(), BoxError> {
     limit_malloc_arenas();
     init_tracing(&args.log_filter, args.log_format)?;
@@ -275,7 +303,7 @@ async fn run_async(args: RunArgs) -> Result<(), BoxError> {
     let metrics = Metrics::register(&mut registry);
     let observer_metrics = metrics.clone();
     let imburse = imburse::Client::new(imburse::ClientOptions {
-        request_timeout: Duration::from_secs(args.imburse_timeout_seconds),
+        request_timeout: args.imburse_timeout,
         rate_limit: (args.imburse_rate_limit > 0).then_some(imburse::RateLimit {
             per_second: args.imburse_rate_limit,
             burst: args.imburse_burst.max(1),
@@ -285,15 +313,17 @@ async fn run_async(args: RunArgs) -> Result<(), BoxError> {
         })),
         ..Default::default()
     })?;
-    let client = match &args.kubeconfig {
+    let config = match &args.kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
-            let config =
-                kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
-            kube::Client::try_from(config)?
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
         }
-        None => kube::Client::try_default().await?,
+        None => kube::Config::infer().await?,
     };
+    let client = kube_client::client(
+        config,
+        kube_client::RateLimit::from_flags(args.kube_api_qps, args.kube_api_burst),
+    )?;
     let mut watch_namespaces: Vec<String> = args
         .watch_namespaces
         .iter()
@@ -321,7 +351,7 @@ async fn run_async(args: RunArgs) -> Result<(), BoxError> {
         concurrency: args.concurrency,
         backoff_base: Duration::from_secs(1),
         backoff_cap: Duration::from_secs(300),
-        stalled_retry: Duration::from_secs(args.credentials_retry_seconds.max(1)),
+        stalled_retry: args.credentials_retry_interval,
         verify_interval: (!args.verify_interval.is_zero()).then_some(args.verify_interval),
         key_limits: KeyLimits {
             min_rotation_interval: args.min_rotation_interval,
@@ -329,24 +359,44 @@ async fn run_async(args: RunArgs) -> Result<(), BoxError> {
         },
     };
     let ready = Arc::new(AtomicBool::new(false));
+    let liveness = Liveness::new(args.liveness_stall_timeout);
     let ctx = Arc::new(Context::new(
         client.clone(),
         imburse,
         metrics,
         settings,
         ready.clone(),
+        liveness.clone(),
     ));
-    let cache = ctx.clone();
-    metrics::register_key_metrics(&mut registry, move || cache.cached_keys());
-    let listener = http::bind(args.listen_address).await?;
-    tracing::info!(address = %listener.local_addr()?, "serving metrics and health endpoints");
+    let (keys, accounts) = (ctx.clone(), ctx.clone());
+    metrics::register_cache_metrics(
+        &mut registry,
+        metrics::Caches {
+            keys: Box::new(move || keys.cached_keys()),
+            accounts: Box::new(move || accounts.cached_accounts()),
+        },
+    );
+    // Both bound before anything runs, so that a taken port fails start-up.
+    let metrics_listener = http::bind(args.metrics_bind_address).await?;
+    let probes_listener = http::bind(args.health_probe_bind_address).await?;
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown_signal()));
-    let server = tokio::spawn(http::serve(
-        listener,
-        registry,
-        ready.clone(),
-        shutdown.clone(),
-    ));
+    let mut servers = Vec::new();
+    for (listener, app, what) in [
+        (metrics_listener, http::metrics(registry), "metrics"),
+        (
+            probes_listener,
+            http::probes(ready.clone(), liveness),
+            "health probes",
+        ),
+    ] {
+        match listener {
+            Some(listener) => {
+                tracing::info!(address = %listener.local_addr()?, "serving {what}");
+                servers.push(tokio::spawn(http::serve(listener, app, shutdown.clone())));
+            }
+            None => tracing::info!("not serving {what}"),
+        }
+    }
     let controllers = controller::run(ctx, shutdown.clone());
     match election {
         Some(election) => {
@@ -357,7 +407,9 @@ async fn run_async(args: RunArgs) -> Result<(), BoxError> {
         }
         None => controllers.await,
     }
-    server.await??;
+    for server in servers {
+        server.await??;
+    }
     Ok(())
 }
 
@@ -447,6 +499,61 @@ mod tests {
                 .leader_election()
                 .is_err()
         );
+        Ok(())
+    }
+
+    #[test]
+    fn every_variable_carries_the_prefix() {
+        use clap::CommandFactory;
+
+        let command = Cli::command();
+        let run = command
+            .find_subcommand("run")
+            .unwrap_or_else(|| unreachable!("`run` is a command"));
+        let variables: Vec<String> = run
+            .get_arguments()
+            .filter_map(|arg| arg.get_env())
+            .map(|env| env.to_string_lossy().into_owned())
+            .collect();
+        assert!(variables.len() > 20, "{variables:?}");
+        for variable in variables {
+            // The namespace comes from the downward API under its conventional name.
+            assert!(
+                variable.starts_with("TKO_") || variable == "POD_NAMESPACE",
+                "{variable}"
+            );
+        }
+    }
+
+    #[test]
+    fn ports_and_durations_take_the_conventional_forms() -> Result<(), clap::Error> {
+        let args = run_args(&[])?;
+        assert_eq!(args.metrics_bind_address.to_string(), "0.0.0.0:8080");
+        assert_eq!(args.health_probe_bind_address.to_string(), "0.0.0.0:8081");
+        assert_eq!(args.imburse_timeout, Duration::from_secs(30));
+        assert_eq!(args.credentials_retry_interval, Duration::from_secs(120));
+        assert_eq!(args.liveness_stall_timeout, Duration::from_secs(300));
+        assert_eq!((args.kube_api_qps, args.kube_api_burst), (0, 0));
+
+        let args = run_args(&[
+            "--metrics-bind-address",
+            "0",
+            "--imburse-timeout",
+            "1m30s",
+            "--credentials-retry-interval",
+            "5s",
+        ])?;
+        assert_eq!(args.metrics_bind_address, BindAddress::Off);
+        assert_eq!(args.imburse_timeout, Duration::from_secs(90));
+        assert_eq!(args.credentials_retry_interval, Duration::from_secs(5));
+        for invalid in [
+            &["--imburse-timeout", "0s"][..],
+            &["--imburse-timeout", "30"],
+            &["--credentials-retry-interval", "0s"],
+            &["--health-probe-bind-address", "8081"],
+        ] {
+            assert!(run_args(invalid).is_err(), "{invalid:?} parsed");
+        }
         Ok(())
     }
 }

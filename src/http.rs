@@ -1,11 +1,16 @@
-//! The HTTP surface: `/metrics` for Prometheus, `/healthz` and `/readyz` for probes.
+//! The HTTP surface: `/metrics` for Prometheus on one address; `/livez`, `/readyz` and
+//! `/healthz` for the probes on another, so that a NetworkPolicy or a ServiceMonitor can open
+//! one without the other.
 
 use std::{
-    net::SocketAddr,
+    fmt,
+    net::{Ipv4Addr, SocketAddr},
+    str::FromStr,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    time::Instant,
 };
 
 use axum::{
@@ -13,36 +18,87 @@ use axum::{
 };
 use prometheus_client::registry::Registry;
 
-struct Shared {
-    registry: Registry,
-    ready: Arc<AtomicBool>,
+use crate::liveness::Liveness;
+
+/// Where a server listens, in the form of controller-runtime's bind address flags: `host:port`,
+/// `:port` for every interface, or `0` for not at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BindAddress {
+    Off,
+    At(SocketAddr),
 }
 
-/// Serves until `shutdown` resolves.
+impl FromStr for BindAddress {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        if value == "0" {
+            return Ok(Self::Off);
+        }
+        let invalid = || format!("{value:?} is not `host:port`, `:port` or `0`");
+        match value.strip_prefix(':') {
+            Some(port) => port
+                .parse()
+                .map(|port| Self::At(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))))
+                .map_err(|_| invalid()),
+            None => value.parse().map(Self::At).map_err(|_| invalid()),
+        }
+    }
+}
+
+impl fmt::Display for BindAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Off => f.write_str("0"),
+            Self::At(address) => address.fmt(f),
+        }
+    }
+}
+
+/// Binds `address`, so that a taken port fails start-up with a clear error; `None` when it is
+/// off.
+pub async fn bind(address: BindAddress) -> std::io::Result<Option<tokio::net::TcpListener>> {
+    match address {
+        BindAddress::Off => Ok(None),
+        BindAddress::At(address) => tokio::net::TcpListener::bind(address).await.map(Some),
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    registry: Registry,
-    ready: Arc<AtomicBool>,
+    app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .with_state(Arc::new(Shared { registry, ready }));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }
 
-/// Binds the listen address, so that a taken port fails start-up with a clear error.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await
+/// `/metrics`, encoding `registry` at each scrape.
+pub fn metrics(registry: Registry) -> Router {
+    Router::new()
+        .route("/metrics", get(encode_metrics))
+        .with_state(Arc::new(registry))
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+/// The probes: `/livez` (and `/healthz`, its older name) fails while a reconcile is wedged;
+/// `/readyz` fails until the caches are synced.
+pub fn probes(ready: Arc<AtomicBool>, liveness: Arc<Liveness>) -> Router {
+    Router::new()
+        .route("/livez", get(livez))
+        .route("/healthz", get(livez))
+        .with_state(liveness)
+        .merge(
+            Router::new()
+                .route("/readyz", get(readyz))
+                .with_state(ready),
+        )
+}
+
+async fn encode_metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
     let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &shared.registry) {
+    match prometheus_client::encoding::text::encode(&mut body, &registry) {
         Ok(()) => (
             StatusCode::OK,
             [(
@@ -56,10 +112,52 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     }
 }
 
-async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    if shared.ready.load(Ordering::Relaxed) {
+async fn livez(State(liveness): State<Arc<Liveness>>) -> impl IntoResponse {
+    match liveness.stall(Instant::now()) {
+        None => (StatusCode::OK, "ok".to_owned()),
+        Some(stall) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "a reconcile of a {} has run for {}s",
+                stall.kind,
+                stall.running_for.as_secs()
+            ),
+        ),
+    }
+}
+
+async fn readyz(State(ready): State<Arc<AtomicBool>>) -> impl IntoResponse {
+    if ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ok")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_addresses_take_the_controller_runtime_forms() {
+        assert_eq!("0".parse(), Ok(BindAddress::Off));
+        assert_eq!(
+            ":8080".parse(),
+            Ok(BindAddress::At(SocketAddr::from(([0, 0, 0, 0], 8080))))
+        );
+        assert_eq!(
+            "127.0.0.1:0".parse(),
+            Ok(BindAddress::At(SocketAddr::from(([127, 0, 0, 1], 0))))
+        );
+        assert_eq!(
+            "[::1]:9000".parse::<BindAddress>().map(|a| a.to_string()),
+            Ok("[::1]:9000".to_owned())
+        );
+        for invalid in ["", ":", "8080", "localhost:8080", ":http", "0.0.0.0"] {
+            assert!(
+                invalid.parse::<BindAddress>().is_err(),
+                "{invalid:?} parsed"
+            );
+        }
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! - [`crd`]: the custom resource types (the source of the CRD YAML in `crds/`);
 //! - [`controller`]: the reconcilers, built around the pure [`controller::decision`];
-//! - [`http`] and [`metrics`]: the operational surface;
+//! - [`http`], [`metrics`] and [`liveness`]: the operational surface;
 //! - [`leader`]: leader election, so that one of several replicas reconciles;
+//! - [`kube_client`]: the Kubernetes API client and its optional rate limit;
 //! - [`allowed_hosts`]: where accounts may send signed requests;
 //! - [`cli`]: the binary's wiring.
 //!
@@ -15,6 +16,8 @@ pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod http;
+pub mod kube_client;
 pub mod labels;
 pub mod leader;
+pub mod liveness;
 pub mod metrics;

@@ -1,5 +1,6 @@
 //! Prometheus metrics, all prefixed `tenant_key_operator_`: counters the reconcilers update,
-//! and per-key gauges computed from the cache at each scrape ([`register_key_metrics`]).
+//! and per-key and per-account gauges computed from the caches at each scrape
+//! ([`register_cache_metrics`]).
 
 use std::{fmt, sync::Arc, time::Duration};
 
@@ -32,6 +33,11 @@ pub struct ImburseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WriteLabels {
     pub resource: String,
     pub verb: &'static str,
@@ -50,6 +56,8 @@ pub struct Metrics {
     pub reconcile_duration: Family<KindLabels, Histogram>,
     /// Imburse API requests by operation and HTTP status (`none` when no response arrived).
     pub imburse_requests: Family<ImburseLabels, Counter>,
+    /// How long Imburse API requests took, by operation.
+    pub imburse_request_duration: Family<OperationLabels, Histogram>,
     /// Writes to the Kubernetes API by resource and verb, to keep writes per key countable.
     pub kube_writes: Family<WriteLabels, Counter>,
     /// Keys created at Imburse, and keys revoked.
@@ -66,6 +74,10 @@ impl Metrics {
                 Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
             }),
             imburse_requests: Family::default(),
+            // Imburse answers in tens of milliseconds; its timeout is 30 s by default.
+            imburse_request_duration: Family::new_with_constructor(|| {
+                Histogram::new([0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+            }),
             kube_writes: Family::default(),
             keys_created: Counter::default(),
             keys_revoked: Counter::default(),
@@ -85,6 +97,12 @@ impl Metrics {
             "imburse_requests",
             "Imburse API requests by operation and HTTP status",
             metrics.imburse_requests.clone(),
+        );
+        r.register(
+            "imburse_request_duration_seconds",
+            "Duration of Imburse API requests by operation, to the end of the response body or \
+             the failure",
+            metrics.imburse_request_duration.clone(),
         );
         r.register(
             "kube_writes",
@@ -123,6 +141,11 @@ impl Metrics {
                 status,
             })
             .inc();
+        self.imburse_request_duration
+            .get_or_create(&OperationLabels {
+                operation: call.operation.as_str(),
+            })
+            .observe(call.elapsed.as_secs_f64());
     }
 
     pub fn kube_write(&self, resource: &str, verb: &'static str) {
@@ -135,33 +158,70 @@ impl Metrics {
     }
 }
 
-/// Registers the per-key gauges, computed at each scrape from the TenantSecurityKeys `keys`
-/// returns (the controller's cache), so they never go stale and cost nothing between scrapes.
-pub fn register_key_metrics(
-    registry: &mut Registry,
-    keys: impl Fn() -> Vec<Arc<TenantSecurityKey>> + Send + Sync + 'static,
-) {
+/// An account as the readiness gauge reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountReadiness {
+    pub kind: &'static str,
+    /// Empty for a ClusterImburseAccount.
+    pub namespace: String,
+    pub name: String,
+    /// Whether its Ready condition is True.
+    pub ready: bool,
+}
+
+/// What the gauges are computed from at each scrape: the controllers' caches. Computed then,
+/// they never go stale and cost nothing between scrapes.
+pub struct Caches {
+    pub keys: Box<dyn Fn() -> Vec<Arc<TenantSecurityKey>> + Send + Sync>,
+    pub accounts: Box<dyn Fn() -> Vec<AccountReadiness> + Send + Sync>,
+}
+
+/// Registers the per-key and per-account gauges, read from `caches` at each scrape.
+pub fn register_cache_metrics(registry: &mut Registry, caches: Caches) {
     registry
         .sub_registry_with_prefix(PREFIX)
-        .register_collector(Box::new(KeyMetrics {
-            keys: Box::new(keys),
-        }));
+        .register_collector(Box::new(caches));
 }
 
-struct KeyMetrics {
-    keys: Box<dyn Fn() -> Vec<Arc<TenantSecurityKey>> + Send + Sync>,
-}
-
-impl fmt::Debug for KeyMetrics {
+impl fmt::Debug for Caches {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("KeyMetrics")
+        f.write_str("Caches")
     }
 }
 
-impl Collector for KeyMetrics {
-    fn encode(&self, encoder: DescriptorEncoder) -> fmt::Result {
-        encode_keys(&(self.keys)(), Timestamp::now(), encoder)
+impl Collector for Caches {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        encode_keys(&(self.keys)(), Timestamp::now(), &mut encoder)?;
+        encode_accounts((self.accounts)(), &mut encoder)
     }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AccountLabels {
+    kind: &'static str,
+    namespace: String,
+    name: String,
+}
+
+/// Encodes the readiness of `accounts`, in the order of kind, namespace and name.
+fn encode_accounts(
+    mut accounts: Vec<AccountReadiness>,
+    encoder: &mut DescriptorEncoder,
+) -> fmt::Result {
+    accounts.sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));
+    gauge(
+        encoder,
+        "account_ready",
+        "Whether the account's credentials were verified (its Ready condition is True): 1 or 0",
+        accounts.into_iter().map(|account| {
+            let labels = AccountLabels {
+                kind: account.kind,
+                namespace: account.namespace,
+                name: account.name,
+            };
+            (labels, i64::from(account.ready))
+        }),
+    )
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -204,7 +264,7 @@ fn seconds(time: &Time) -> f64 {
 fn encode_keys(
     keys: &[Arc<TenantSecurityKey>],
     now: Timestamp,
-    mut encoder: DescriptorEncoder,
+    encoder: &mut DescriptorEncoder,
 ) -> fmt::Result {
     let mut keys: Vec<(KeyLabels, &TenantSecurityKey)> = keys
         .iter()
@@ -220,7 +280,7 @@ fn encode_keys(
     let status = |key: &TenantSecurityKey| key.status.clone().unwrap_or_default();
 
     gauge(
-        &mut encoder,
+        encoder,
         "build_info",
         "The operator's version; always 1",
         [(
@@ -233,7 +293,7 @@ fn encode_keys(
     // As kube-state-metrics reports conditions: one sample per possible status, 1 for the
     // current one, so that a missing condition reads as `unknown` rather than as no data.
     gauge(
-        &mut encoder,
+        encoder,
         "key_ready_status",
         "Status of the key's Ready condition (true, false or unknown): 1 for the current one",
         keys.iter().flat_map(|(labels, key)| {
@@ -256,7 +316,7 @@ fn encode_keys(
         }),
     )?;
     gauge(
-        &mut encoder,
+        encoder,
         "key_created_timestamp_seconds",
         "When the key's current Imburse key was created (status.createdAt), as a Unix time",
         keys.iter().filter_map(|(labels, key)| {
@@ -265,7 +325,7 @@ fn encode_keys(
         }),
     )?;
     gauge(
-        &mut encoder,
+        encoder,
         "key_next_rotation_timestamp_seconds",
         "When the key is due for scheduled rotation (status.nextRotationAt), as a Unix time",
         keys.iter().filter_map(|(labels, key)| {
@@ -274,7 +334,7 @@ fn encode_keys(
         }),
     )?;
     gauge(
-        &mut encoder,
+        encoder,
         "key_rotation_interval_seconds",
         "The key's rotation interval (spec.rotation.interval)",
         keys.iter().filter_map(|(labels, key)| {
@@ -291,14 +351,14 @@ fn encode_keys(
             .collect::<Vec<_>>()
     };
     gauge(
-        &mut encoder,
+        encoder,
         "previous_keys_pending",
         "Replaced keys the operator still has to revoke",
         keys.iter()
             .map(|(labels, key)| (labels.clone(), pending(key).len() as i64)),
     )?;
     gauge(
-        &mut encoder,
+        encoder,
         "previous_keys_overdue",
         "Replaced keys still to revoke whose revocation time has passed",
         keys.iter().map(|(labels, key)| {
@@ -322,8 +382,18 @@ mod tests {
     }
 
     fn scrape(keys: Vec<Arc<TenantSecurityKey>>) -> String {
+        scrape_with(keys, Vec::new())
+    }
+
+    fn scrape_with(keys: Vec<Arc<TenantSecurityKey>>, accounts: Vec<AccountReadiness>) -> String {
         let mut registry = Registry::default();
-        register_key_metrics(&mut registry, move || keys.clone());
+        register_cache_metrics(
+            &mut registry,
+            Caches {
+                keys: Box::new(move || keys.clone()),
+                accounts: Box::new(move || accounts.clone()),
+            },
+        );
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry)
             .unwrap_or_else(|e| panic!("encoding: {e}"));
@@ -411,7 +481,11 @@ mod tests {
         ];
         let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("# HELP")).collect();
         assert_eq!(lines[..expected.len()], expected, "{text}");
-        assert_eq!(lines[expected.len()..], ["# EOF"], "{text}");
+        assert_eq!(
+            lines[expected.len()..],
+            ["# TYPE tenant_key_operator_account_ready gauge", "# EOF"],
+            "{text}"
+        );
         // Keys without the optional fields have no sample, not a zero.
         assert!(!text.contains(r#"key_created_timestamp_seconds{namespace="orders""#));
         assert!(!text.contains(r#"key_rotation_interval_seconds{namespace="orders""#));
@@ -423,5 +497,34 @@ mod tests {
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(samples.len(), 1, "{text}");
         assert!(samples[0].starts_with("tenant_key_operator_build_info{"));
+    }
+
+    #[test]
+    fn every_cached_account_reports_its_readiness() {
+        let account = |kind, namespace: &str, name: &str, ready| AccountReadiness {
+            kind,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            ready,
+        };
+        let text = scrape_with(
+            Vec::new(),
+            vec![
+                account("ImburseAccount", "payments", "refused", false),
+                account("ClusterImburseAccount", "", "shared", true),
+            ],
+        );
+        let samples: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("tenant_key_operator_account_ready{"))
+            .collect();
+        assert_eq!(
+            samples,
+            [
+                r#"tenant_key_operator_account_ready{kind="ClusterImburseAccount",namespace="",name="shared"} 1"#,
+                r#"tenant_key_operator_account_ready{kind="ImburseAccount",namespace="payments",name="refused"} 0"#,
+            ],
+            "{text}"
+        );
     }
 }

@@ -34,7 +34,7 @@ const MAX_FAILURES_OBSERVED: u32 = 8;
 /// delete, create and the client's retries of idempotent calls).
 const MAX_CALLS_OBSERVED: u64 = 40;
 /// The operator's Imburse request timeout, so that a hanging answer ends quickly.
-const IMBURSE_TIMEOUT_SECONDS: &str = "3";
+const IMBURSE_TIMEOUT: &str = "3s";
 /// A hang well beyond that timeout.
 const HANG_MS: u64 = 10_000;
 /// A body well beyond the client's limit.
@@ -547,7 +547,7 @@ fn main() -> std::process::ExitCode {
     let env = match Env::start_with(
         config,
         imburse_sandbox::Options::default(),
-        &["--imburse-timeout-seconds", IMBURSE_TIMEOUT_SECONDS],
+        &["--imburse-timeout", IMBURSE_TIMEOUT],
     ) {
         Ok(env) => Arc::new(env),
         Err(e) => {

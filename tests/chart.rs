@@ -74,6 +74,15 @@ fn main() -> std::process::ExitCode {
         ),
         ("service_monitor_is_optional", service_monitor_is_optional),
         (
+            "pod_monitor_scrapes_the_metrics_port",
+            pod_monitor_scrapes_the_metrics_port,
+        ),
+        (
+            "probes_and_metrics_have_ports_of_their_own",
+            probes_and_metrics_have_ports_of_their_own,
+        ),
+        ("escape_hatches_reach_the_pod", escape_hatches_reach_the_pod),
+        (
             "replicas_get_a_disruption_budget_and_rolling_updates",
             replicas_get_a_disruption_budget_and_rolling_updates,
         ),
@@ -350,6 +359,15 @@ fn values_are_checked_by_the_schema() -> Result<()> {
             "prometheusRule.imburseErrorRatio=2",
             "/prometheusRule/imburseErrorRatio",
         ),
+        ("imburse.timeoutSeconds=30", "timeoutSeconds"),
+        ("imburse.timeout=30", "/imburse/timeout"),
+        ("health.port=0", "/health/port"),
+        (
+            "livenessProbe.periodSeconds=0",
+            "/livenessProbe/periodSeconds",
+        ),
+        ("volumeMounts[0].name=ca", "/volumeMounts/0"),
+        ("podMonitor.interval=often", "/podMonitor/interval"),
     ] {
         match helm.template(&[value]) {
             Ok(_) => bail!("the chart accepted {value}"),
@@ -686,8 +704,10 @@ fn aggregated_roles_extend_view_and_edit() -> Result<()> {
 }
 
 /// Metric names the alerts and the dashboard may use: the operator's own metrics.
-const METRICS: [&str; 13] = [
+const METRICS: [&str; 15] = [
+    "tenant_key_operator_account_ready",
     "tenant_key_operator_build_info",
+    "tenant_key_operator_imburse_request_duration_seconds_bucket",
     "tenant_key_operator_imburse_requests_total",
     "tenant_key_operator_key_created_timestamp_seconds",
     "tenant_key_operator_key_next_rotation_timestamp_seconds",
@@ -750,6 +770,7 @@ fn alerts_parse_with_the_prometheus_rule_parser() -> Result<()> {
                 "TenantSecurityKeyNotReady",
                 "TenantSecurityKeyRevocationOverdue",
                 "TenantSecurityKeyRotationOverdue",
+                "ImburseAccountNotReady",
                 "TenantKeyOperatorImburseErrors",
                 "TenantKeyOperatorAbsent",
             ],
@@ -774,6 +795,17 @@ fn alerts_parse_with_the_prometheus_rule_parser() -> Result<()> {
         );
         ensure!(alert["labels"]["severity"].is_string());
         ensure!(alert["annotations"]["summary"].is_string());
+        // Each alert links to its own section of the troubleshooting page.
+        let runbook = format!(
+            "https://github.com/imburse/tenant-key-operator/blob/main/docs/troubleshooting.md#{}",
+            alert["alert"].as_str().unwrap_or_default().to_lowercase()
+        );
+        ensure!(
+            alert["annotations"]["runbook_url"] == runbook.as_str(),
+            "{} links to {}",
+            alert["alert"],
+            alert["annotations"]["runbook_url"]
+        );
     }
     // A broken expression is caught: the check is not vacuous.
     let mut broken = rule["spec"].clone();
@@ -936,6 +968,133 @@ fn service_monitor_is_optional() -> Result<()> {
     ensure!(monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]);
     ensure!(monitor["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]);
     Ok(())
+}
+
+fn pod_monitor_scrapes_the_metrics_port() -> Result<()> {
+    let helm = Helm::new()?;
+    let monitored = helm.template(&["podMonitor.enabled=true", "podMonitor.labels.release=kps"])?;
+    let monitor = find(&monitored, "PodMonitor")?;
+    let pod = &find(&monitored, "Deployment")?["spec"]["template"];
+    ensure!(monitor["metadata"]["labels"]["release"] == "kps");
+    let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
+    ensure!(endpoint["port"] == "metrics" && endpoint["path"] == "/metrics");
+    ensure!(pod["spec"]["containers"][0]["ports"][0]["name"] == "metrics");
+    for (label, value) in monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .context("no selector")?
+    {
+        ensure!(
+            pod["metadata"]["labels"][label] == *value,
+            "{label} selects no pod"
+        );
+    }
+    Ok(())
+}
+
+/// Metrics and probes are served on ports of their own; the probes ask `/livez` and `/readyz`
+/// there, with the settings the values give, and the ports reach the binary's flags.
+fn probes_and_metrics_have_ports_of_their_own() -> Result<()> {
+    let helm = Helm::new()?;
+    let rendered = helm.template(&[
+        "metrics.port=9090",
+        "health.port=9091",
+        "livenessProbe.failureThreshold=6",
+        "readinessProbe.periodSeconds=2",
+    ])?;
+    let container = &find(&rendered, "Deployment")?["spec"]["template"]["spec"]["containers"][0];
+    let ports: Vec<(&str, i64)> = container["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| Some((p["name"].as_str()?, p["containerPort"].as_i64()?)))
+        .collect();
+    ensure!(
+        ports == [("metrics", 9090), ("health", 9091)],
+        "ports {ports:?}"
+    );
+    let liveness = &container["livenessProbe"];
+    ensure!(liveness["httpGet"]["path"] == "/livez" && liveness["httpGet"]["port"] == "health");
+    ensure!(liveness["failureThreshold"] == 6 && liveness["periodSeconds"] == 10);
+    let readiness = &container["readinessProbe"];
+    ensure!(readiness["httpGet"]["path"] == "/readyz" && readiness["httpGet"]["port"] == "health");
+    ensure!(readiness["periodSeconds"] == 2);
+    let env = container_env(&serde_json::from_value(container.clone())?)?;
+    for (name, value) in [
+        ("TKO_METRICS_BIND_ADDRESS", ":9090"),
+        ("TKO_HEALTH_PROBE_BIND_ADDRESS", ":9091"),
+    ] {
+        ensure!(
+            env.iter().any(|(n, v)| n == name && v == value),
+            "{name}={value} missing from {env:?}"
+        );
+    }
+    let service = find(&rendered, "Service")?;
+    ensure!(service["spec"]["ports"][0]["targetPort"] == "metrics");
+    Ok(())
+}
+
+/// The values platform teams reach for, with the names other charts use, land where Kubernetes
+/// reads them.
+fn escape_hatches_reach_the_pod() -> Result<()> {
+    let helm = Helm::new()?;
+    let default = helm.template(&[])?;
+    let defaults = &find(&default, "Deployment")?["spec"];
+    ensure!(defaults["template"]["spec"]["nodeSelector"]["kubernetes.io/os"] == "linux");
+    ensure!(defaults["revisionHistoryLimit"] == 10);
+    ensure!(defaults["template"]["spec"]["imagePullSecrets"].is_null());
+
+    let rendered = helm.template(&[
+        "commonLabels.team=payments",
+        "podLabels.tier=ops",
+        "podAnnotations.example\\.com/scrape=no",
+        "priorityClassName=system-cluster-critical",
+        "revisionHistoryLimit=3",
+        "strategy.type=RollingUpdate",
+        "global.imagePullSecrets[0]=shared",
+        "imagePullSecrets[0].name=own",
+        "imagePullSecrets[1]=shared",
+        "extraArgs[0]=--verify-interval=30m",
+        "extraEnv[0].name=HTTPS_PROXY",
+        "extraEnv[0].value=http://proxy.corp:3128",
+        "volumes[0].name=ca",
+        "volumes[0].configMap.name=corporate-ca",
+        "volumeMounts[0].name=ca",
+        "volumeMounts[0].mountPath=/etc/corporate-ca",
+        "volumeMounts[0].readOnly=true",
+    ])?;
+    for document in &rendered {
+        ensure!(
+            document["metadata"]["labels"]["team"] == "payments",
+            "{} {} lacks commonLabels",
+            document["kind"],
+            document["metadata"]["name"]
+        );
+    }
+    let deployment = &find(&rendered, "Deployment")?["spec"];
+    let pod = &deployment["template"];
+    ensure!(deployment["revisionHistoryLimit"] == 3);
+    ensure!(deployment["strategy"]["type"] == "RollingUpdate");
+    ensure!(pod["metadata"]["labels"]["team"] == "payments");
+    ensure!(pod["metadata"]["labels"]["tier"] == "ops");
+    ensure!(pod["metadata"]["annotations"]["example.com/scrape"] == "no");
+    ensure!(pod["spec"]["priorityClassName"] == "system-cluster-critical");
+    ensure!(
+        pod["spec"]["imagePullSecrets"]
+            == serde_json::json!([{ "name": "shared" }, { "name": "own" }]),
+        "pull secrets {}",
+        pod["spec"]["imagePullSecrets"]
+    );
+    ensure!(pod["spec"]["volumes"][0]["configMap"]["name"] == "corporate-ca");
+    let container = &pod["spec"]["containers"][0];
+    ensure!(container["volumeMounts"][0]["mountPath"] == "/etc/corporate-ca");
+    ensure!(
+        container_env(&serde_json::from_value(container.clone())?)?
+            .iter()
+            .any(|(n, v)| n == "HTTPS_PROXY" && v == "http://proxy.corp:3128")
+    );
+    let args = container_args(&rendered)?;
+    ensure!(args.last().map(String::as_str) == Some("--verify-interval=30m"));
+    binary_accepts(&args)
 }
 
 /// Chart 0.1.0 installed the CRDs from `crds/`, which Helm never upgrades. From such a release,
@@ -1212,8 +1371,10 @@ fn run_under_the_chart_rbac(mode: Mode) -> Result<()> {
             &kubeconfig,
             logs.path(),
             &[
-                // The pod's port 8080 may be taken on this machine.
-                "--listen-address",
+                // The pod's ports may be taken on this machine.
+                "--metrics-bind-address",
+                "127.0.0.1:0",
+                "--health-probe-bind-address",
                 "127.0.0.1:0",
                 "--log-filter",
                 "debug,hyper=info,hyper_util=info,tower=info,h2=info,rustls=info,reqwest=info",

@@ -32,8 +32,8 @@ fn main() -> std::process::ExitCode {
             &[
                 "--verify-interval",
                 "2s",
-                "--credentials-retry-seconds",
-                "2",
+                "--credentials-retry-interval",
+                "2s",
             ],
         )
     };

@@ -30,9 +30,10 @@ const BURST: usize = 20;
 fn main() -> std::process::ExitCode {
     let start = || {
         let env = Env::start_with(
-            Config::generate(1, 4 + BURST),
+            Config::generate(1, 5 + BURST),
             Options::default(),
-            &["--log-format", "json"],
+            // Short, so that a create Imburse holds for seconds counts as a wedged reconcile.
+            &["--log-format", "json", "--liveness-stall-timeout", "1s"],
         )?;
         env.block_on(env.namespace_with_account(NS, 0))?;
         Ok(env)
@@ -45,6 +46,10 @@ fn main() -> std::process::ExitCode {
         (
             "sigterm_hands_the_lease_over_at_once",
             sigterm_hands_the_lease_over_at_once,
+        ),
+        (
+            "livez_fails_while_a_reconcile_hangs",
+            livez_fails_while_a_reconcile_hangs,
         ),
         (
             "sigterm_lets_a_create_in_flight_finish",
@@ -106,13 +111,11 @@ async fn identity(log: &Path, except: Option<&str>) -> Result<String> {
 }
 
 async fn metrics_address(log: &Path) -> Result<String> {
-    logged(
-        log,
-        "serving metrics and health endpoints",
-        "address",
-        |_| true,
-    )
-    .await
+    logged(log, "serving metrics", "address", |_| true).await
+}
+
+async fn probes_address(log: &Path) -> Result<String> {
+    logged(log, "serving health probes", "address", |_| true).await
 }
 
 fn leases(env: &Env) -> Api<Lease> {
@@ -195,6 +198,8 @@ fn a_follower_does_not_reconcile_and_the_leader_reports_its_keys(env: &Env) -> R
         for prefix in [
             r#"tenant_key_operator_key_created_timestamp_seconds{namespace="ha",name="observed"} "#,
             r#"tenant_key_operator_build_info{version=""#,
+            r#"tenant_key_operator_account_ready{kind="ImburseAccount",namespace="ha",name=""#,
+            r#"tenant_key_operator_imburse_request_duration_seconds_count{operation="create_key"} "#,
         ] {
             ensure!(
                 text.lines().any(|l| l.starts_with(prefix)),
@@ -216,12 +221,69 @@ fn a_follower_does_not_reconcile_and_the_leader_reports_its_keys(env: &Env) -> R
             reconciles.is_empty(),
             "the follower reconciled or cached keys: {reconciles:?}"
         );
-        for path in ["/readyz", "/healthz"] {
-            let (status, _) = scrape(&follower, path).await?;
-            ensure!(status == 200, "follower {path}: {status}");
+        let follower_probes = probes_address(standby.log_path()).await?;
+        for (probes, path) in [
+            (&follower_probes, "/readyz"),
+            (&follower_probes, "/livez"),
+            (&follower_probes, "/healthz"),
+        ] {
+            let (status, _) = scrape(probes, path).await?;
+            ensure!(status == 200, "{probes}{path}: {status}");
         }
+        let (status, _) = scrape(&follower_probes, "/metrics").await?;
+        ensure!(status == 404, "the probes address serves /metrics: {status}");
         drop(standby);
         anyhow::Ok(())
+    })
+}
+
+/// A reconcile that runs past `--liveness-stall-timeout` (here: a create Imburse does not
+/// answer) fails `/livez`, so that the kubelet would restart the process; once it ends, `/livez`
+/// passes again. `/readyz` is not affected.
+fn livez_fails_while_a_reconcile_hangs(env: &Env) -> Result<()> {
+    env.block_on(async {
+        let probes = probes_address(&operator_log(env)).await?;
+        let livez = || async {
+            let (status, body) = scrape(&probes, "/livez").await?;
+            anyhow::Ok((status, body))
+        };
+        poll(
+            || async { Ok(livez().await?.0 == 200) },
+            "/livez to pass at rest",
+        )
+        .await?;
+        env.sandbox
+            .admin()
+            .set_faults(&Faults {
+                create_response_delay_ms: 6_000,
+                ..Default::default()
+            })
+            .await?;
+        let tenant = env.tenant(0, 4 + BURST);
+        env.create_key(NS, "hanging", &tenant, json!({})).await?;
+        let failed = std::cell::RefCell::new(None);
+        poll(
+            || async {
+                let (status, body) = livez().await?;
+                if status == 503 {
+                    failed.replace(Some(body));
+                }
+                Ok(failed.borrow().is_some())
+            },
+            "/livez to fail while the create hangs",
+        )
+        .await?;
+        let body = failed.take().unwrap_or_default();
+        ensure!(body.contains("TenantSecurityKey"), "/livez said {body:?}");
+        let (status, _) = scrape(&probes, "/readyz").await?;
+        ensure!(status == 200, "/readyz failed with /livez: {status}");
+        env.sandbox.admin().set_faults(&Faults::default()).await?;
+        expect_single_key(env, NS, "hanging", &tenant).await?;
+        poll(
+            || async { Ok(livez().await?.0 == 200) },
+            "/livez to pass once the create ended",
+        )
+        .await
     })
 }
 

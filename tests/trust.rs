@@ -28,7 +28,7 @@ fn main() -> std::process::ExitCode {
         Env::start_with(
             Config::generate(1, 24),
             imburse_sandbox::Options::default(),
-            &["--credentials-retry-seconds", "2"],
+            &["--credentials-retry-interval", "2s"],
         )
     };
     let tests: Vec<(&str, TestFn)> = vec![

@@ -476,7 +476,7 @@ async fn metrics_address(log: &Path) -> Result<String> {
                 .unwrap_or_default()
                 .lines()
                 .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .find(|l| l["fields"]["message"] == "serving metrics and health endpoints")
+                .find(|l| l["fields"]["message"] == "serving metrics")
                 .and_then(|l| l["fields"]["address"].as_str().map(str::to_owned));
             let found = address.is_some();
             async move { Ok(found) }

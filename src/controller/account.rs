@@ -450,6 +450,7 @@ async fn connect_to(
 
 /// Reconciles either account kind: verifies the credentials and reports the result.
 pub async fn reconcile<A: AccountResource>(account: Arc<A>, ctx: Arc<Context>) -> Result<Action> {
+    let _in_flight = ctx.liveness.start(A::KIND);
     let started = Instant::now();
     if account.meta().deletion_timestamp.is_some() {
         // Keys still using it keep it (and its credentials) until they are revoked; the last

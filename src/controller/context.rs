@@ -15,8 +15,9 @@ use kube::{
 use super::{FIELD_MANAGER, account::AccountResource, events::Recorder, retry::Retries};
 use crate::{
     allowed_hosts::AllowedHosts,
-    crd::{ClusterImburseAccount, ImburseAccount, TenantSecurityKey},
-    metrics::Metrics,
+    crd::{self, ClusterImburseAccount, ImburseAccount, TenantSecurityKey},
+    liveness::Liveness,
+    metrics::{AccountReadiness, Metrics},
 };
 
 /// Settings that shape reconciliation.
@@ -76,6 +77,8 @@ pub struct Context {
     pub(super) ready: Arc<AtomicBool>,
     /// Failures and refusals per object, and the delays they call for.
     pub retries: Retries,
+    /// The reconciles in flight, which `/livez` watches for one that never ends.
+    pub liveness: Arc<Liveness>,
     /// The TenantSecurityKey caches (one per watched scope), set once the controllers run.
     pub(super) key_stores: OnceLock<Vec<Store<TenantSecurityKey>>>,
     /// The account caches, set once the controllers run.
@@ -91,6 +94,7 @@ impl Context {
         metrics: Metrics,
         settings: Settings,
         ready: Arc<AtomicBool>,
+        liveness: Arc<Liveness>,
     ) -> Self {
         let retries = Retries::new(
             settings.backoff_base,
@@ -109,6 +113,7 @@ impl Context {
             settings,
             ready,
             retries,
+            liveness,
             key_stores: OnceLock::new(),
             account_stores: OnceLock::new(),
             revoked_remotely: Mutex::default(),
@@ -157,6 +162,30 @@ pub struct AccountStores {
 }
 
 impl Context {
+    /// Every account in the caches and whether it is Ready; none before the controllers run.
+    pub fn cached_accounts(&self) -> Vec<AccountReadiness> {
+        fn readiness<A: AccountResource>(store: &Store<A>) -> Vec<AccountReadiness> {
+            store
+                .state()
+                .iter()
+                .map(|account| AccountReadiness {
+                    kind: A::KIND,
+                    namespace: account.meta().namespace.clone().unwrap_or_default(),
+                    name: account.meta().name.clone().unwrap_or_default(),
+                    ready: account
+                        .account_status()
+                        .is_some_and(|s| crd::is_true(&s.conditions, crd::READY)),
+                })
+                .collect()
+        }
+        let Some(stores) = self.account_stores.get() else {
+            return Vec::new();
+        };
+        let mut accounts = readiness(&stores.cluster);
+        accounts.extend(stores.namespaced.iter().flat_map(readiness));
+        accounts
+    }
+
     /// The account `reference` names, from the caches. A miss is no proof of absence: the
     /// caches may not have caught up with an account created a moment ago.
     pub(super) fn cached_account<A: AccountResource>(

@@ -419,7 +419,9 @@ pub fn start_operator_with_env(
     extra: &[&str],
 ) -> Result<Operator> {
     let mut args = vec![
-        "--listen-address",
+        "--metrics-bind-address",
+        "127.0.0.1:0",
+        "--health-probe-bind-address",
         "127.0.0.1:0",
         "--namespace",
         operator_namespace,
@@ -844,7 +846,7 @@ pub struct Since {
 }
 
 /// The log line of a process's start that names its metrics address.
-const SERVING: &str = "serving metrics and health endpoints";
+const SERVING: &str = "serving metrics";
 
 impl Since {
     /// Before `operator` is started again: everything the next process logs is after the

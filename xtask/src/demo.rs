@@ -54,14 +54,17 @@ pub async fn run(exit_when_ready: bool) -> Result<()> {
     )?;
     let metrics = workspace::free_port()?;
     let listen = format!("127.0.0.1:{metrics}");
+    let probes = format!("127.0.0.1:{}", workspace::free_port()?);
     let operator = Operator::start(
         "operator",
         &operator_binary,
         &kubeconfig,
         plane.data_dir(),
         &[
-            "--listen-address",
+            "--metrics-bind-address",
             &listen,
+            "--health-probe-bind-address",
+            &probes,
             "--namespace",
             OPERATOR_NAMESPACE,
         ],
@@ -113,7 +116,7 @@ pub async fn run(exit_when_ready: bool) -> Result<()> {
     if exit_when_ready {
         return Ok(());
     }
-    print_hints(&kubeconfig, &listen, operator.log_path());
+    print_hints(&kubeconfig, &listen, &probes, operator.log_path());
     tokio::signal::ctrl_c().await?;
     step("stopping the operator, the sandbox and the control plane");
     drop(operator);
@@ -122,7 +125,7 @@ pub async fn run(exit_when_ready: bool) -> Result<()> {
     Ok(())
 }
 
-fn print_hints(kubeconfig: &Path, listen: &str, log: &Path) {
+fn print_hints(kubeconfig: &Path, listen: &str, probes: &str, log: &Path) {
     println!(
         "\nThe demo runs until Ctrl-C. In another terminal:\n\
          \n  export KUBECONFIG={kubeconfig}\
@@ -133,6 +136,7 @@ fn print_hints(kubeconfig: &Path, listen: &str, log: &Path) {
          \n  kubectl delete secret checkout-api -n {ns}   # the operator issues a new key\
          \n  kubectl delete tsk checkout-api -n {ns}      # revokes the key at Imburse\
          \n  curl -s http://{listen}/metrics | grep tenant_key_operator\
+         \n  curl -s http://{probes}/livez http://{probes}/readyz\
          \n  tail -f {log}\n",
         kubeconfig = kubeconfig.display(),
         ns = DEMO_NAMESPACE,

@@ -34,6 +34,9 @@ helm.sh/chart: {{ include "tenant-key-operator.chart" . }}
 {{ include "tenant-key-operator.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -61,6 +64,33 @@ The image reference: by digest when one is given (the tag then only documents it
 {{- $reference = printf "%s@%s" $reference . }}
 {{- end }}
 {{- $reference }}
+{{- end }}
+
+{{/*
+Secrets for pulling the image: the release's own and `global.imagePullSecrets`, as names or
+as `name:` objects.
+*/}}
+{{- define "tenant-key-operator.imagePullSecrets" -}}
+{{- $secrets := list }}
+{{- range concat (default list .Values.global.imagePullSecrets) .Values.imagePullSecrets }}
+{{- $name := . }}
+{{- if kindIs "map" . }}{{ $name = .name }}{{ end }}
+{{- if not (has $name $secrets) }}{{ $secrets = append $secrets $name }}{{ end }}
+{{- end }}
+{{- range $secrets }}
+- name: {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+A probe on the health port, with the settings of `probe` (initialDelaySeconds, periodSeconds
+and so on) over the defaults.
+*/}}
+{{- define "tenant-key-operator.probe" -}}
+httpGet:
+  path: {{ .path }}
+  port: health
+{{ toYaml .settings }}
 {{- end }}
 
 {{- define "tenant-key-operator.leaseName" -}}

@@ -60,7 +60,7 @@ pub async fn install_crds(client: &Client, dir: &Path) -> Result<()> {
 /// loopback, where local sandboxes listen.
 pub const LOCAL_IMBURSE_HOSTS: &str = "sandbox-api.imbursepayments.com,api-sandbox.imbursepayments.com,api.imbursepayments.com,127.0.0.1,localhost,::1";
 /// The variable the operator reads its allowed Imburse hosts from.
-const ALLOWED_HOSTS_VARIABLE: &str = "ALLOWED_IMBURSE_HOSTS";
+const ALLOWED_HOSTS_VARIABLE: &str = "TKO_ALLOWED_IMBURSE_HOSTS";
 
 /// The operator binary running as a local process; killed when dropped.
 pub struct Operator {

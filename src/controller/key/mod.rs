@@ -163,6 +163,7 @@ enum Stop {
 
 /// Entry point for the controller.
 pub async fn reconcile(tsk: Arc<TenantSecurityKey>, ctx: Arc<Context>) -> Result<Action> {
+    let _in_flight = ctx.liveness.start(KIND);
     let started = Instant::now();
     let mut run = Run::new(&tsk, &ctx);
     let result = run.drive().await;

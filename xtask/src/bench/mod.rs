@@ -187,6 +187,7 @@ async fn measure_operator(
     }
     let metrics_port = workspace::free_port()?;
     let listen = format!("127.0.0.1:{metrics_port}");
+    let probes = format!("127.0.0.1:{}", workspace::free_port()?);
     let concurrency = args.concurrency.to_string();
     let verify_interval = format!("{}s", args.verify_seconds);
     let mut operator = Operator::start(
@@ -195,8 +196,10 @@ async fn measure_operator(
         plane.kubeconfig_path(),
         plane.data_dir(),
         &[
-            "--listen-address",
+            "--metrics-bind-address",
             &listen,
+            "--health-probe-bind-address",
+            &probes,
             "--concurrency",
             &concurrency,
             "--imburse-rate-limit",
@@ -264,7 +267,7 @@ async fn measure_operator(
     wait_reconciled(&listen, keys).await?;
     let restart_reconciled = restarted.elapsed();
     ensure!(
-        answers_ready(&listen, Duration::from_secs(10)).await,
+        answers_ready(&probes, Duration::from_secs(10)).await,
         "/readyz does not answer 200 though every key was reconciled"
     );
     let after_list = Memory::of(pid)?;

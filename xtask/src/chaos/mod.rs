@@ -275,7 +275,14 @@ impl Storm {
     /// common ones, and `POD_NAME=name`.
     fn operator(&self, name: &'static str, args: &[&str]) -> Result<Operator> {
         let listen = format!("127.0.0.1:{}", workspace::free_port()?);
-        let mut all = vec!["--listen-address", &listen, "--log-filter", "info"];
+        let mut all = vec![
+            "--metrics-bind-address",
+            &listen,
+            "--health-probe-bind-address",
+            "127.0.0.1:0",
+            "--log-filter",
+            "info",
+        ];
         all.extend_from_slice(args);
         Operator::start_with_env(
             name,
