@@ -8,6 +8,8 @@ mod controlplane;
 mod demo;
 mod generate;
 mod image;
+#[cfg(test)]
+mod names;
 mod reference;
 mod test;
 mod workspace;
