@@ -143,6 +143,67 @@ impl Reason {
         }
     }
 
+    /// What the reason means, in one sentence: the status reasons reference in docs/ is
+    /// generated from it, so that the page and the code cannot disagree about which reasons
+    /// exist.
+    pub fn summary(self) -> &'static str {
+        match self {
+            Self::InvalidSpec => {
+                "The spec is wrong in a way the CRD schema cannot express, e.g. an invalid Secret name, a base URL that does not parse, or a rotation beyond the operator's limits."
+            }
+            Self::AccountNotFound => {
+                "The account the key refers to does not exist; an ImburseAccount must be in the key's own namespace."
+            }
+            Self::NamespaceNotAllowed => {
+                "The ClusterImburseAccount does not allow the key's namespace (`allowedNamespaces`)."
+            }
+            Self::TenantNotAllowed => {
+                "The account's `allowedTenantIds` does not include the key's tenant."
+            }
+            Self::RolesNotAllowed => {
+                "The account's `allowedRoles` does not include one of the key's roles."
+            }
+            Self::BaseUrlNotAllowed => {
+                "The account's `baseUrl` names a host outside `--allowed-imburse-hosts`, or carries a user name or password."
+            }
+            Self::AccountNotReady => {
+                "The account's credentials are not verified; the account's own Ready condition says why."
+            }
+            Self::CredentialsSecretNotFound => "The account's credentials Secret does not exist.",
+            Self::CredentialsInvalid => {
+                "Imburse refused the account's credentials (401), or the credentials Secret lacks a usable key pair."
+            }
+            Self::Forbidden => "Imburse answered 403: the account may not do this.",
+            Self::TenantNotFound => "Imburse answered 404 for the tenant.",
+            Self::RateLimited => "Imburse answered 429; retried after its `Retry-After`.",
+            Self::ImburseUnavailable => {
+                "Imburse answered 5xx or an unexpected status, or did not answer in time; retried with backoff."
+            }
+            Self::ImburseRejected => "Imburse refused the request as invalid (400).",
+            Self::SecretConflict => {
+                "A Secret of that name exists and is not the resource's; it is never overwritten unless `adopt` is set."
+            }
+            Self::AdoptionRefused => {
+                "`adopt` is set, but the Secret does not consent, carries another resource's marks, or holds a key that does not check out at Imburse."
+            }
+            Self::SecretRejected => {
+                "The API server refuses the Secret (validation, an admission webhook, a quota), found by a dry run before any key is created."
+            }
+            Self::ListingUnsupported => {
+                "A create may have happened and the account's API generation cannot list keys to check; the message names the key to look for."
+            }
+            Self::KubernetesError => {
+                "The API server failed or refused a request of the operator other than the Secret itself; retried with backoff."
+            }
+            Self::KeyNotRevoked => {
+                "A key could not be proven revoked with the credentials it was made with; the resource is held until it is."
+            }
+            Self::RotationLimited => {
+                "As many replaced keys as allowed still wait for revocation; no further key is made until one of them is revoked."
+            }
+        }
+    }
+
     /// Whether retrying without a change to some watched object cannot help. Such failures
     /// stall the resource until the resource, its account or a Secret changes. For an Imburse
     /// call it also means that Imburse refused the request itself, so the call had no effect

@@ -2,7 +2,8 @@
 //!
 //! - `crds/` and the chart's `files/crds/` from the Rust types;
 //! - the values table of the chart's README.md from the `# --` comments of values.yaml;
-//! - `argocd/argocd-cm.yaml` from the Lua scripts of `argocd/resource_customizations/`.
+//! - `argocd/argocd-cm.yaml` from the Lua scripts of `argocd/resource_customizations/`;
+//! - the pages of `docs/reference/` from the code they describe (see [`reference`]).
 
 use std::{
     fmt::Write as _,
@@ -11,7 +12,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::workspace;
+use crate::{reference, workspace};
 
 const CHART: &str = "charts/tenant-key-operator";
 const VALUES_START: &str = "<!-- values:start (cargo xtask generate) -->";
@@ -42,6 +43,7 @@ pub fn files(root: &Path) -> Result<Vec<(PathBuf, String)>> {
         PathBuf::from("argocd/argocd-cm.yaml"),
         argocd_cm(&root.join("argocd/resource_customizations/imbursepayments.com"))?,
     ));
+    files.extend(reference::pages()?);
     Ok(files)
 }
 
@@ -50,6 +52,10 @@ pub fn run() -> Result<()> {
     for (path, content) in files(&root)? {
         let target = root.join(&path);
         if std::fs::read_to_string(&target).ok().as_deref() != Some(content.as_str()) {
+            if let Some(dir) = target.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
             std::fs::write(&target, content)
                 .with_context(|| format!("writing {}", target.display()))?;
             println!("wrote {}", path.display());
@@ -139,8 +145,8 @@ fn values_table(values: &str) -> Result<String> {
         writeln!(
             table,
             "| `{key}` | {kind} | `{}` | {} |",
-            default.replace('|', "\\|"),
-            description.replace('|', "\\|")
+            reference::cell(&default),
+            reference::cell(&description)
         )?;
     }
     Ok(table)

@@ -8,6 +8,9 @@ mod controlplane;
 mod demo;
 mod generate;
 mod image;
+#[cfg(test)]
+mod names;
+mod reference;
 mod test;
 mod workspace;
 
@@ -31,7 +34,7 @@ enum Command {
     #[command(subcommand)]
     Controlplane(controlplane::Command),
     /// Rewrite the generated files: the CRDs (also the chart's copy), the chart README's values
-    /// table and the Argo CD argocd-cm entries.
+    /// table, the Argo CD argocd-cm entries and the reference pages of docs/reference/.
     Generate,
     /// Run the whole test suite: formatting, lints, control plane binaries, `cargo test`, the
     /// demo and the container image.
