@@ -115,14 +115,15 @@ async fn encode_metrics(State(registry): State<Arc<Registry>>) -> impl IntoRespo
 async fn livez(State(liveness): State<Arc<Liveness>>) -> impl IntoResponse {
     match liveness.stall(Instant::now()) {
         None => (StatusCode::OK, "ok".to_owned()),
-        Some(stall) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
+        Some(stall) => {
+            let message = format!(
                 "a reconcile of a {} has run for {}s",
                 stall.kind,
                 stall.running_for.as_secs()
-            ),
-        ),
+            );
+            tracing::warn!("{message}: /livez fails, so that the process is restarted");
+            (StatusCode::SERVICE_UNAVAILABLE, message)
+        }
     }
 }
 

@@ -330,23 +330,32 @@ fn every_name_the_docs_use_exists() {
     );
 }
 
-/// Alerts link to `troubleshooting.md#<reason in lower case>`, GitHub's anchor of a heading
-/// that is the reason alone.
+/// Status reasons and the chart's alerts each have a `### <name>` heading on the
+/// troubleshooting page, whose GitHub anchor (`#<name in lower case>`) is what the alerts'
+/// `runbook_url` and the docs link to.
 #[test]
-fn troubleshooting_has_a_heading_per_reason() {
-    let page = read(&workspace::root().join("docs/troubleshooting.md"));
+fn troubleshooting_has_a_heading_per_reason_and_alert() {
+    let root = workspace::root();
+    let page = read(&root.join("docs/troubleshooting.md"));
     let headings: BTreeSet<&str> = page
         .lines()
         .filter_map(|line| line.strip_prefix("### "))
         .collect();
+    let rules = read(&root.join("charts/tenant-key-operator/templates/prometheusrule.yaml"));
+    let alerts: Vec<&str> = rules
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("- alert: "))
+        .collect();
+    assert!(!alerts.is_empty(), "no alerts found in the chart");
     let missing: Vec<&str> = Reason::ALL
         .iter()
         .map(|reason| reason.as_str())
-        .filter(|reason| !headings.contains(reason))
+        .chain(alerts)
+        .filter(|name| !headings.contains(name))
         .collect();
     assert!(
         missing.is_empty(),
-        "docs/troubleshooting.md has no `### <reason>` heading for {missing:?}"
+        "docs/troubleshooting.md has no `### <name>` heading for {missing:?}"
     );
 }
 

@@ -7,7 +7,7 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 use tenant_key_operator::{
     crd::TenantSecurityKey,
-    metrics::{Metrics, register_key_metrics},
+    metrics::{AccountReadiness, Caches, Metrics, register_cache_metrics},
 };
 
 use super::{cell, header};
@@ -50,7 +50,20 @@ pub fn all() -> Result<Vec<Metric>> {
     });
     metrics.kube_write("secrets", "create");
     let key = Arc::new(example_key()?);
-    register_key_metrics(&mut registry, move || vec![key.clone()]);
+    register_cache_metrics(
+        &mut registry,
+        Caches {
+            keys: Box::new(move || vec![key.clone()]),
+            accounts: Box::new(|| {
+                vec![AccountReadiness {
+                    kind: "ImburseAccount",
+                    namespace: "payments".to_owned(),
+                    name: "imburse".to_owned(),
+                    ready: true,
+                }]
+            }),
+        },
+    );
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)?;
     let mut metrics: Vec<Metric> = Vec::new();
