@@ -58,6 +58,23 @@ struct RunArgs {
     /// none.
     #[arg(long, env = "TKO_METRICS_BIND_ADDRESS", default_value = ":8080")]
     metrics_bind_address: BindAddress,
+    /// Serve `/metrics` over HTTPS, and only to callers whose bearer token the API server
+    /// authenticates and authorizes for `get` on the non-resource URL `/metrics` (a
+    /// TokenReview and a SubjectAccessReview, each verdict reused for up to a minute).
+    #[arg(
+        long,
+        env = "TKO_METRICS_SECURE",
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value_t = false,
+        default_missing_value = "true"
+    )]
+    metrics_secure: bool,
+    /// Directory with `tls.crt` and `tls.key` for --metrics-secure (read at start); without it,
+    /// a self-signed certificate is made at start.
+    #[arg(long, env = "TKO_METRICS_CERT_DIR")]
+    metrics_cert_dir: Option<std::path::PathBuf>,
     /// Address the probes (`/livez`, `/readyz`, `/healthz`) are served on, in the same form.
     #[arg(long, env = "TKO_HEALTH_PROBE_BIND_ADDRESS", default_value = ":8081")]
     health_probe_bind_address: BindAddress,
@@ -222,8 +239,10 @@ fn write_crds(output_dir: Option<&std::path::Path>) -> Result<(), BoxError> {
 }
 
 fn init_tracing(filter: &str, format: LogFormat) -> Result<(), BoxError> {
+    // Colours only on a terminal: container runtimes and log files keep the escape codes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(filter)?)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -376,26 +395,52 @@ async fn run_async(args: RunArgs) -> Result<(), BoxError> {
             accounts: Box::new(move || accounts.cached_accounts()),
         },
     );
-    // Both bound before anything runs, so that a taken port fails start-up.
+    // Both bound, and TLS set up, before anything runs, so that a taken port or a bad
+    // certificate fails start-up.
     let metrics_listener = http::bind(args.metrics_bind_address).await?;
     let probes_listener = http::bind(args.health_probe_bind_address).await?;
+    let (metrics_tls, authorizer) = if args.metrics_secure {
+        let names = vec!["localhost".to_owned(), "tenant-key-operator".to_owned()];
+        let config = http::tls::server_config(args.metrics_cert_dir.as_deref(), names)?;
+        (
+            Some(config),
+            Some(http::auth::Authorizer::new(client.clone())),
+        )
+    } else {
+        (None, None)
+    };
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown_signal()));
     let mut servers = Vec::new();
-    for (listener, app, what) in [
-        (metrics_listener, http::metrics(registry), "metrics"),
+    for (listener, app, tls, what) in [
+        (
+            metrics_listener,
+            http::metrics(registry, authorizer),
+            metrics_tls,
+            "metrics",
+        ),
         (
             probes_listener,
             http::probes(ready.clone(), liveness),
+            None,
             "health probes",
         ),
     ] {
-        match listener {
-            Some(listener) => {
-                tracing::info!(address = %listener.local_addr()?, "serving {what}");
-                servers.push(tokio::spawn(http::serve(listener, app, shutdown.clone())));
+        let Some(listener) = listener else {
+            tracing::info!("not serving {what}");
+            continue;
+        };
+        let address = listener.local_addr()?;
+        let shutdown = shutdown.clone();
+        servers.push(match tls {
+            Some(config) => {
+                tracing::info!(%address, secure = true, "serving {what}");
+                tokio::spawn(http::tls::serve(listener, app, config, shutdown))
             }
-            None => tracing::info!("not serving {what}"),
-        }
+            None => {
+                tracing::info!(%address, "serving {what}");
+                tokio::spawn(http::serve(listener, app, shutdown))
+            }
+        });
     }
     let controllers = controller::run(ctx, shutdown.clone());
     match election {

@@ -25,8 +25,9 @@ use k8s_openapi::{
         authorization::v1::{
             ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
         },
-        core::v1::Secret,
+        core::v1::{Secret, ServiceAccount},
         events::v1::Event,
+        rbac::v1::ClusterRoleBinding,
     },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::{
         CustomResourceColumnDefinition, CustomResourceDefinition,
@@ -240,9 +241,12 @@ impl Mode {
     fn values(self) -> Vec<String> {
         match self {
             Mode::AllNamespaces => vec!["allowedImburseHosts={127.0.0.1}".into()],
+            // Secure metrics here: their reviews are cluster-scoped, which the ClusterRole of
+            // this mode must still grant.
             Mode::Namespaced => vec![
                 format!("watchNamespaces={{{}}}", WATCHED.join(",")),
                 "allowedImburseHosts={127.0.0.1}".into(),
+                "metrics.secure=true".into(),
             ],
         }
     }
@@ -892,7 +896,10 @@ fn namespaced_mode_grants_roles_only() -> Result<()> {
                 [
                     "clusterimburseaccounts",
                     "clusterimburseaccounts/status",
-                    "namespaces"
+                    "namespaces",
+                    // Secure metrics review their callers.
+                    "subjectaccessreviews",
+                    "tokenreviews",
                 ]
                 .map(String::from)
             ),
@@ -967,6 +974,45 @@ fn service_monitor_is_optional() -> Result<()> {
         .context("no Service")?;
     ensure!(monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]);
     ensure!(monitor["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]);
+    ensure!(monitor["spec"]["endpoints"][0]["scheme"].is_null());
+
+    // Secure metrics: scraped over HTTPS with the scraper's token, from a certificate the
+    // operator reads where the chart mounts its Secret.
+    let secure = helm.template(&[
+        "serviceMonitor.enabled=true",
+        "metrics.secure=true",
+        "metrics.certSecret=tko-metrics",
+    ])?;
+    let endpoint = &find(&secure, "ServiceMonitor")?["spec"]["endpoints"][0];
+    ensure!(endpoint["scheme"] == "https", "endpoint {endpoint}");
+    ensure!(endpoint["bearerTokenFile"] == "/var/run/secrets/kubernetes.io/serviceaccount/token");
+    ensure!(endpoint["tlsConfig"]["insecureSkipVerify"] == true);
+    let pod = &find(&secure, "Deployment")?["spec"]["template"]["spec"];
+    ensure!(pod["volumes"][0]["secret"]["secretName"] == "tko-metrics");
+    let container = &pod["containers"][0];
+    let mount = container["volumeMounts"][0]["mountPath"]
+        .as_str()
+        .context("no certificate mount")?;
+    let env = container_env(&serde_json::from_value(container.clone())?)?;
+    for (name, value) in [
+        ("TKO_METRICS_SECURE", "true"),
+        ("TKO_METRICS_CERT_DIR", mount),
+    ] {
+        ensure!(
+            env.iter().any(|(n, v)| n == name && v == value),
+            "{name}={value} missing from {env:?}"
+        );
+    }
+    ensure!(
+        secure.iter().any(
+            |d| d["kind"] == "ClusterRole" && d["rules"][0]["nonResourceURLs"][0] == "/metrics"
+        ),
+        "no metrics reader ClusterRole"
+    );
+    match helm.template(&["metrics.secure=true", "podMonitor.enabled=true"]) {
+        Ok(_) => bail!("a PodMonitor without a token was rendered for secure metrics"),
+        Err(e) => ensure!(format!("{e:#}").contains("use serviceMonitor"), "{e:#}"),
+    }
     Ok(())
 }
 
@@ -1382,7 +1428,12 @@ fn run_under_the_chart_rbac(mode: Mode) -> Result<()> {
         )?;
 
         let lifecycle = match world.key_lifecycles().await {
-            Ok(()) if mode == Mode::Namespaced => world.unwatched_key_is_ignored().await,
+            Ok(()) if mode == Mode::Namespaced => match world.unwatched_key_is_ignored().await {
+                Ok(()) => {
+                    secure_metrics_reach_the_chart_reader(&control_plane, operator.log_path()).await
+                }
+                other => other,
+            },
             other => other,
         };
         // Stopped first, so that the log includes the shutdown.
@@ -1540,6 +1591,75 @@ fn every_variable_is_read(env: &[(String, String)]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The operator under the chart's RBAC reviews a scraper's token, and the chart's
+/// `metrics-reader` ClusterRole is what lets the scraper in.
+async fn secure_metrics_reach_the_chart_reader(
+    control_plane: &ControlPlane,
+    log: &Path,
+) -> Result<()> {
+    let admin = control_plane.client().await?;
+    let text = std::fs::read_to_string(log)?;
+    let address = text
+        .lines()
+        .find(|l| l.contains("serving metrics") && l.contains("secure=true"))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("address="))
+        })
+        .context("the operator did not log a secure metrics address")?
+        .to_owned();
+    let account: ServiceAccount = serde_json::from_value(json!({
+        "metadata": { "name": "prometheus", "namespace": RELEASE_NAMESPACE },
+    }))?;
+    Api::<ServiceAccount>::namespaced(admin.clone(), RELEASE_NAMESPACE)
+        .create(&PostParams::default(), &account)
+        .await?;
+    let token = testenv::service_account_token(&admin, RELEASE_NAMESPACE, "prometheus").await?;
+    let client = reqwest::Client::builder()
+        .tls_danger_accept_invalid_certs(true)
+        .build()?;
+    let url = format!("https://{address}/metrics");
+    let status = client.get(&url).bearer_auth(&token).send().await?.status();
+    ensure!(
+        status == 403,
+        "a ServiceAccount without the reader role got {status}"
+    );
+    let reader = format!("{RELEASE}-metrics-reader");
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": "prometheus-metrics" },
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": reader,
+        },
+        "subjects": [{
+            "kind": "ServiceAccount",
+            "name": "prometheus",
+            "namespace": RELEASE_NAMESPACE,
+        }],
+    }))?;
+    Api::<ClusterRoleBinding>::all(admin)
+        .create(&PostParams::default(), &binding)
+        .await?;
+    // Denials are remembered for a few seconds.
+    poll(
+        || async {
+            let response = client.get(&url).bearer_auth(&token).send().await?;
+            if response.status() != 200 {
+                return Ok(false);
+            }
+            let text = response.text().await?;
+            ensure!(
+                text.contains("tenant_key_operator_build_info"),
+                "metrics:\n{text}"
+            );
+            Ok(true)
+        },
+        "the chart's metrics reader to be let in",
+    )
+    .await
 }
 
 /// A script that runs the operator with exactly `env`, as the container would.

@@ -1,7 +1,8 @@
-//! High availability: operator processes with leader election (the default) against one
-//! cluster. Only the holder of the Lease reconciles; a crash, a SIGTERM or a lost Lease hands
-//! the work over without a second key for any resource. Each test starts with the
-//! environment's operator leading and a second process standing by, and ends the same way.
+//! High availability and the operational surface: operator processes with leader election
+//! (the default) against one cluster. Only the holder of the Lease reconciles; a crash, a
+//! SIGTERM or a lost Lease hands the work over without a second key for any resource; the
+//! probes and metrics of leader and standbys. Each test starts with the environment's operator
+//! leading, and ends the same way.
 
 mod support;
 
@@ -12,10 +13,17 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use imburse_sandbox::{Config, Faults, Options};
-use k8s_openapi::{api::coordination::v1::Lease, apimachinery::pkg::apis::meta::v1::MicroTime};
+use k8s_openapi::{
+    api::{
+        coordination::v1::Lease,
+        core::v1::ServiceAccount,
+        rbac::v1::{ClusterRole, ClusterRoleBinding},
+    },
+    apimachinery::pkg::apis::meta::v1::MicroTime,
+};
 use kube::{
     Api,
-    api::{Patch, PatchParams},
+    api::{Patch, PatchParams, PostParams},
 };
 use serde_json::json;
 use support::{Env, Since, TestFn, expect_single_key, poll};
@@ -50,6 +58,10 @@ fn main() -> std::process::ExitCode {
         (
             "livez_fails_while_a_reconcile_hangs",
             livez_fails_while_a_reconcile_hangs,
+        ),
+        (
+            "secure_metrics_answer_only_authorized_readers",
+            secure_metrics_answer_only_authorized_readers,
         ),
         (
             "sigterm_lets_a_create_in_flight_finish",
@@ -284,6 +296,96 @@ fn livez_fails_while_a_reconcile_hangs(env: &Env) -> Result<()> {
             "/livez to pass once the create ended",
         )
         .await
+    })
+}
+
+/// With `--metrics-secure`, `/metrics` is served over HTTPS to callers whose token the API
+/// server authenticates and authorizes for `get /metrics` (a standby serves it like the
+/// leader): no token and an unknown token get 401, a ServiceAccount without the grant 403, one
+/// bound to a reader ClusterRole the metrics.
+fn secure_metrics_answer_only_authorized_readers(env: &Env) -> Result<()> {
+    let logs = tempfile::Builder::new().prefix("tko-ha-").tempdir()?;
+    env.block_on(async {
+        for name in ["scraper", "stranger"] {
+            let account: ServiceAccount = serde_json::from_value(json!({
+                "metadata": { "name": name, "namespace": NS },
+            }))?;
+            Api::<ServiceAccount>::namespaced(env.client.clone(), NS)
+                .create(&PostParams::default(), &account)
+                .await?;
+        }
+        let role: ClusterRole = serde_json::from_value(json!({
+            "metadata": { "name": "tko-metrics-reader" },
+            "rules": [{ "nonResourceURLs": ["/metrics"], "verbs": ["get"] }],
+        }))?;
+        Api::<ClusterRole>::all(env.client.clone())
+            .create(&PostParams::default(), &role)
+            .await?;
+        let binding: ClusterRoleBinding = serde_json::from_value(json!({
+            "metadata": { "name": "tko-metrics-reader" },
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "tko-metrics-reader",
+            },
+            "subjects": [{ "kind": "ServiceAccount", "name": "scraper", "namespace": NS }],
+        }))?;
+        Api::<ClusterRoleBinding>::all(env.client.clone())
+            .create(&PostParams::default(), &binding)
+            .await?;
+
+        let leader = identity(&operator_log(env), None).await?;
+        wait_holder(env, &leader).await?;
+        let secure = env.start_operator(
+            "secure",
+            logs.path(),
+            &["--log-format", "json", "--metrics-secure"],
+        )?;
+        let address = metrics_address(secure.log_path()).await?;
+        let url = format!("https://{address}/metrics");
+        // The certificate is self-signed: the token is what is checked here.
+        let client = reqwest::Client::builder()
+            .tls_danger_accept_invalid_certs(true)
+            .build()?;
+        let status = |token: Option<String>| {
+            let request = client.get(&url);
+            let request = match token {
+                Some(token) => request.bearer_auth(token),
+                None => request,
+            };
+            async move { anyhow::Ok(request.send().await?.status().as_u16()) }
+        };
+        let token = |name| testenv::service_account_token(&env.client, NS, name);
+        ensure!(status(None).await? == 401, "no token was let in");
+        ensure!(
+            status(Some("not-a-token".to_owned())).await? == 401,
+            "an unknown token was let in"
+        );
+        ensure!(
+            status(Some(token("stranger").await?)).await? == 403,
+            "a ServiceAccount without the grant was let in"
+        );
+        let reader = token("scraper").await?;
+        let response = client.get(&url).bearer_auth(&reader).send().await?;
+        ensure!(
+            response.status() == 200,
+            "the reader got {}",
+            response.status()
+        );
+        let text = response.text().await?;
+        ensure!(
+            text.contains("tenant_key_operator_build_info"),
+            "metrics:\n{text}"
+        );
+        // Plain HTTP is not served on the secure address.
+        ensure!(
+            scrape(&address, "/metrics").await.is_err(),
+            "/metrics answered over plain HTTP"
+        );
+        let log = std::fs::read_to_string(secure.log_path())?;
+        ensure!(!log.contains(&reader), "the operator logged a bearer token");
+        drop(secure);
+        anyhow::Ok(())
     })
 }
 

@@ -65,4 +65,13 @@ RBAC rules for cluster-scoped resources, granted in both modes.
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["get", "list", "watch"]
+{{- if .Values.metrics.secure }}
+# Secure metrics: a caller's bearer token is reviewed, then its access to `get /metrics`.
+- apiGroups: ["authentication.k8s.io"]
+  resources: ["tokenreviews"]
+  verbs: ["create"]
+- apiGroups: ["authorization.k8s.io"]
+  resources: ["subjectaccessreviews"]
+  verbs: ["create"]
+{{- end }}
 {{- end }}

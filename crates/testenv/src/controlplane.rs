@@ -260,21 +260,7 @@ impl ControlPlane {
     /// token from the TokenRequest API, for a process (the operator, kubectl, helm) that must
     /// run with exactly that ServiceAccount's permissions. The ServiceAccount must exist.
     pub async fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> Result<PathBuf> {
-        let api: Api<ServiceAccount> = Api::namespaced(self.client().await?, namespace);
-        let request = TokenRequest {
-            spec: Some(TokenRequestSpec {
-                expiration_seconds: Some(SERVICE_ACCOUNT_TOKEN_SECONDS),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let token = api
-            .create_token_request(name, &PostParams::default(), &request)
-            .await
-            .with_context(|| format!("requesting a token for ServiceAccount {namespace}/{name}"))?
-            .status
-            .and_then(|status| status.token)
-            .ok_or_else(|| anyhow!("the TokenRequest for {namespace}/{name} returned no token"))?;
+        let token = service_account_token(&self.client().await?, namespace, name).await?;
         let ca = fs::read(Pki::paths(&self.dir).ca_cert)?;
         let path = self
             .dir
@@ -431,6 +417,25 @@ fn remove_abandoned_temp_dirs() {
 }
 
 /// A client for the cluster and identity that a kubeconfig file names.
+/// A token of the ServiceAccount `namespace/name` from the TokenRequest API, valid for a day.
+/// The ServiceAccount must exist.
+pub async fn service_account_token(client: &Client, namespace: &str, name: &str) -> Result<String> {
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            expiration_seconds: Some(SERVICE_ACCOUNT_TOKEN_SECONDS),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    api.create_token_request(name, &PostParams::default(), &request)
+        .await
+        .with_context(|| format!("requesting a token for ServiceAccount {namespace}/{name}"))?
+        .status
+        .and_then(|status| status.token)
+        .ok_or_else(|| anyhow!("the TokenRequest for {namespace}/{name} returned no token"))
+}
+
 pub async fn client_from_kubeconfig(path: &Path) -> Result<Client> {
     Client::try_from(config_from_kubeconfig(path).await?).context("building a client")
 }

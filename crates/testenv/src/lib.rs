@@ -18,7 +18,7 @@ pub mod versions;
 
 use std::path::Path;
 
-pub use controlplane::{ControlPlane, client_from_kubeconfig};
+pub use controlplane::{ControlPlane, client_from_kubeconfig, service_account_token};
 pub use operator::{Operator, Replicas, install_crds};
 pub use pki::ADMIN_USER;
 

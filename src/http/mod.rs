@@ -1,6 +1,10 @@
 //! The HTTP surface: `/metrics` for Prometheus on one address; `/livez`, `/readyz` and
 //! `/healthz` for the probes on another, so that a NetworkPolicy or a ServiceMonitor can open
-//! one without the other.
+//! one without the other. `/metrics` may be served over HTTPS to authorized callers only
+//! ([`auth`], [`tls`]).
+
+pub mod auth;
+pub mod tls;
 
 use std::{
     fmt,
@@ -75,11 +79,19 @@ pub async fn serve(
         .await
 }
 
-/// `/metrics`, encoding `registry` at each scrape.
-pub fn metrics(registry: Registry) -> Router {
-    Router::new()
+/// `/metrics`, encoding `registry` at each scrape; with an `authorizer`, only for callers it
+/// allows.
+pub fn metrics(registry: Registry, authorizer: Option<Arc<auth::Authorizer>>) -> Router {
+    let app = Router::new()
         .route("/metrics", get(encode_metrics))
-        .with_state(Arc::new(registry))
+        .with_state(Arc::new(registry));
+    match authorizer {
+        Some(authorizer) => app.layer(axum::middleware::from_fn_with_state(
+            authorizer,
+            auth::require_metrics_reader,
+        )),
+        None => app,
+    }
 }
 
 /// The probes: `/livez` (and `/healthz`, its older name) fails while a reconcile is wedged;
