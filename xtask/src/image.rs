@@ -180,6 +180,19 @@ fn ensure_package(tool: Tool) -> Result<()> {
     run_checked(Command::new("apt-get").args(["install", "-y", package]))
 }
 
+/// The packages the image needs that are missing here and that this command cannot install,
+/// which takes root and apt-get.
+pub fn uninstallable_packages() -> Vec<&'static str> {
+    if can_install() {
+        return Vec::new();
+    }
+    [BUILDAH, MUSL]
+        .into_iter()
+        .filter(|tool| !which(tool.program))
+        .map(|tool| tool.package)
+        .collect()
+}
+
 fn can_install() -> bool {
     let root = output(Command::new("id").arg("-u")).is_ok_and(|uid| uid == "0");
     root && which("apt-get")
