@@ -7,6 +7,7 @@
 //! after another leaves the machine idle.
 
 use std::{
+    collections::HashMap,
     io::{Read as _, Write as _},
     path::{Path, PathBuf},
     process::{Command, ExitStatus, Stdio},
@@ -17,7 +18,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use testenv::{build, versions};
 
-use crate::image;
+use crate::{image, workspace};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -67,7 +68,14 @@ fn steps(args: &Args, report: &mut Report) -> Result<()> {
     let totals = report.step(&format!("cargo test: run, {jobs} at once"), |times| {
         let mut tests: Vec<Job> = executables.iter().map(Job::executable).collect();
         tests.push(Job::doc_tests());
-        run_tests(tests, jobs, times)
+        let last = last_durations();
+        // Unknown ones first: a new executable may well be a long one.
+        tests.sort_by_key(|job| std::cmp::Reverse(last.get(&job.label).unwrap_or(&u64::MAX)));
+        let totals = run_tests(tests, jobs, times);
+        if let Err(e) = record_durations(times) {
+            eprintln!("warning: the test durations were not recorded: {e:#}");
+        }
+        totals
     })?;
 
     // Tests and the demo find the control plane binaries through the same cache root.
@@ -281,6 +289,34 @@ fn capture(mut command: Command) -> Result<(ExitStatus, String)> {
 struct Totals {
     passed: u64,
     failed: u64,
+}
+
+/// Where each test executable's wall time in the last run is kept, so that the next run starts
+/// the longest first: the step then takes about as long as its longest executable, not that plus
+/// whatever happened to start before it.
+fn durations_file() -> PathBuf {
+    workspace::target_dir().join("xtask-test-durations.tsv")
+}
+
+/// Seconds per test executable in the last run; none when there was no run.
+fn last_durations() -> HashMap<String, u64> {
+    std::fs::read_to_string(durations_file())
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let (label, seconds) = line.split_once('\t')?;
+            Some((label.to_owned(), seconds.parse().ok()?))
+        })
+        .collect()
+}
+
+fn record_durations(times: &[Row]) -> Result<()> {
+    let lines: String = times
+        .iter()
+        .filter_map(|row| Some(format!("{}\t{}\n", row.name, row.elapsed?.as_secs())))
+        .collect();
+    std::fs::write(durations_file(), lines)?;
+    Ok(())
 }
 
 /// Runs `tests`, `jobs` at a time, printing each one's output as a block when it ends. Every
