@@ -182,7 +182,7 @@ fn executable(message: &serde_json::Value) -> Option<Executable> {
         return None;
     }
     let path = PathBuf::from(message["executable"].as_str()?);
-    let (package, _) = package_name_and_version(message["package_id"].as_str()?)?;
+    let package = package_name(message["package_id"].as_str()?)?;
     let target = &message["target"];
     let name = target["name"].as_str()?;
     let selector = match target["kind"][0].as_str()? {
@@ -197,13 +197,14 @@ fn executable(message: &serde_json::Value) -> Option<Executable> {
     })
 }
 
-/// Name and version in a package ID spec: `<url>#<name>@<version>`, or `<url>#<version>` when
-/// the name is the URL's last segment.
-fn package_name_and_version(id: &str) -> Option<(&str, &str)> {
+/// The name in a package ID spec: `<url>#<name>@<version>`, or `<url>#<version>` when the name
+/// is the URL's last segment.
+fn package_name(id: &str) -> Option<&str> {
     let (url, fragment) = id.rsplit_once('#')?;
-    fragment
-        .split_once('@')
-        .or_else(|| Some((url.rsplit('/').next()?, fragment)))
+    match fragment.split_once('@') {
+        Some((name, _version)) => Some(name),
+        None => url.rsplit('/').next(),
+    }
 }
 
 /// One test executable or command, run with its output kept until it ends.
@@ -517,7 +518,7 @@ fn minutes(duration: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{count_of, package_name_and_version};
+    use super::{count_of, package_name};
 
     #[test]
     fn counts_libtest_summaries() {
@@ -534,12 +535,12 @@ mod tests {
     #[test]
     fn reads_package_ids() {
         assert_eq!(
-            package_name_and_version("path+file:///src/tko#tenant-key-operator@0.4.0"),
-            Some(("tenant-key-operator", "0.4.0"))
+            package_name("path+file:///src/tko#tenant-key-operator@0.4.0"),
+            Some("tenant-key-operator")
         );
         assert_eq!(
-            package_name_and_version("path+file:///src/tko/crates/imburse#0.1.0"),
-            Some(("imburse", "0.1.0"))
+            package_name("path+file:///src/tko/crates/imburse#0.1.0"),
+            Some("imburse")
         );
     }
 }
