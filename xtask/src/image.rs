@@ -12,6 +12,8 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 
+use testenv::versions;
+
 use crate::workspace::{self, step};
 
 const TARGET: &str = "x86_64-unknown-linux-musl";
@@ -19,10 +21,24 @@ const BINARY: &str = "tenant-key-operator";
 /// Where Debian (and the Rust builder image) keep the CA bundle; the image has it there too.
 const CA_BUNDLE: &str = "etc/ssl/certs/ca-certificates.crt";
 const USER: &str = "65532:65532";
+/// The programs the image is built with, and the Debian packages that provide them.
+const BUILDAH: Tool = Tool {
+    program: "buildah",
+    package: "buildah",
+};
+const MUSL: Tool = Tool {
+    program: "musl-gcc",
+    package: "musl-tools",
+};
+
+struct Tool {
+    program: &'static str,
+    package: &'static str,
+}
 
 pub fn run() -> Result<()> {
     step("tools: buildah");
-    ensure_package("buildah", "buildah")?;
+    ensure_package(BUILDAH)?;
     let binary = static_binary()?;
     // `tenant-key-operator 0.1.0`: what the image's binary must print too.
     let version = output(Command::new(&binary).arg("--version"))?;
@@ -147,25 +163,55 @@ fn files(root: &Path, dir: &Path) -> Result<BTreeSet<String>> {
     Ok(found)
 }
 
-/// Installs a Debian package when `program` is missing (as root; otherwise says what to do).
-fn ensure_package(program: &str, package: &str) -> Result<()> {
-    if which(program) {
+/// Installs a tool's Debian package when the tool is missing (as root; otherwise says what to
+/// do).
+fn ensure_package(tool: Tool) -> Result<()> {
+    if which(tool.program) {
         return Ok(());
     }
-    let root = output(Command::new("id").arg("-u")).is_ok_and(|uid| uid == "0");
-    if !root || !which("apt-get") {
-        bail!("{program} is missing: install the package {package} (apt-get install {package})");
+    let package = tool.package;
+    if !can_install() {
+        bail!(
+            "{} is missing: install the package {package} (apt-get install {package})",
+            tool.program
+        );
     }
     run_checked(Command::new("apt-get").arg("update"))?;
     run_checked(Command::new("apt-get").args(["install", "-y", package]))
 }
 
-/// The operator as the image ships it: a static release binary (musl), built here.
+/// The packages the image needs that are missing here and that this command cannot install,
+/// which takes root and apt-get.
+pub fn uninstallable_packages() -> Vec<&'static str> {
+    if can_install() {
+        return Vec::new();
+    }
+    [BUILDAH, MUSL]
+        .into_iter()
+        .filter(|tool| !which(tool.program))
+        .map(|tool| tool.package)
+        .collect()
+}
+
+fn can_install() -> bool {
+    let root = output(Command::new("id").arg("-u")).is_ok_and(|uid| uid == "0");
+    root && which("apt-get")
+}
+
+/// The operator as the image ships it: a static release binary (musl), built here into
+/// `target/<triple>/release/`.
 pub(crate) fn static_binary() -> Result<PathBuf> {
     step("tools: musl");
-    ensure_package("musl-gcc", "musl-tools")?;
+    ensure_package(MUSL)?;
     ensure_musl_target()?;
     step("static binary (release, musl)");
+    let target_dir = static_target_dir()?;
+    std::fs::create_dir_all(&target_dir)?;
+    // Other checkouts on the machine share the folder: the binary built from this one is copied
+    // out before another build can replace it.
+    let lock = std::fs::File::create(target_dir.join(".xtask-lock"))?;
+    lock.lock()
+        .with_context(|| format!("locking {}", target_dir.display()))?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let args = [
         "build",
@@ -179,12 +225,46 @@ pub(crate) fn static_binary() -> Result<PathBuf> {
     run_checked(
         Command::new(&cargo)
             .args(args)
+            .arg("--target-dir")
+            .arg(&target_dir)
             .current_dir(workspace::root()),
     )?;
-    Ok(workspace::target_dir()
+    let built = target_dir.join(TARGET).join("release").join(BINARY);
+    let binary = workspace::target_dir()
         .join(TARGET)
         .join("release")
-        .join(BINARY))
+        .join(BINARY);
+    std::fs::create_dir_all(binary.parent().unwrap_or(Path::new(".")))?;
+    std::fs::copy(&built, &binary)
+        .with_context(|| format!("copying {} to {}", built.display(), binary.display()))?;
+    Ok(binary)
+}
+
+/// The static build's target folder, outside the repository under the cache root that holds the
+/// control plane, so that a clean clone does not compile every dependency again. One per
+/// toolchain (and target triple), so that toolchains do not overwrite each other's artifacts;
+/// within one, cargo's fingerprints rebuild whatever the sources changed.
+fn static_target_dir() -> Result<PathBuf> {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let version = output(
+        Command::new(rustc)
+            .arg("-vV")
+            .current_dir(workspace::root()),
+    )?;
+    let field = |name: &str| {
+        version
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(str::trim)
+            .with_context(|| format!("`rustc -vV` printed no {name}"))
+    };
+    let release = field("release:")?;
+    let commit = field("commit-hash:")?;
+    let toolchain = format!("rustc-{release}-{}", commit.get(..12).unwrap_or(commit));
+    Ok(versions::cache_root()
+        .join("cargo-target")
+        .join(TARGET)
+        .join(toolchain))
 }
 
 fn ensure_musl_target() -> Result<()> {

@@ -36,9 +36,10 @@ enum Command {
     /// Rewrite the generated files: the CRDs (also the chart's copy), the chart README's values
     /// table, the Argo CD argocd-cm entries and the reference pages of docs/reference/.
     Generate,
-    /// Run the whole test suite: formatting, lints, control plane binaries, `cargo test`, the
-    /// demo and the container image.
-    Test,
+    /// Run the whole test suite: formatting, lints, control plane binaries, `cargo test` (its
+    /// executables several at a time), the demo and the container image; then a table of wall
+    /// times.
+    Test(test::Args),
     /// Measure time to Ready, Imburse calls and Kubernetes writes per key, activity at rest and
     /// memory, against the sandbox with injected latency; figures go to a JSON file.
     Bench(bench::Args),
@@ -64,7 +65,7 @@ async fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Controlplane(command) => controlplane::run(command).await,
         Command::Generate => generate::run(),
-        Command::Test => test::run(),
+        Command::Test(args) => test::run(args),
         Command::Demo { exit_when_ready } => demo::run(exit_when_ready).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Image => image::run(),
