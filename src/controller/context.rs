@@ -7,12 +7,20 @@ use std::{
     time::Duration,
 };
 
+use k8s_openapi::api::core::v1::Secret;
 use kube::{
-    Client,
+    Client, ResourceExt,
+    core::PartialObjectMeta,
     runtime::reflector::{ObjectRef, Store},
 };
 
-use super::{FIELD_MANAGER, account::AccountResource, events::Recorder, retry::Retries};
+use super::{
+    FIELD_MANAGER,
+    account::AccountResource,
+    echo::{SecretWrites, SettledKeys},
+    events::Recorder,
+    retry::Retries,
+};
 use crate::{
     allowed_hosts::AllowedHosts,
     crd::{self, ClusterImburseAccount, ImburseAccount, TenantSecurityKey},
@@ -85,6 +93,10 @@ pub struct Context {
     pub(super) account_stores: OnceLock<AccountStores>,
     /// Public keys that verification found missing at Imburse, by resource uid.
     revoked_remotely: Mutex<HashMap<String, String>>,
+    /// The Secret writes whose echoes need not wake their keys.
+    secret_writes: SecretWrites,
+    /// The keys whose own echo is answered without a request.
+    pub(super) settled: SettledKeys,
 }
 
 impl Context {
@@ -117,6 +129,8 @@ impl Context {
             key_stores: OnceLock::new(),
             account_stores: OnceLock::new(),
             revoked_remotely: Mutex::default(),
+            secret_writes: SecretWrites::default(),
+            settled: SettledKeys::default(),
         }
     }
 
@@ -143,6 +157,32 @@ impl Context {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(uid);
+    }
+
+    /// Remembers the version of a Secret this process just wrote.
+    pub(super) fn wrote_secret(&self, secret: &Secret) {
+        if let (Some(namespace), Some(version)) = (secret.namespace(), secret.resource_version()) {
+            self.secret_writes
+                .wrote(&namespace, &secret.name_any(), &version);
+        }
+    }
+
+    /// Forgets what a settled key's echo would be answered with: `key` is woken for another
+    /// reason (its Secret changed, its account or namespace did, Imburse lost its key).
+    pub(super) fn wake(&self, key: &ObjectRef<TenantSecurityKey>) {
+        self.settled
+            .forget(key.namespace.as_deref().unwrap_or_default(), &key.name);
+    }
+
+    /// Whether a watch event of `secret` is the echo of this process's own last write of it.
+    pub(super) fn is_echo(&self, secret: &PartialObjectMeta<Secret>) -> bool {
+        match (secret.namespace(), secret.resource_version()) {
+            (Some(namespace), Some(version)) => {
+                self.secret_writes
+                    .is_echo(&namespace, &secret.name_any(), &version)
+            }
+            _ => false,
+        }
     }
 
     /// Every TenantSecurityKey in the caches; none before the controllers run (a replica

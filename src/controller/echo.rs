@@ -49,7 +49,9 @@ impl SecretWrites {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), String>> {
         // Entries are written whole: a panic elsewhere leaves the map usable.
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -127,7 +129,9 @@ impl SettledKeys {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Settled>> {
         // Entries are written whole: a panic elsewhere leaves the map usable.
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -141,7 +145,11 @@ mod tests {
     fn a_settled_keys_echo_is_answered_once_with_the_time_left() {
         let settled = SettledKeys::default();
         let now = Instant::now();
-        assert_eq!(settled.echo(KEY, "u1", "7", now), None, "nothing was settled");
+        assert_eq!(
+            settled.echo(KEY, "u1", "7", now),
+            None,
+            "nothing was settled"
+        );
         settled.settled(KEY, ("u1", "7"), Some(Duration::from_secs(60)), now);
         let later = now + Duration::from_secs(10);
         assert_eq!(
@@ -183,10 +191,16 @@ mod tests {
         assert!(!writes.is_echo("pay", "other", "10"), "another Secret");
         assert!(!writes.is_echo("orders", "key", "10"), "another namespace");
         assert!(writes.is_echo("pay", "key", "10"));
-        assert!(!writes.is_echo("pay", "key", "10"), "a relist after the echo");
+        assert!(
+            !writes.is_echo("pay", "key", "10"),
+            "a relist after the echo"
+        );
         writes.wrote("pay", "key", "11");
         writes.wrote("pay", "key", "12");
-        assert!(!writes.is_echo("pay", "key", "11"), "superseded by a later write");
+        assert!(
+            !writes.is_echo("pay", "key", "11"),
+            "superseded by a later write"
+        );
         assert!(writes.is_echo("pay", "key", "12"));
     }
 

@@ -187,7 +187,7 @@ impl Reason {
                 "`adopt` is set, but the Secret does not consent, carries another resource's marks, or holds a key that does not check out at Imburse."
             }
             Self::SecretRejected => {
-                "The API server refuses the Secret (validation, an admission webhook, a quota), found by a dry run before any key is created."
+                "The API server refuses the Secret (validation, an admission webhook, a quota); found before any key is created when the spec gives the Secret labels or annotations."
             }
             Self::ListingUnsupported => {
                 "A create may have happened and the account's API generation cannot list keys to check; the message names the key to look for."

@@ -3,6 +3,7 @@
 pub mod account;
 mod context;
 pub mod decision;
+mod echo;
 pub mod error;
 mod events;
 mod finalizer;
@@ -99,6 +100,18 @@ fn secret_triggers(secret: &PartialObjectMeta<Secret>) -> Vec<ObjectRef<TenantSe
         .filter(|name| !name.is_empty())
         .map(|name| ObjectRef::new(&name).within(&namespace))
         .collect()
+}
+
+/// `keys`, woken for a cause other than their own writes: none of them may be answered as an
+/// echo.
+fn waking(
+    ctx: &Context,
+    keys: Vec<ObjectRef<TenantSecurityKey>>,
+) -> Vec<ObjectRef<TenantSecurityKey>> {
+    for key in &keys {
+        ctx.wake(key);
+    }
+    keys
 }
 
 /// Whether a key refers to the account of `kind` named `name`, in its spec or for a key it
@@ -275,6 +288,13 @@ fn run_keys(
     let verifier = verify::run(ctx.clone(), key_store.clone(), verified);
     let (ns_store, cluster_store, namespace_store) =
         (key_store.clone(), key_store.clone(), key_store.clone());
+    let (by_secret, by_account, by_cluster_account, by_namespace, by_verifier) = (
+        ctx.clone(),
+        ctx.clone(),
+        ctx.clone(),
+        ctx.clone(),
+        ctx.clone(),
+    );
     // Only the labels of the watched namespace matter to its keys.
     let namespaces = match namespace {
         Some(ns) => watch.clone().fields(&format!("metadata.name={ns}")),
@@ -288,31 +308,40 @@ fn run_keys(
         .watches(
             scoped::<PartialObjectMeta<Secret>>(&client, namespace),
             watch.clone(),
-            |s| secret_triggers(&s),
+            move |s| {
+                if by_secret.is_echo(&s) {
+                    Vec::new()
+                } else {
+                    waking(&by_secret, secret_triggers(&s))
+                }
+            },
         )
         .watches_shared_stream(accounts.namespaced, move |a| {
-            keys_where(&ns_store, |k| {
+            let keys = keys_where(&ns_store, |k| {
                 uses_account(k, AccountKind::ImburseAccount, &a.name_any())
                     && k.namespace() == a.namespace()
-            })
+            });
+            waking(&by_account, keys)
         })
         .watches_shared_stream(accounts.cluster, move |a| {
-            keys_where(&cluster_store, |k| {
+            let keys = keys_where(&cluster_store, |k| {
                 uses_account(k, AccountKind::ClusterImburseAccount, &a.name_any())
-            })
+            });
+            waking(&by_cluster_account, keys)
         })
         // A namespace's labels decide whether a ClusterImburseAccount's selector allows it.
         .watches(
             Api::<PartialObjectMeta<Namespace>>::all(client),
             namespaces,
             move |ns| {
-                keys_where(&namespace_store, |k| {
+                let keys = keys_where(&namespace_store, |k| {
                     k.spec.account_ref.kind == AccountKind::ClusterImburseAccount
                         && k.namespace().as_deref() == Some(ns.name_any().as_str())
-                })
+                });
+                waking(&by_namespace, keys)
             },
         )
-        .reconcile_on(gone_keys)
+        .reconcile_on(gone_keys.inspect(move |key| by_verifier.wake(key)))
         .with_config(controller_config(&ctx.settings))
         .graceful_shutdown_on(shutdown)
         .run(

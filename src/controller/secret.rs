@@ -151,6 +151,17 @@ pub fn validate(tsk: &TenantSecurityKey) -> Result<(), String> {
 }
 
 /// Name of the target Secret.
+/// Whether the Secret carries anything the operator did not check itself: labels and
+/// annotations from the spec, whose values only the API server validates. Everything else (the
+/// name, the type, the entry names) is checked by [`validate`] and the CRD schema, so the
+/// API server takes such a Secret without a dry run.
+pub fn has_unchecked_metadata(tsk: &TenantSecurityKey) -> bool {
+    tsk.spec
+        .secret
+        .as_ref()
+        .is_some_and(|t| !t.labels.is_empty() || !t.annotations.is_empty())
+}
+
 pub fn secret_name(tsk: &TenantSecurityKey) -> String {
     tsk.spec
         .secret

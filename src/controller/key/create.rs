@@ -87,6 +87,11 @@ impl Run<'_> {
             .keys
             .patch(&self.name, &params, &Patch::Apply(&patch))
             .await?;
+        // Written on the cached version: the API server had nothing newer, so the cache is
+        // confirmed current without a read of its own.
+        if self.resource_version == self.tsk.resource_version() && self.resource_version.is_some() {
+            self.confirmed_fresh = true;
+        }
         self.resource_version = written.resource_version();
         self.has_finalizer = keep;
         self.guarded = true;
@@ -168,12 +173,15 @@ impl Run<'_> {
         self.write_intent().await?;
         self.clean = true;
         tracing::info!(reason = reason.describe(), "creating key");
+        self.create_reason = Some(reason.describe());
+        // A rotation is announced as it starts, since the old key then has a deadline; any
+        // other reason is told by the KeyCreated Event (one Event per key, not two).
         let (type_, event) = match reason {
             CreateReason::Rotation(Rotation::RevokedExternally) => {
                 (EventType::Warning, "KeyRevokedExternally")
             }
             CreateReason::Rotation(_) => (EventType::Normal, "RotationStarted"),
-            _ => (EventType::Normal, "CreatingKey"),
+            _ => return Ok(()),
         };
         self.event(
             type_,
@@ -349,10 +357,16 @@ impl Run<'_> {
             EventType::Normal,
             "KeyCreated",
             "CreateKey",
-            format!(
-                "created key {} and wrote Secret {}",
-                material.public_key, self.desired.secret_name
-            ),
+            match self.create_reason {
+                Some(reason) => format!(
+                    "created key {} ({reason}) and wrote Secret {}",
+                    material.public_key, self.desired.secret_name
+                ),
+                None => format!(
+                    "created key {} and wrote Secret {}",
+                    material.public_key, self.desired.secret_name
+                ),
+            },
         )
         .await;
         let replaced = self.record(&material, &intent);

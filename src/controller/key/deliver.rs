@@ -22,7 +22,10 @@ use crate::controller::{
 const SECRET_WRITE_TRIES: u32 = 9;
 
 impl Run<'_> {
-    /// Checks with a server-side dry run that the API server would take the Secret.
+    /// Checks that the API server would take the Secret: with a server-side dry run when the
+    /// spec gives it labels or annotations (the only parts the operator cannot check itself).
+    /// Anything else that refuses it (an admission policy, a quota) is found when the key is
+    /// delivered, and the key is then revoked at once.
     pub(super) async fn dry_run_secret(&mut self) -> Result<()> {
         let Some(ctx) = self.key_context() else {
             return Ok(());
@@ -36,10 +39,11 @@ impl Run<'_> {
             self.keeps_foreign_entries(found, &placeholder)?;
         }
         // A type change replaces the Secret, which a dry run of an apply cannot express.
-        if self
-            .secret
-            .as_ref()
-            .is_some_and(|s| s.type_ != placeholder.type_)
+        if !secret::has_unchecked_metadata(self.tsk)
+            || self
+                .secret
+                .as_ref()
+                .is_some_and(|s| s.type_ != placeholder.type_)
         {
             return Ok(());
         }
@@ -170,6 +174,7 @@ impl Run<'_> {
                     .map_err(|e| self.secret_error(e))?
             }
         };
+        self.ctx.wrote_secret(&written);
         self.secret = Some(written);
         Ok(())
     }

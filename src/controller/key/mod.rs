@@ -165,6 +165,16 @@ enum Stop {
 pub async fn reconcile(tsk: Arc<TenantSecurityKey>, ctx: Arc<Context>) -> Result<Action> {
     let _in_flight = ctx.liveness.start(KIND);
     let started = Instant::now();
+    let namespace = tsk.namespace().unwrap_or_default();
+    if let (Some(uid), Some(version)) = (tsk.uid(), tsk.resource_version())
+        && let Some(action) =
+            ctx.settled
+                .echo((&namespace, &tsk.name_any()), &uid, &version, started)
+    {
+        tracing::debug!("the echo of this process's settling write; nothing changed");
+        ctx.metrics.observe_reconcile(KIND, "ok", started.elapsed());
+        return Ok(action);
+    }
     let mut run = Run::new(&tsk, &ctx);
     let result = run.drive().await;
     let label = result.as_ref().map_or_else(|e| e.metric_label(), |_| "ok");
@@ -215,6 +225,8 @@ struct Run<'a> {
     restart_retry: Option<Duration>,
     /// The resource was confirmed current against the API server during this reconcile.
     confirmed_fresh: bool,
+    /// Why this reconcile began a create, for the KeyCreated Event.
+    create_reason: Option<&'static str>,
 }
 
 impl Run<'_> {

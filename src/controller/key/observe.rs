@@ -67,6 +67,7 @@ impl<'a> Run<'a> {
             retry_in: None,
             restart_retry: None,
             confirmed_fresh: false,
+            create_reason: None,
         }
     }
 

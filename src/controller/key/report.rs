@@ -85,7 +85,8 @@ impl Run<'_> {
             generation,
             &status::now(),
         );
-        if self.status != previous {
+        let wrote_status = self.status != previous;
+        if wrote_status {
             // Every status write is made on the version its content was derived from: another
             // writer in between (a second operator process, a lagging cache) makes it fail,
             // and the next reconcile decides again.
@@ -115,13 +116,23 @@ impl Run<'_> {
                     .next_rotation_at
                     .as_ref()
                     .and_then(|t| schedule::until(now, t.0));
-                Ok(self
+                let next = self
                     .next_revocation()
                     .into_iter()
                     .chain(next_rotation)
                     .chain(self.restart_retry)
-                    .min()
-                    .map_or_else(Action::await_change, Action::requeue))
+                    .min();
+                // The write comes back as a watch event of this very version: answered from
+                // what was just decided, without reading the Secret again.
+                if wrote_status && let Some(version) = &self.resource_version {
+                    self.ctx.settled.settled(
+                        (&self.tsk.namespace().unwrap_or_default(), &self.name),
+                        (&self.uid, version),
+                        next,
+                        std::time::Instant::now(),
+                    );
+                }
+                Ok(next.map_or_else(Action::await_change, Action::requeue))
             }
             // Not at once: a decision that kept coming back to the same steps must not spin.
             Ok(_) => Ok(Action::requeue(MORE_STEPS)),

@@ -34,13 +34,13 @@ use super::{CREATING_CLIENTS, NAMESPACE, create_key, key_pair_secret};
 
 const FIELD_MANAGER: &str = "bench-floor";
 
-/// Makes, for `keys` keys, the Kubernetes requests the operator makes to bring a new key to
-/// Ready, in its order, and returns how long that took. As in the operator's run, the keys are
-/// created by 16 clients at once, and each created key is taken up by one of `concurrency`
-/// workers, which makes: the reads of the first reconcile (the account, the target Secret, the
-/// resource's latest version); the apply of the intent and finalizer; the Secret's dry run; the
-/// read that guards the Secret write; the Secret's create; the status apply; the two Events
-/// (creating, created).
+/// The mirror floor: makes, for `keys` keys, the Kubernetes requests the operator makes to
+/// bring a new key to Ready, in its order, and returns how long that took. It measures the
+/// operator's logic against its own requests, not its protocol: see [`protocol_floor`]. As in
+/// the operator's run, the keys are created by 16 clients at once, and each created key is
+/// taken up by one of `concurrency` workers, which makes: the read of the target Secret; the
+/// finalizer apply (conditional on the cached version, which confirms it current); the intent's
+/// status apply; the Secret's create; the status apply; the KeyCreated Event.
 pub(crate) async fn kube_floor(
     client: &Client,
     keys: usize,
@@ -48,23 +48,54 @@ pub(crate) async fn kube_floor(
     tenants: &[&str],
 ) -> Result<Duration> {
     create_account(client).await?;
+    pipeline(client, "mirror", keys, concurrency, tenants, mirror_key).await
+}
+
+/// The protocol's own floor: a plain client making only the writes the crash-safe create
+/// protocol needs per key after the user's create (the intent in the status, the Secret, the
+/// status with the key), with `workers` workers. No operator can do with fewer.
+pub(crate) async fn protocol_floor(
+    client: &Client,
+    keys: usize,
+    workers: usize,
+    tenants: &[&str],
+) -> Result<Duration> {
+    let prefix = format!("protocol{workers}");
+    pipeline(client, &prefix, keys, workers, tenants, protocol_key).await
+}
+
+/// Creates `keys` resources named `<prefix>-<i>` with 16 clients at once, and hands each
+/// created one to `per_key`, run by `workers` workers; returns how long all of it took.
+async fn pipeline<F, Fut>(
+    client: &Client,
+    prefix: &str,
+    keys: usize,
+    workers: usize,
+    tenants: &[&str],
+    per_key: F,
+) -> Result<Duration>
+where
+    F: Fn(Client, String) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
     let api: Api<TenantSecurityKey> = Api::namespaced(client.clone(), NAMESPACE);
     let (created, to_process) = futures::channel::mpsc::unbounded();
     let started = Instant::now();
     let creating = stream::iter(0..keys)
         .map(|i| {
             let api = api.clone();
+            let name = format!("{prefix}-{i:05}");
             async move {
-                create_key(&api, i, tenants[i % tenants.len()])
+                create_key(&api, &name, tenants[i % tenants.len()])
                     .await
-                    .map(|()| i)
+                    .map(|()| name)
             }
         })
         .buffer_unordered(CREATING_CLIENTS)
-        .try_for_each(move |i| future::ready(created.unbounded_send(i).map_err(Into::into)));
+        .try_for_each(move |name| future::ready(created.unbounded_send(name).map_err(Into::into)));
     let processing = to_process
-        .map(|i| one_key(client, i))
-        .buffer_unordered(concurrency)
+        .map(|name| per_key(client.clone(), name))
+        .buffer_unordered(workers)
         .try_for_each(|()| future::ready(Ok(())));
     futures::try_join!(creating, processing)?;
     Ok(started.elapsed())
@@ -84,24 +115,35 @@ async fn create_account(client: &Client) -> Result<()> {
     Ok(())
 }
 
-async fn one_key(client: &Client, i: usize) -> Result<()> {
+async fn mirror_key(client: Client, name: String) -> Result<()> {
     let keys: Api<TenantSecurityKey> = Api::namespaced(client.clone(), NAMESPACE);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
-    let events: Api<Event> = Api::namespaced(client.clone(), NAMESPACE);
-    let accounts: Api<ImburseAccount> = Api::namespaced(client.clone(), NAMESPACE);
-    let name = format!("key-{i:05}");
+    let events: Api<Event> = Api::namespaced(client, NAMESPACE);
     let apply = PatchParams::apply(FIELD_MANAGER).force();
 
-    accounts.get("imburse").await?;
     secrets.get_opt(&name).await?;
-    keys.get(&name).await?;
     let finalizer = json!({
         "apiVersion": "imbursepayments.com/v1alpha1",
         "kind": "TenantSecurityKey",
         "metadata": {"name": name, "finalizers": [FINALIZER]},
     });
     keys.patch(&name, &apply, &Patch::Apply(&finalizer)).await?;
-    // The intent goes into the status, where only the operator writes.
+    write_intent(&keys, &name).await?;
+    write_secret(&secrets, &name).await?;
+    write_status(&keys, &name).await?;
+    event(&events, &name, "KeyCreated").await
+}
+
+async fn protocol_key(client: Client, name: String) -> Result<()> {
+    let keys: Api<TenantSecurityKey> = Api::namespaced(client.clone(), NAMESPACE);
+    let secrets: Api<Secret> = Api::namespaced(client, NAMESPACE);
+    write_intent(&keys, &name).await?;
+    write_secret(&secrets, &name).await?;
+    write_status(&keys, &name).await
+}
+
+/// The intent goes into the status, where only the operator writes.
+async fn write_intent(keys: &Api<TenantSecurityKey>, name: &str) -> Result<()> {
     let intent = json!({
         "apiVersion": "imbursepayments.com/v1alpha1",
         "kind": "TenantSecurityKey",
@@ -115,33 +157,30 @@ async fn one_key(client: &Client, i: usize) -> Result<()> {
             "endpoint": {"baseUrl": "http://127.0.0.1:1", "apiGeneration": "seed"},
         }},
     });
-    keys.patch_status(&name, &apply, &Patch::Apply(&intent))
+    let apply = PatchParams::apply(FIELD_MANAGER).force();
+    keys.patch_status(name, &apply, &Patch::Apply(&intent))
         .await?;
-    event(&events, &name, "CreatingKey").await?;
-    let secret = json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name},
-        "type": "Opaque",
-        "data": {"publicKey": "", "privateKey": ""},
-    });
-    secrets
-        .patch(&name, &apply.clone().dry_run(), &Patch::Apply(&secret))
-        .await?;
-    keys.get(&name).await?;
+    Ok(())
+}
+
+async fn write_secret(secrets: &Api<Secret>, name: &str) -> Result<()> {
     let material = BTreeMap::from([
         ("publicKey".to_owned(), ByteString(vec![b'p'; 36])),
         ("privateKey".to_owned(), ByteString(vec![b'k'; 44])),
     ]);
     let secret = Secret {
         metadata: ObjectMeta {
-            name: Some(name.clone()),
+            name: Some(name.to_owned()),
             ..ObjectMeta::default()
         },
         data: Some(material),
         ..Secret::default()
     };
     secrets.create(&PostParams::default(), &secret).await?;
+    Ok(())
+}
+
+async fn write_status(keys: &Api<TenantSecurityKey>, name: &str) -> Result<()> {
     let status = json!({
         "apiVersion": "imbursepayments.com/v1alpha1",
         "kind": "TenantSecurityKey",
@@ -158,9 +197,9 @@ async fn one_key(client: &Client, i: usize) -> Result<()> {
             }],
         },
     });
-    keys.patch_status(&name, &apply, &Patch::Apply(&status))
+    let apply = PatchParams::apply(FIELD_MANAGER).force();
+    keys.patch_status(name, &apply, &Patch::Apply(&status))
         .await?;
-    event(&events, &name, "KeyCreated").await?;
     Ok(())
 }
 

@@ -2,9 +2,13 @@
 //! against what binds it.
 //!
 //! For each `--keys` count, on real control planes and the sandbox with injected latency:
-//! - the floors: a plain Kubernetes client making the operator's requests for that many keys at
-//!   the same concurrency, with no logic and no Imburse ([`baseline::kube_floor`]), and
-//!   `keys × latency / concurrency` for the Imburse calls;
+//! - the floors: a plain Kubernetes client making only the writes the create protocol needs
+//!   per key, at the operator's concurrency and at 32 workers ([`baseline::protocol_floor`]);
+//!   the same client making every request the operator makes (the mirror floor,
+//!   [`baseline::kube_floor`]: a measure of the operator's logic, not of its protocol);
+//!   `keys × latency / concurrency` for the Imburse calls, and the Imburse rate limit's
+//!   floor. The binding floor is the largest of the protocol floor at 32 workers, the latency
+//!   floor and the rate limit's floor;
 //! - the manual baseline: the tutorial's flow scripted key after key ([`baseline::manual`]);
 //! - the operator: time until every key is Ready, Imburse calls and Kubernetes requests per key,
 //!   calls and writes at rest, resident memory (peak while creating, at rest) with as many
@@ -49,6 +53,9 @@ pub(crate) const NAMESPACE: &str = "bench";
 
 /// How many clients create the keys at once, as a burst of `kubectl apply` or a GitOps sync.
 const CREATING_CLIENTS: usize = 16;
+/// Workers of the protocol floor that binds: more than the API server's two cores can serve,
+/// so that the floor is the API server's, not the client's.
+const PROTOCOL_WORKERS: usize = 32;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -58,9 +65,15 @@ pub struct Args {
     /// Latency the sandbox adds to every Imburse call, in milliseconds.
     #[arg(long, default_value_t = 50)]
     latency_ms: u64,
-    /// The operator's reconcile concurrency, and the floor client's.
+    /// The operator's reconcile concurrency (its default), and the mirror floor client's.
     #[arg(long, default_value_t = 8)]
     concurrency: u16,
+    /// The operator's Imburse requests per second per account (its default; 0: no limit).
+    #[arg(long, default_value_t = 10)]
+    imburse_rate_limit: u32,
+    /// The operator's Imburse burst per account (its default).
+    #[arg(long, default_value_t = 20)]
+    imburse_burst: u32,
     /// Tenants the keys are spread over (round robin).
     #[arg(long, default_value_t = 4)]
     tenants: usize,
@@ -105,6 +118,8 @@ pub async fn run(args: Args) -> Result<()> {
         "machine": report::machine(),
         "latencyMs": args.latency_ms,
         "concurrency": args.concurrency,
+        "imburseRateLimit": args.imburse_rate_limit,
+        "imburseBurst": args.imburse_burst,
         "tenants": args.tenants,
         "runs": runs,
     });
@@ -131,13 +146,16 @@ async fn measure(binary: &Path, keys: usize, args: &Args) -> Result<Value> {
     let concurrency = usize::from(args.concurrency);
     let latency = Sandbox::start_with(config.clone(), with_latency(args.latency_ms)).await?;
 
-    step(&format!(
-        "{keys} keys: the Kubernetes floor and the manual flow"
-    ));
+    step(&format!("{keys} keys: the floors and the manual flow"));
     let (plane, client) = start_plane().await?;
+    let mut protocol = BTreeMap::new();
+    for workers in [concurrency, PROTOCOL_WORKERS] {
+        let floor = baseline::protocol_floor(&client, keys, workers, &tenants).await?;
+        protocol.insert(workers.to_string(), floor.as_secs_f64());
+    }
     let requests_before = apiserver_requests(&client).await?;
-    let kube_floor = baseline::kube_floor(&client, keys, concurrency, &tenants).await?;
-    let floor_requests = since(&requests_before, apiserver_requests(&client).await?);
+    let mirror_floor = baseline::kube_floor(&client, keys, concurrency, &tenants).await?;
+    let mirror_requests = since(&requests_before, apiserver_requests(&client).await?);
     let manual_keys = keys.min(args.manual_keys);
     let manual = baseline::manual(&client, &config, &latency.base_url(), manual_keys).await?;
     drop(plane);
@@ -145,16 +163,26 @@ async fn measure(binary: &Path, keys: usize, args: &Args) -> Result<Value> {
 
     let operator = measure_operator(binary, keys, args, &config, &latency).await?;
     let latency_floor = keys as f64 * args.latency_ms as f64 / concurrency as f64 / 1000.0;
-    let binding = kube_floor.as_secs_f64().max(latency_floor);
+    // One account: the burst passes at once, the rest at the sustained rate.
+    let rate_floor = match args.imburse_rate_limit {
+        0 => 0.0,
+        rate => keys.saturating_sub(args.imburse_burst as usize) as f64 / f64::from(rate),
+    };
+    let protocol_floor = protocol[&PROTOCOL_WORKERS.to_string()];
+    let binding = protocol_floor.max(latency_floor).max(rate_floor);
     let to_ready = operator["secondsToAllReady"].as_f64().unwrap_or_default();
     Ok(json!({
         "keys": keys,
         "operator": operator,
-        "kubeFloorSeconds": kube_floor.as_secs_f64(),
-        "kubeFloorRequestsPerKey": per_key(&floor_requests, keys),
+        "protocolFloorSecondsByWorkers": protocol,
+        "protocolFloorSeconds": protocol_floor,
+        "mirrorFloorSeconds": mirror_floor.as_secs_f64(),
+        "mirrorFloorRequestsPerKey": per_key(&mirror_requests, keys),
         "latencyFloorSeconds": latency_floor,
+        "rateLimitFloorSeconds": rate_floor,
         "bindingFloorSeconds": binding,
         "timesBindingFloor": to_ready / binding,
+        "timesProtocolFloor": to_ready / protocol_floor,
         "manualSeconds": manual_seconds,
         "manualKeysTimed": manual_keys,
         "speedUpOverManual": manual_seconds / to_ready,
@@ -189,6 +217,10 @@ async fn measure_operator(
     let listen = format!("127.0.0.1:{metrics_port}");
     let probes = format!("127.0.0.1:{}", workspace::free_port()?);
     let concurrency = args.concurrency.to_string();
+    let (rate_limit, burst) = (
+        args.imburse_rate_limit.to_string(),
+        args.imburse_burst.to_string(),
+    );
     let verify_interval = format!("{}s", args.verify_seconds);
     let mut operator = Operator::start(
         "operator",
@@ -203,7 +235,9 @@ async fn measure_operator(
             "--concurrency",
             &concurrency,
             "--imburse-rate-limit",
-            "0",
+            &rate_limit,
+            "--imburse-burst",
+            &burst,
             "--verify-interval",
             &verify_interval,
             // Where the leader election Lease goes: a namespace every cluster has.
@@ -231,7 +265,11 @@ async fn measure_operator(
         .collect();
     let api: Api<TenantSecurityKey> = Api::namespaced(client.clone(), NAMESPACE);
     let creating = stream::iter(0..keys)
-        .map(|i| create_key(&api, i, tenants[i % tenants.len()]))
+        .map(|i| {
+            let api = &api;
+            let tenant = tenants[i % tenants.len()];
+            async move { create_key(api, &key_name(i), tenant).await }
+        })
         .buffer_unordered(CREATING_CLIENTS)
         .try_collect::<Vec<()>>();
     futures::try_join!(creating, wait_all_ready(&api, keys))?;
@@ -287,6 +325,7 @@ async fn measure_operator(
         "kubeWritesPerKey": writes.values().sum::<u64>() as f64 / n,
         "kubeWrites": writes,
         "kubeRequestsPerKey": per_key(&requests, keys),
+        "kubeRequestsPerKeyTotal": operator_requests(&requests) as f64 / n,
         "imburseCallsAtRest": calls(&rest),
         "verifySeconds": args.verify_seconds,
         "restSeconds": args.rest_seconds,
@@ -461,13 +500,13 @@ pub(crate) async fn setup_account(
 
 pub(crate) async fn create_key(
     keys: &Api<TenantSecurityKey>,
-    i: usize,
+    name: &str,
     tenant: &str,
 ) -> Result<()> {
     let key: TenantSecurityKey = serde_json::from_value(json!({
         "apiVersion": "imbursepayments.com/v1alpha1",
         "kind": "TenantSecurityKey",
-        "metadata": {"name": format!("key-{i:05}"), "namespace": NAMESPACE},
+        "metadata": {"name": name, "namespace": NAMESPACE},
         "spec": {
             "accountRef": {"kind": "ImburseAccount", "name": "imburse"},
             "tenantId": tenant,
@@ -476,6 +515,11 @@ pub(crate) async fn create_key(
     }))?;
     keys.create(&PostParams::default(), &key).await?;
     Ok(())
+}
+
+/// The name of the operator's `i`th key.
+pub(crate) fn key_name(i: usize) -> String {
+    format!("key-{i:05}")
 }
 
 /// Waits until `expected` keys are Ready, from a watch: polling lists of thousands of keys
@@ -554,6 +598,20 @@ async fn apiserver_requests(client: &Client) -> Result<BTreeMap<String, u64>> {
         *counts.entry(what).or_default() += value.parse::<f64>().unwrap_or_default() as u64;
     }
     Ok(counts)
+}
+
+/// The requests the operator made among `requests`: neither the bench's creates of the keys
+/// nor the watches and lists (of the operator and the bench), which do not grow per key.
+fn operator_requests(requests: &BTreeMap<String, u64>) -> u64 {
+    requests
+        .iter()
+        .filter(|(what, _)| {
+            what.as_str() != "CREATE tenantsecuritykeys"
+                && !what.starts_with("WATCH ")
+                && !what.starts_with("LIST ")
+        })
+        .map(|(_, count)| count)
+        .sum()
 }
 
 /// The operator's `/metrics`.

@@ -43,8 +43,10 @@ pub(super) fn write(dir: &Path, figures: &Value) -> Result<()> {
         "seconds",
         &[
             ("operator", at(&["operator", "secondsToAllReady"])),
-            ("Kubernetes floor", at(&["kubeFloorSeconds"])),
+            ("protocol floor", at(&["protocolFloorSeconds"])),
+            ("mirror floor", at(&["mirrorFloorSeconds"])),
             ("latency floor", at(&["latencyFloorSeconds"])),
+            ("rate limit floor", at(&["rateLimitFloorSeconds"])),
             ("manual flow", at(&["manualSeconds"])),
         ],
     )?;
@@ -63,6 +65,12 @@ pub(super) fn write(dir: &Path, figures: &Value) -> Result<()> {
                 at(&["operator", "memoryMiB", "atRestAfterRestart"]),
             ),
         ],
+    )?;
+    plot(
+        &dir.join("requests.svg"),
+        "Kubernetes API requests per key while creating",
+        "requests",
+        &[("operator", at(&["operator", "kubeRequestsPerKeyTotal"]))],
     )?;
     std::fs::write(dir.join("summary.md"), summary(figures))?;
     Ok(())
@@ -133,10 +141,11 @@ fn plot(path: &Path, title: &str, unit: &str, lines: &[(&str, Vec<(f64, f64)>)])
 /// The figures as a Markdown table, one row per run.
 fn summary(figures: &Value) -> String {
     let mut out = String::from(
-        "| keys | operator (s) | Kubernetes floor (s) | latency floor (s) | × binding floor \
-         | manual flow (s) | speed-up over manual | peak (MiB) | at rest (MiB) \
-         | restart: synced (s) | restart: writes |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| keys | operator (s) | protocol floor (s) | latency floor (s) | rate limit floor (s) \
+         | × binding floor | mirror floor (s) | requests per key | manual flow (s) \
+         | speed-up over manual | peak (MiB) | at rest (MiB) | restart: synced (s) \
+         | restart: writes |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let number = |v: &Value, digits: usize| {
         v.as_f64()
@@ -147,12 +156,15 @@ fn summary(figures: &Value) -> String {
         let memory = &operator["memoryMiB"];
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             run["keys"],
             number(&operator["secondsToAllReady"], 1),
-            number(&run["kubeFloorSeconds"], 1),
+            number(&run["protocolFloorSeconds"], 1),
             number(&run["latencyFloorSeconds"], 1),
+            number(&run["rateLimitFloorSeconds"], 1),
             number(&run["timesBindingFloor"], 2),
+            number(&run["mirrorFloorSeconds"], 1),
+            number(&operator["kubeRequestsPerKeyTotal"], 1),
             number(&run["manualSeconds"], 0),
             number(&run["speedUpOverManual"], 0),
             number(&memory["sampledPeakWhileCreating"], 0),
@@ -163,8 +175,13 @@ fn summary(figures: &Value) -> String {
     }
     let _ = writeln!(
         out,
-        "\nLatency {} ms per Imburse call, concurrency {}, measured on {}.",
-        figures["latencyMs"], figures["concurrency"], figures["machine"]
+        "\nLatency {} ms per Imburse call, concurrency {}, Imburse rate limit {}/s (burst {}), \
+         measured on {}.",
+        figures["latencyMs"],
+        figures["concurrency"],
+        figures["imburseRateLimit"],
+        figures["imburseBurst"],
+        figures["machine"]
     );
     out
 }

@@ -33,7 +33,7 @@ use tenant_key_operator::crd::TenantSecurityKey;
 use testenv::{ControlPlane, Operator};
 
 use crate::{
-    bench::{NAMESPACE, create_key, prepare, setup_account, wait_all_ready},
+    bench::{NAMESPACE, create_key, key_name, prepare, setup_account, wait_all_ready},
     workspace::{self, step},
 };
 
@@ -366,7 +366,7 @@ impl Storm {
 async fn create_stored(keys: &Api<TenantSecurityKey>, i: usize, tenant: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        match create_key(keys, i, tenant).await {
+        match create_key(keys, &key_name(i), tenant).await {
             Ok(()) => return Ok(()),
             Err(e) if matches!(e.downcast_ref(), Some(kube::Error::Api(s)) if s.code == 409) => {
                 return Ok(());
@@ -378,11 +378,6 @@ async fn create_stored(keys: &Api<TenantSecurityKey>, i: usize, tenant: &str) ->
             Err(e) => return Err(e.context(format!("creating key {i}"))),
         }
     }
-}
-
-/// The name [`create_key`] gives the `i`-th key.
-fn key_name(i: usize) -> String {
-    format!("key-{i:05}")
 }
 
 /// Waits until `remaining` resources are left and none of them is being deleted.
