@@ -407,7 +407,33 @@ async fn connect_to(
             "accountId is required when apiGeneration is current".into(),
         ));
     }
+    let credentials = credentials(ctx, spec, secret_namespace).await?;
+    Ok(ctx.imburse.account(imburse::AccountConfig {
+        base_url: endpoint.base_url.clone(),
+        generation: endpoint.api_generation.into(),
+        account_id: endpoint.account_id.clone(),
+        credentials,
+    })?)
+}
+
+/// The account's key pair: kept from a recent read (see [`super::credentials`]), else read
+/// from its Secret and checked.
+async fn credentials(
+    ctx: &Context,
+    spec: &AccountSpec,
+    secret_namespace: &str,
+) -> Result<imburse::KeyPair> {
     let secret_ref = &spec.credentials_secret_ref;
+    let source = (
+        secret_namespace.to_owned(),
+        secret_ref.name.clone(),
+        secret_ref.effective_public_key_key().to_owned(),
+        secret_ref.effective_private_key_key().to_owned(),
+    );
+    if let Some(pair) = ctx.credentials.get(&source, std::time::Instant::now()) {
+        return Ok(pair);
+    }
+    let reading = ctx.credentials.read(&source);
     let secret = Api::<Secret>::namespaced(ctx.client.clone(), secret_namespace)
         .get_opt(&secret_ref.name)
         .await?
@@ -440,12 +466,8 @@ async fn connect_to(
             secret_ref.name
         ))
     })?;
-    Ok(ctx.imburse.account(imburse::AccountConfig {
-        base_url: endpoint.base_url.clone(),
-        generation: endpoint.api_generation.into(),
-        account_id: endpoint.account_id.clone(),
-        credentials,
-    })?)
+    reading.keep(&credentials, std::time::Instant::now());
+    Ok(credentials)
 }
 
 /// Reconciles either account kind: verifies the credentials and reports the result.

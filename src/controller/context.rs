@@ -17,7 +17,8 @@ use kube::{
 use super::{
     FIELD_MANAGER,
     account::AccountResource,
-    echo::{SecretWrites, SettledKeys},
+    credentials::Credentials,
+    echo::{KeyWrites, SecretEvent, SecretWrites},
     events::Recorder,
     retry::Retries,
 };
@@ -94,9 +95,11 @@ pub struct Context {
     /// Public keys that verification found missing at Imburse, by resource uid.
     revoked_remotely: Mutex<HashMap<String, String>>,
     /// The Secret writes whose echoes need not wake their keys.
-    secret_writes: SecretWrites,
-    /// The keys whose own echo is answered without a request.
-    pub(super) settled: SettledKeys,
+    pub(super) secret_writes: SecretWrites,
+    /// Account key pairs read a moment ago.
+    pub(super) credentials: Credentials,
+    /// This process's writes to keys, whose echoes need no request.
+    pub(super) key_writes: KeyWrites,
 }
 
 impl Context {
@@ -130,7 +133,8 @@ impl Context {
             account_stores: OnceLock::new(),
             revoked_remotely: Mutex::default(),
             secret_writes: SecretWrites::default(),
-            settled: SettledKeys::default(),
+            key_writes: KeyWrites::default(),
+            credentials: Credentials::default(),
         }
     }
 
@@ -159,29 +163,21 @@ impl Context {
             .remove(uid);
     }
 
-    /// Remembers the version of a Secret this process just wrote.
-    pub(super) fn wrote_secret(&self, secret: &Secret) {
-        if let (Some(namespace), Some(version)) = (secret.namespace(), secret.resource_version()) {
-            self.secret_writes
-                .wrote(&namespace, &secret.name_any(), &version);
-        }
-    }
-
-    /// Forgets what a settled key's echo would be answered with: `key` is woken for another
-    /// reason (its Secret changed, its account or namespace did, Imburse lost its key).
+    /// Forgets this process's writes to `key`, which is woken for another reason (its Secret
+    /// changed, its account or namespace did, Imburse lost its key): it is reconciled in full.
     pub(super) fn wake(&self, key: &ObjectRef<TenantSecurityKey>) {
-        self.settled
+        self.key_writes
             .forget(key.namespace.as_deref().unwrap_or_default(), &key.name);
     }
 
-    /// Whether a watch event of `secret` is the echo of this process's own last write of it.
-    pub(super) fn is_echo(&self, secret: &PartialObjectMeta<Secret>) -> bool {
+    /// What a watch event of `secret` is to the key that owns it.
+    pub(super) fn secret_event(&self, secret: &PartialObjectMeta<Secret>) -> SecretEvent {
         match (secret.namespace(), secret.resource_version()) {
             (Some(namespace), Some(version)) => {
                 self.secret_writes
-                    .is_echo(&namespace, &secret.name_any(), &version)
+                    .event(&namespace, &secret.name_any(), &version)
             }
-            _ => false,
+            _ => SecretEvent::Other,
         }
     }
 

@@ -4,9 +4,10 @@
 //! a deletion, a write by another process) and any other cause (an account, a namespace, a key
 //! found missing at Imburse) wakes the key as before.
 //!
-//! - [`SecretWrites`]: a Secret's echo wakes nothing;
-//! - [`SettledKeys`]: a key's own echo, after a reconcile that settled it, is answered from
-//!   what that reconcile found, without a request.
+//! - [`SecretWrites`]: a Secret's echo wakes nothing, also when it outruns the write's answer;
+//! - [`KeyWrites`]: a key's echo of an earlier write than the last waits for the last one; the
+//!   echo of a write that settled the key is answered from what that reconcile found, without
+//!   a request.
 
 use std::{
     collections::HashMap,
@@ -20,34 +21,80 @@ use kube::runtime::controller::Action;
 /// to a relist must not make the map grow.
 const LIMIT: usize = 4096;
 
-/// The version of each Secret this process wrote last, by namespace and name, until its echo
-/// arrives.
+/// A Secret this process writes: the call in flight (with the versions whose events came
+/// meanwhile: the answer and the event of a write race), or the version the write produced.
+#[derive(Debug)]
+enum SecretWrite {
+    InFlight(Vec<String>),
+    Written(String),
+}
+
+/// What a watch event of a Secret is to the key that owns it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretEvent {
+    /// The echo of this process's last write: nothing to do.
+    Echo,
+    /// It came while this process was writing the Secret: the write tells, when it returns,
+    /// whether the event was its echo ([`SecretWrites::finish`]).
+    DuringWrite,
+    /// Anything else: the key must look.
+    Other,
+}
+
+/// This process's writes of Secrets, by namespace and name, until their echoes arrive.
 #[derive(Debug, Default)]
-pub struct SecretWrites(Mutex<HashMap<(String, String), String>>);
+pub struct SecretWrites(Mutex<HashMap<(String, String), SecretWrite>>);
 
 impl SecretWrites {
-    /// Remembers that this process wrote `namespace/name` at `version`.
-    pub fn wrote(&self, namespace: &str, name: &str, version: &str) {
+    /// Notes that this process is about to write `namespace/name`.
+    pub fn begin(&self, namespace: &str, name: &str) {
         let mut writes = self.lock();
         if writes.len() >= LIMIT {
             writes.clear();
         }
-        writes.insert((namespace.to_owned(), name.to_owned()), version.to_owned());
+        writes.insert(
+            (namespace.to_owned(), name.to_owned()),
+            SecretWrite::InFlight(Vec::new()),
+        );
     }
 
-    /// Whether an event of `namespace/name` at `version` is the echo of the last write; an
-    /// echo is recognised once.
-    pub fn is_echo(&self, namespace: &str, name: &str, version: &str) -> bool {
+    /// Notes how the write of `namespace/name` ended: at `version`, or failed (`None`).
+    /// Whether an event that came during the write was not its echo: someone else changed the
+    /// Secret meanwhile.
+    pub fn finish(&self, namespace: &str, name: &str, version: Option<&str>) -> bool {
         let mut writes = self.lock();
         let key = (namespace.to_owned(), name.to_owned());
-        let echo = writes.get(&key).is_some_and(|written| written == version);
-        if echo {
-            writes.remove(&key);
+        let seen = match writes.remove(&key) {
+            Some(SecretWrite::InFlight(seen)) => seen,
+            _ => Vec::new(),
+        };
+        let Some(version) = version else {
+            return !seen.is_empty();
+        };
+        if !seen.iter().any(|v| v == version) {
+            writes.insert(key, SecretWrite::Written(version.to_owned()));
         }
-        echo
+        seen.iter().any(|v| v != version)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), String>> {
+    /// What an event of `namespace/name` at `version` is; an echo is recognised once.
+    pub fn event(&self, namespace: &str, name: &str, version: &str) -> SecretEvent {
+        let mut writes = self.lock();
+        let key = (namespace.to_owned(), name.to_owned());
+        match writes.get_mut(&key) {
+            Some(SecretWrite::InFlight(seen)) => {
+                seen.push(version.to_owned());
+                SecretEvent::DuringWrite
+            }
+            Some(SecretWrite::Written(written)) if written == version => {
+                writes.remove(&key);
+                SecretEvent::Echo
+            }
+            _ => SecretEvent::Other,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), SecretWrite>> {
         // Entries are written whole: a panic elsewhere leaves the map usable.
         self.0
             .lock()
@@ -55,79 +102,120 @@ impl SecretWrites {
     }
 }
 
-/// How long a settled key's echo is waited for: it comes within a second, and a memory of
-/// the world older than this is not trusted.
-const SETTLED_FOR: Duration = Duration::from_secs(30);
+/// How long the echoes of a key's writes are waited for: they come within a second, and a
+/// memory of the world older than this is not trusted.
+const REMEMBERED_FOR: Duration = Duration::from_secs(30);
+/// Writes remembered per key: a reconcile makes a handful.
+const WRITES_PER_KEY: usize = 8;
 
-/// A key as the reconcile that settled it left it.
+/// What this process last wrote to a key.
 #[derive(Debug)]
-struct Settled {
+struct Written {
     uid: String,
-    /// The resource version its last status write produced.
-    version: String,
+    /// The resource versions its writes produced, oldest first.
+    versions: Vec<String>,
     at: Instant,
-    /// When it is due to be looked at again.
-    next: Option<Duration>,
+    /// When the last write settled the key: when it is due to be looked at again.
+    settled: Option<Option<Duration>>,
 }
 
-/// Keys this process settled with a status write, by namespace and name, until the echo of
-/// that write.
-#[derive(Debug, Default)]
-pub struct SettledKeys(Mutex<HashMap<(String, String), Settled>>);
+/// How a reconcile of a key at some version relates to this process's own writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Echo {
+    /// Not one of them (or too old to trust): reconcile.
+    No,
+    /// An earlier version than this process's last write of the key: the cache has not caught
+    /// up yet, and the event of that write will wake the key again.
+    Behind,
+    /// The last write, which settled the key: what was decided then holds.
+    Settled(Action),
+}
 
-impl SettledKeys {
-    /// Remembers that a reconcile settled `namespace/name` (`uid`) and wrote its status at
-    /// `version` at `now`, due again after `next`.
-    pub fn settled(
+/// The writes this process made to each key, by namespace and name, until their echoes.
+#[derive(Debug, Default)]
+pub struct KeyWrites(Mutex<HashMap<(String, String), Written>>);
+
+impl KeyWrites {
+    /// Remembers that this process wrote `namespace/name` (`uid`), producing `version`.
+    pub fn wrote(
         &self,
         (namespace, name): (&str, &str),
         (uid, version): (&str, &str),
-        next: Option<Duration>,
         now: Instant,
     ) {
-        let mut settled = self.lock();
-        if settled.len() >= LIMIT {
-            settled.clear();
+        let mut writes = self.lock();
+        if writes.len() >= LIMIT {
+            writes.clear();
         }
-        settled.insert(
-            (namespace.to_owned(), name.to_owned()),
-            Settled {
-                uid: uid.to_owned(),
-                version: version.to_owned(),
-                at: now,
-                next,
-            },
-        );
+        let key = (namespace.to_owned(), name.to_owned());
+        let written = writes.entry(key).or_insert_with(|| Written {
+            uid: uid.to_owned(),
+            versions: Vec::new(),
+            at: now,
+            settled: None,
+        });
+        if written.uid != uid {
+            written.uid = uid.to_owned();
+            written.versions.clear();
+        }
+        if written.versions.len() >= WRITES_PER_KEY {
+            written.versions.remove(0);
+        }
+        written.versions.push(version.to_owned());
+        written.at = now;
+        written.settled = None;
     }
 
-    /// When the key `namespace/name` (`uid`) at `version` is the echo of its settling write:
-    /// what that reconcile decided, with the time already passed taken off. An echo is
-    /// answered once.
+    /// Remembers that the last write settled the key, due again after `next`.
+    pub fn settled(&self, (namespace, name): (&str, &str), next: Option<Duration>) {
+        if let Some(written) = self
+            .lock()
+            .get_mut(&(namespace.to_owned(), name.to_owned()))
+        {
+            written.settled = Some(next);
+        }
+    }
+
+    /// How a reconcile of `namespace/name` (`uid`) at `version` relates to this process's
+    /// writes. A settled key's echo is answered once, with the time passed taken off.
     pub fn echo(
         &self,
         (namespace, name): (&str, &str),
-        uid: &str,
-        version: &str,
+        (uid, version): (&str, &str),
         now: Instant,
-    ) -> Option<Action> {
-        let settled = self
-            .lock()
-            .remove(&(namespace.to_owned(), name.to_owned()))?;
-        let age = now.checked_duration_since(settled.at)?;
-        if settled.uid != uid || settled.version != version || age > SETTLED_FOR {
-            return None;
-        }
-        Some(settled.next.map_or_else(Action::await_change, |next| {
-            Action::requeue(next.saturating_sub(age))
-        }))
+    ) -> Echo {
+        let mut writes = self.lock();
+        let key = (namespace.to_owned(), name.to_owned());
+        let Some(written) = writes.get(&key) else {
+            return Echo::No;
+        };
+        let age = now.checked_duration_since(written.at);
+        let trusted = written.uid == uid && age.is_some_and(|age| age <= REMEMBERED_FOR);
+        let last = written.versions.last().map(String::as_str);
+        let echo = match (trusted, written.settled, age) {
+            (false, _, _) => Echo::No,
+            (true, Some(next), Some(age)) if last == Some(version) => {
+                Echo::Settled(next.map_or_else(Action::await_change, |next| {
+                    Action::requeue(next.saturating_sub(age))
+                }))
+            }
+            (true, _, _)
+                if last != Some(version) && written.versions.iter().any(|v| v == version) =>
+            {
+                return Echo::Behind;
+            }
+            _ => Echo::No,
+        };
+        writes.remove(&key);
+        echo
     }
 
-    /// Forgets `namespace/name`: something besides its own write wants it looked at.
+    /// Forgets `namespace/name`: something besides its own writes wants it looked at.
     pub fn forget(&self, namespace: &str, name: &str) {
         self.lock().remove(&(namespace.to_owned(), name.to_owned()));
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Settled>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Written>> {
         // Entries are written whole: a panic elsewhere leaves the map usable.
         self.0
             .lock()
@@ -143,76 +231,136 @@ mod tests {
 
     #[test]
     fn a_settled_keys_echo_is_answered_once_with_the_time_left() {
-        let settled = SettledKeys::default();
+        let writes = KeyWrites::default();
         let now = Instant::now();
         assert_eq!(
-            settled.echo(KEY, "u1", "7", now),
-            None,
-            "nothing was settled"
+            writes.echo(KEY, ("u1", "7"), now),
+            Echo::No,
+            "nothing was written"
         );
-        settled.settled(KEY, ("u1", "7"), Some(Duration::from_secs(60)), now);
+        writes.wrote(KEY, ("u1", "7"), now);
+        writes.settled(KEY, Some(Duration::from_secs(60)));
         let later = now + Duration::from_secs(10);
         assert_eq!(
-            settled.echo(KEY, "u1", "7", later),
-            Some(Action::requeue(Duration::from_secs(50)))
+            writes.echo(KEY, ("u1", "7"), later),
+            Echo::Settled(Action::requeue(Duration::from_secs(50)))
         );
-        assert_eq!(settled.echo(KEY, "u1", "7", later), None, "answered twice");
+        assert_eq!(
+            writes.echo(KEY, ("u1", "7"), later),
+            Echo::No,
+            "answered twice"
+        );
     }
 
     #[test]
-    fn anything_but_the_echo_is_reconciled() {
-        let settled = SettledKeys::default();
+    fn a_cache_behind_the_last_write_waits_for_it() {
+        let writes = KeyWrites::default();
+        let now = Instant::now();
+        for version in ["5", "6", "7"] {
+            writes.wrote(KEY, ("u1", version), now);
+        }
+        writes.settled(KEY, None);
+        for behind in ["5", "6"] {
+            assert_eq!(writes.echo(KEY, ("u1", behind), now), Echo::Behind);
+        }
+        assert_eq!(
+            writes.echo(KEY, ("u1", "7"), now),
+            Echo::Settled(Action::await_change())
+        );
+        // A last write that did not settle the key is reconciled when it comes back.
+        writes.wrote(KEY, ("u1", "8"), now);
+        writes.wrote(KEY, ("u1", "9"), now);
+        assert_eq!(writes.echo(KEY, ("u1", "8"), now), Echo::Behind);
+        assert_eq!(writes.echo(KEY, ("u1", "9"), now), Echo::No);
+    }
+
+    #[test]
+    fn anything_but_an_echo_is_reconciled() {
+        let writes = KeyWrites::default();
         let now = Instant::now();
         for (uid, version, at) in [
             ("u1", "8", now),
             ("u2", "7", now),
-            ("u1", "7", now + SETTLED_FOR + Duration::from_secs(1)),
+            ("u1", "7", now + REMEMBERED_FOR + Duration::from_secs(1)),
         ] {
-            settled.settled(KEY, ("u1", "7"), None, now);
-            assert_eq!(settled.echo(KEY, uid, version, at), None, "{uid} {version}");
+            writes.wrote(KEY, ("u1", "6"), now);
+            writes.wrote(KEY, ("u1", "7"), now);
+            writes.settled(KEY, None);
+            assert_eq!(
+                writes.echo(KEY, (uid, version), at),
+                Echo::No,
+                "{uid} {version}"
+            );
         }
-        settled.settled(KEY, ("u1", "7"), None, now);
-        settled.forget("pay", "checkout");
-        assert_eq!(settled.echo(KEY, "u1", "7", now), None, "forgotten");
-        settled.settled(KEY, ("u1", "7"), None, now);
-        assert_eq!(settled.echo(("orders", "checkout"), "u1", "7", now), None);
+        writes.wrote(KEY, ("u1", "6"), now);
+        writes.wrote(KEY, ("u1", "7"), now);
+        writes.settled(KEY, None);
+        writes.forget("pay", "checkout");
+        assert_eq!(writes.echo(KEY, ("u1", "6"), now), Echo::No, "forgotten");
+        assert_eq!(writes.echo(KEY, ("u1", "7"), now), Echo::No, "forgotten");
+        writes.wrote(KEY, ("u1", "7"), now);
+        writes.settled(KEY, None);
         assert_eq!(
-            settled.echo(KEY, "u1", "7", now),
-            Some(Action::await_change())
+            writes.echo(("orders", "checkout"), ("u1", "7"), now),
+            Echo::No
         );
     }
 
     #[test]
     fn only_the_version_written_is_an_echo_and_only_once() {
         let writes = SecretWrites::default();
-        assert!(!writes.is_echo("pay", "key", "10"), "nothing was written");
-        writes.wrote("pay", "key", "10");
-        assert!(!writes.is_echo("pay", "key", "9"), "an older version");
-        assert!(!writes.is_echo("pay", "other", "10"), "another Secret");
-        assert!(!writes.is_echo("orders", "key", "10"), "another namespace");
-        assert!(writes.is_echo("pay", "key", "10"));
-        assert!(
-            !writes.is_echo("pay", "key", "10"),
-            "a relist after the echo"
+        assert_eq!(writes.event("pay", "key", "10"), SecretEvent::Other);
+        writes.begin("pay", "key");
+        assert!(!writes.finish("pay", "key", Some("10")));
+        assert_eq!(writes.event("pay", "key", "9"), SecretEvent::Other, "older");
+        assert_eq!(writes.event("pay", "other", "10"), SecretEvent::Other);
+        assert_eq!(writes.event("orders", "key", "10"), SecretEvent::Other);
+        assert_eq!(writes.event("pay", "key", "10"), SecretEvent::Echo);
+        assert_eq!(
+            writes.event("pay", "key", "10"),
+            SecretEvent::Other,
+            "a relist"
         );
-        writes.wrote("pay", "key", "11");
-        writes.wrote("pay", "key", "12");
-        assert!(
-            !writes.is_echo("pay", "key", "11"),
-            "superseded by a later write"
-        );
-        assert!(writes.is_echo("pay", "key", "12"));
+    }
+
+    #[test]
+    fn events_during_a_write_are_told_apart_when_it_returns() {
+        let writes = SecretWrites::default();
+        // The echo outran the answer: nothing raced, and nothing is left to wait for.
+        writes.begin("pay", "key");
+        assert_eq!(writes.event("pay", "key", "11"), SecretEvent::DuringWrite);
+        assert!(!writes.finish("pay", "key", Some("11")));
+        assert_eq!(writes.event("pay", "key", "11"), SecretEvent::Other);
+        // Someone else's change came meanwhile.
+        writes.begin("pay", "key");
+        assert_eq!(writes.event("pay", "key", "12"), SecretEvent::DuringWrite);
+        assert!(writes.finish("pay", "key", Some("13")));
+        assert_eq!(writes.event("pay", "key", "13"), SecretEvent::Echo);
+        // A failed write with an event meanwhile.
+        writes.begin("pay", "key");
+        assert_eq!(writes.event("pay", "key", "14"), SecretEvent::DuringWrite);
+        assert!(writes.finish("pay", "key", None));
+        writes.begin("pay", "key");
+        assert!(!writes.finish("pay", "key", None));
     }
 
     #[test]
     fn the_memory_is_bounded() {
         let writes = SecretWrites::default();
-        let settled = SettledKeys::default();
+        let keys = KeyWrites::default();
         for i in 0..=LIMIT {
-            writes.wrote("pay", &i.to_string(), "1");
-            settled.settled(("pay", &i.to_string()), ("u", "1"), None, Instant::now());
+            writes.begin("pay", &i.to_string());
+            keys.wrote(("pay", &i.to_string()), ("u", "1"), Instant::now());
+        }
+        for version in 0..=WRITES_PER_KEY {
+            keys.wrote(KEY, ("u", &version.to_string()), Instant::now());
         }
         assert!(writes.lock().len() <= LIMIT);
-        assert!(settled.lock().len() <= LIMIT);
+        assert!(keys.lock().len() <= LIMIT);
+        assert!(
+            keys.lock()
+                .values()
+                .all(|w| w.versions.len() <= WRITES_PER_KEY)
+        );
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod account;
 mod context;
+mod credentials;
 pub mod decision;
 mod echo;
 pub mod error;
@@ -42,6 +43,7 @@ pub use error::{Error, Result};
 
 use crate::crd::{AccountKind, ClusterImburseAccount, ImburseAccount, TenantSecurityKey};
 use account::AccountResource;
+use echo::SecretEvent;
 use retry::{error_policy, with_backoff_reset};
 
 /// Field manager of every server-side apply the operator makes.
@@ -309,10 +311,12 @@ fn run_keys(
             scoped::<PartialObjectMeta<Secret>>(&client, namespace),
             watch.clone(),
             move |s| {
-                if by_secret.is_echo(&s) {
-                    Vec::new()
-                } else {
-                    waking(&by_secret, secret_triggers(&s))
+                match by_secret.secret_event(&s) {
+                    SecretEvent::Echo => Vec::new(),
+                    // The write, when it returns, tells whether this was its echo; the key is
+                    // looked at either way, and in full if it was not.
+                    SecretEvent::DuringWrite => secret_triggers(&s),
+                    SecretEvent::Other => waking(&by_secret, secret_triggers(&s)),
                 }
             },
         )
@@ -377,6 +381,10 @@ async fn run_accounts<A: AccountResource>(
             watcher::Config::default(),
             move |secret| {
                 let namespace = secret.namespace();
+                // Whatever changed, the pairs read from it are read again.
+                mapper_ctx
+                    .credentials
+                    .forget(namespace.as_deref().unwrap_or_default(), &secret.name_any());
                 store
                     .state()
                     .iter()

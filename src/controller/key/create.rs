@@ -87,12 +87,10 @@ impl Run<'_> {
             .keys
             .patch(&self.name, &params, &Patch::Apply(&patch))
             .await?;
-        // Written on the cached version: the API server had nothing newer, so the cache is
-        // confirmed current without a read of its own.
-        if self.resource_version == self.tsk.resource_version() && self.resource_version.is_some() {
-            self.confirmed_fresh = true;
-        }
-        self.resource_version = written.resource_version();
+        // Written on the latest known version: the API server had nothing newer, so this
+        // reconcile's picture is current without a read of its own.
+        self.confirmed_fresh |= self.resource_version.is_some();
+        self.wrote(&written);
         self.has_finalizer = keep;
         self.guarded = true;
         Ok(())
@@ -118,7 +116,8 @@ impl Run<'_> {
             self.resource_version.as_deref(),
         )
         .await?;
-        self.resource_version = written.resource_version();
+        self.confirmed_fresh |= self.resource_version.is_some();
+        self.wrote(&written);
         self.guarded = true;
         self.drop_intent_annotation().await
     }
@@ -138,7 +137,7 @@ impl Run<'_> {
             .keys
             .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
-        self.resource_version = written.resource_version();
+        self.wrote(&written);
         self.intent_annotation = false;
         Ok(())
     }

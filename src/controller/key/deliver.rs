@@ -156,26 +156,31 @@ impl Run<'_> {
                 existing = None;
             }
         }
+        let namespace = self.tsk.namespace().unwrap_or_default();
+        let name = self.desired.secret_name.clone();
+        self.ctx.secret_writes.begin(&namespace, &name);
         let written = match existing {
             None => {
                 self.ctx.metrics.kube_write("secrets", "create");
-                self.secrets
-                    .create(&PostParams::default(), &desired)
-                    .await
-                    .map_err(|e| self.secret_error(e))?
+                self.secrets.create(&PostParams::default(), &desired).await
             }
             Some(found) => {
                 desired.metadata.resource_version = found.resource_version();
                 self.ctx.metrics.kube_write("secrets", "apply");
                 let params = PatchParams::apply(FIELD_MANAGER).force();
                 self.secrets
-                    .patch(&self.desired.secret_name, &params, &Patch::Apply(&desired))
+                    .patch(&name, &params, &Patch::Apply(&desired))
                     .await
-                    .map_err(|e| self.secret_error(e))?
             }
         };
-        self.ctx.wrote_secret(&written);
-        self.secret = Some(written);
+        let version = written.as_ref().ok().and_then(|w| w.resource_version());
+        // Someone else changed the Secret while it was written: this reconcile's picture of it
+        // is not to be trusted later, and the key is looked at again in full.
+        self.secret_raced |= self
+            .ctx
+            .secret_writes
+            .finish(&namespace, &name, version.as_deref());
+        self.secret = Some(written.map_err(|e| self.secret_error(e))?);
         Ok(())
     }
 

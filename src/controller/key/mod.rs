@@ -26,6 +26,7 @@ use super::{
     Context, KeyLimits,
     account::ResolvedAccount,
     decision::{self, Desired, Step},
+    echo::Echo,
     error::{Error, Result},
     intent::Recorded,
     secret,
@@ -166,14 +167,26 @@ pub async fn reconcile(tsk: Arc<TenantSecurityKey>, ctx: Arc<Context>) -> Result
     let _in_flight = ctx.liveness.start(KIND);
     let started = Instant::now();
     let namespace = tsk.namespace().unwrap_or_default();
-    if let (Some(uid), Some(version)) = (tsk.uid(), tsk.resource_version())
-        && let Some(action) =
-            ctx.settled
-                .echo((&namespace, &tsk.name_any()), &uid, &version, started)
-    {
-        tracing::debug!("the echo of this process's settling write; nothing changed");
-        ctx.metrics.observe_reconcile(KIND, "ok", started.elapsed());
-        return Ok(action);
+    if let (Some(uid), Some(version)) = (tsk.uid(), tsk.resource_version()) {
+        let action =
+            match ctx
+                .key_writes
+                .echo((&namespace, &tsk.name_any()), (&uid, &version), started)
+            {
+                Echo::No => None,
+                Echo::Behind => {
+                    tracing::debug!("the cache is behind this process's own write; waiting for it");
+                    Some(Action::await_change())
+                }
+                Echo::Settled(action) => {
+                    tracing::debug!("the echo of this process's settling write; nothing changed");
+                    Some(action)
+                }
+            };
+        if let Some(action) = action {
+            ctx.metrics.observe_reconcile(KIND, "ok", started.elapsed());
+            return Ok(action);
+        }
     }
     let mut run = Run::new(&tsk, &ctx);
     let result = run.drive().await;
@@ -227,6 +240,23 @@ struct Run<'a> {
     confirmed_fresh: bool,
     /// Why this reconcile began a create, for the KeyCreated Event.
     create_reason: Option<&'static str>,
+    /// Someone else changed the Secret while this reconcile wrote it.
+    secret_raced: bool,
+}
+
+impl Run<'_> {
+    /// Takes the version a write of the resource produced as the latest known, and remembers
+    /// it as this process's own, so that its echo costs nothing.
+    fn wrote(&mut self, written: &TenantSecurityKey) {
+        self.resource_version = written.resource_version();
+        if let Some(version) = &self.resource_version {
+            self.ctx.key_writes.wrote(
+                (&self.tsk.namespace().unwrap_or_default(), &self.name),
+                (&self.uid, version),
+                Instant::now(),
+            );
+        }
+    }
 }
 
 impl Run<'_> {
@@ -240,7 +270,10 @@ impl Run<'_> {
             {
                 return Ok(Stop::Waiting(left));
             }
-            if step.needs_latest_resource() && !self.confirmed_fresh {
+            // A create begins with a write conditional on the cached version: a stale cache
+            // fails it before anything happens at Imburse, so it needs no read of its own.
+            let checked_by_its_write = matches!(step, Step::BeginCreate(_));
+            if step.needs_latest_resource() && !self.confirmed_fresh && !checked_by_its_write {
                 if !self.is_fresh().await? {
                     return Ok(Stop::Stale);
                 }

@@ -68,6 +68,7 @@ impl<'a> Run<'a> {
             restart_retry: None,
             confirmed_fresh: false,
             create_reason: None,
+            secret_raced: false,
         }
     }
 

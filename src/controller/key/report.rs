@@ -99,7 +99,7 @@ impl Run<'_> {
             )
             .await
             {
-                Ok(written) => self.resource_version = written.resource_version(),
+                Ok(written) => self.wrote(&written),
                 Err(e) if e.is_conflict() => return Ok(changed_meanwhile()),
                 Err(e) => return Err(e),
             }
@@ -124,12 +124,10 @@ impl Run<'_> {
                     .min();
                 // The write comes back as a watch event of this very version: answered from
                 // what was just decided, without reading the Secret again.
-                if wrote_status && let Some(version) = &self.resource_version {
-                    self.ctx.settled.settled(
+                if wrote_status && !self.secret_raced {
+                    self.ctx.key_writes.settled(
                         (&self.tsk.namespace().unwrap_or_default(), &self.name),
-                        (&self.uid, version),
                         next,
-                        std::time::Instant::now(),
                     );
                 }
                 Ok(next.map_or_else(Action::await_change, Action::requeue))
