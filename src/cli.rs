@@ -342,7 +342,17 @@ async fn run_async(args: RunArgs) -> Result<(), BoxError> {
         allowed_imburse_hosts = %args.allowed_imburse_hosts,
         "watching"
     );
+    // Markers name the cluster a key was made in by its `kube-system` namespace, which every
+    // cluster has and which lives as long as the cluster.
+    let kube_system = kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .get("kube-system")
+        .await?;
+    let cluster_id = controller::intent::cluster_id(kube_system.metadata.uid.as_deref().unwrap_or_default());
+    if cluster_id.is_empty() {
+        return Err("namespace kube-system has no uid to tell this cluster's keys by".into());
+    }
     let settings = Settings {
+        cluster_id,
         cluster_account_secret_namespace: args
             .cluster_account_secret_namespace
             .unwrap_or_else(|| args.namespace.clone()),

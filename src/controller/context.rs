@@ -44,6 +44,8 @@ pub struct Settings {
     pub verify_interval: Option<Duration>,
     /// Floors and caps on what a key may ask for.
     pub key_limits: KeyLimits,
+    /// This cluster's id in the markers of key names (see [`super::intent::cluster_id`]).
+    pub cluster_id: String,
 }
 
 /// Floors and caps on what a TenantSecurityKey may ask for: each rotation mints a key at
