@@ -87,6 +87,8 @@ pub struct Context {
     pub(super) account_stores: OnceLock<AccountStores>,
     /// Public keys that verification found missing at Imburse, by resource uid.
     revoked_remotely: Mutex<HashMap<String, String>>,
+    /// The keys at Imburse per account, tenant and class, as the verifiers last counted them.
+    pub inventory: super::inventory::Counts,
 }
 
 impl Context {
@@ -119,6 +121,7 @@ impl Context {
             key_stores: OnceLock::new(),
             account_stores: OnceLock::new(),
             revoked_remotely: Mutex::default(),
+            inventory: Default::default(),
         }
     }
 

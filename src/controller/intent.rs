@@ -250,7 +250,11 @@ mod tests {
         assert!(!names_attempt(&name, "uid-1", "a2"));
         assert!(!names_attempt(&name, "uid-2", "a1"));
         assert!(!names_attempt("Admin Key", "uid-1", "a1"));
-        assert!(!names_attempt(&key_name("x", "uid-1", "", CLUSTER), "uid-1", ""));
+        assert!(!names_attempt(
+            &key_name("x", "uid-1", "", CLUSTER),
+            "uid-1",
+            ""
+        ));
     }
 
     fn any_intent() -> impl proptest::strategy::Strategy<Value = Intent> {

@@ -7,6 +7,7 @@ pub mod error;
 mod events;
 mod finalizer;
 pub mod intent;
+pub mod inventory;
 pub mod key;
 mod retry;
 mod schedule;
@@ -272,7 +273,12 @@ fn run_keys(
     .applied_objects();
     let keys = Controller::for_stream(key_events, key_store.clone());
     let (verified, gone_keys) = futures::channel::mpsc::unbounded();
-    let verifier = verify::run(ctx.clone(), key_store.clone(), verified);
+    let verifier = verify::run(
+        ctx.clone(),
+        namespace.map(str::to_owned),
+        key_store.clone(),
+        verified,
+    );
     let (ns_store, cluster_store, namespace_store) =
         (key_store.clone(), key_store.clone(), key_store.clone());
     // Only the labels of the watched namespace matter to its keys.
