@@ -258,10 +258,10 @@ async fn scrape_inventory(env: &Env, tenant: &str) -> Result<BTreeMap<String, f6
     let log = env.operator_log()?;
     let address = log
         .lines()
+        .rev()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|l| l["fields"]["message"] == "serving metrics")
-        .filter_map(|l| l["fields"]["address"].as_str().map(str::to_owned))
-        .last()
+        .find_map(|l| l["fields"]["address"].as_str().map(str::to_owned))
         .context("the operator serves no metrics")?;
     let text = reqwest::get(format!("http://{address}/metrics"))
         .await?
