@@ -361,7 +361,18 @@ async fn run_async(args: RunArgs) -> Result<(), BoxError> {
         allowed_imburse_hosts = %args.allowed_imburse_hosts,
         "watching"
     );
+    // Markers name the cluster a key was made in by its `kube-system` namespace, which every
+    // cluster has and which lives as long as the cluster.
+    let kube_system = kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .get("kube-system")
+        .await?;
+    let cluster_id =
+        controller::intent::cluster_id(kube_system.metadata.uid.as_deref().unwrap_or_default());
+    if cluster_id.is_empty() {
+        return Err("namespace kube-system has no uid to tell this cluster's keys by".into());
+    }
     let settings = Settings {
+        cluster_id,
         cluster_account_secret_namespace: args
             .cluster_account_secret_namespace
             .unwrap_or_else(|| args.namespace.clone()),
@@ -387,12 +398,13 @@ async fn run_async(args: RunArgs) -> Result<(), BoxError> {
         ready.clone(),
         liveness.clone(),
     ));
-    let (keys, accounts) = (ctx.clone(), ctx.clone());
+    let (keys, accounts, inventory) = (ctx.clone(), ctx.clone(), ctx.clone());
     metrics::register_cache_metrics(
         &mut registry,
         metrics::Caches {
             keys: Box::new(move || keys.cached_keys()),
             accounts: Box::new(move || accounts.cached_accounts()),
+            inventory: Box::new(move || inventory.inventory.snapshot()),
         },
     );
     // Both bound, and TLS set up, before anything runs, so that a taken port or a bad

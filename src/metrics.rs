@@ -1,8 +1,9 @@
 //! Prometheus metrics, all prefixed `tenant_key_operator_`: counters the reconcilers update,
 //! and per-key and per-account gauges computed from the caches at each scrape
-//! ([`register_cache_metrics`]).
+//! ([`register_cache_metrics`]), among them the keys at Imburse per class as the verifier last
+//! counted them.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, fmt, sync::Arc, time::Duration};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::ResourceExt;
@@ -15,7 +16,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::crd::TenantSecurityKey;
+use crate::{
+    controller::inventory::{Tally, Where},
+    crd::TenantSecurityKey,
+};
 
 /// Prefix of every metric name.
 const PREFIX: &str = "tenant_key_operator";
@@ -174,6 +178,8 @@ pub struct AccountReadiness {
 pub struct Caches {
     pub keys: Box<dyn Fn() -> Vec<Arc<TenantSecurityKey>> + Send + Sync>,
     pub accounts: Box<dyn Fn() -> Vec<AccountReadiness> + Send + Sync>,
+    /// The keys at Imburse per account, tenant and class.
+    pub inventory: Box<dyn Fn() -> BTreeMap<Where, Tally> + Send + Sync>,
 }
 
 /// Registers the per-key and per-account gauges, read from `caches` at each scrape.
@@ -192,8 +198,43 @@ impl fmt::Debug for Caches {
 impl Collector for Caches {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         encode_keys(&(self.keys)(), Timestamp::now(), &mut encoder)?;
-        encode_accounts((self.accounts)(), &mut encoder)
+        encode_accounts((self.accounts)(), &mut encoder)?;
+        encode_inventory((self.inventory)(), &mut encoder)
     }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InventoryLabels {
+    kind: &'static str,
+    namespace: String,
+    account: String,
+    tenant: String,
+    class: &'static str,
+}
+
+/// Encodes the keys listed per account, tenant and class: one series per class for each
+/// account and tenant the last round listed, so the series are bounded by the tenants in use.
+fn encode_inventory(
+    inventory: BTreeMap<Where, Tally>,
+    encoder: &mut DescriptorEncoder,
+) -> fmt::Result {
+    gauge(
+        encoder,
+        "imburse_keys",
+        "Keys listed at Imburse per account and tenant, by class (managed, leaked, foreign, unmanaged), as of the last verification",
+        inventory.into_iter().flat_map(|(place, tally)| {
+            tally.into_iter().map(move |(class, count)| {
+                let labels = InventoryLabels {
+                    kind: place.kind,
+                    namespace: place.namespace.clone(),
+                    account: place.account.clone(),
+                    tenant: place.tenant.clone(),
+                    class: class.as_str(),
+                };
+                (labels, count as i64)
+            })
+        }),
+    )
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -386,14 +427,16 @@ mod tests {
     }
 
     fn scrape_with(keys: Vec<Arc<TenantSecurityKey>>, accounts: Vec<AccountReadiness>) -> String {
+        scrape_caches(Caches {
+            keys: Box::new(move || keys.clone()),
+            accounts: Box::new(move || accounts.clone()),
+            inventory: Box::new(BTreeMap::new),
+        })
+    }
+
+    fn scrape_caches(caches: Caches) -> String {
         let mut registry = Registry::default();
-        register_cache_metrics(
-            &mut registry,
-            Caches {
-                keys: Box::new(move || keys.clone()),
-                accounts: Box::new(move || accounts.clone()),
-            },
-        );
+        register_cache_metrics(&mut registry, caches);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry)
             .unwrap_or_else(|e| panic!("encoding: {e}"));
@@ -483,12 +526,49 @@ mod tests {
         assert_eq!(lines[..expected.len()], expected, "{text}");
         assert_eq!(
             lines[expected.len()..],
-            ["# TYPE tenant_key_operator_account_ready gauge", "# EOF"],
+            [
+                "# TYPE tenant_key_operator_account_ready gauge",
+                "# TYPE tenant_key_operator_imburse_keys gauge",
+                "# EOF"
+            ],
             "{text}"
         );
         // Keys without the optional fields have no sample, not a zero.
         assert!(!text.contains(r#"key_created_timestamp_seconds{namespace="orders""#));
         assert!(!text.contains(r#"key_rotation_interval_seconds{namespace="orders""#));
+    }
+
+    #[test]
+    fn the_inventory_reports_every_class_of_each_account_and_tenant() {
+        use crate::crd::KeyClass;
+        let place = Where {
+            kind: "ImburseAccount",
+            namespace: "payments".into(),
+            account: "imburse".into(),
+            tenant: "t1".into(),
+        };
+        let tally: crate::controller::inventory::Tally =
+            KeyClass::ALL.into_iter().zip([2, 1, 0, 3]).collect();
+        let text = scrape_caches(Caches {
+            keys: Box::new(Vec::new),
+            accounts: Box::new(Vec::new),
+            inventory: Box::new(move || [(place.clone(), tally.clone())].into()),
+        });
+        let samples: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("tenant_key_operator_imburse_keys{"))
+            .collect();
+        let labels = r#"kind="ImburseAccount",namespace="payments",account="imburse",tenant="t1""#;
+        assert_eq!(
+            samples,
+            [
+                format!("tenant_key_operator_imburse_keys{{{labels},class=\"managed\"}} 2"),
+                format!("tenant_key_operator_imburse_keys{{{labels},class=\"leaked\"}} 1"),
+                format!("tenant_key_operator_imburse_keys{{{labels},class=\"foreign\"}} 0"),
+                format!("tenant_key_operator_imburse_keys{{{labels},class=\"unmanaged\"}} 3"),
+            ],
+            "{text}"
+        );
     }
 
     #[test]

@@ -531,9 +531,10 @@ fn aggregated_roles_extend_view_and_edit() -> Result<()> {
 }
 
 /// Metric names the alerts and the dashboard may use: the operator's own metrics.
-const METRICS: [&str; 15] = [
+const METRICS: [&str; 16] = [
     "tenant_key_operator_account_ready",
     "tenant_key_operator_build_info",
+    "tenant_key_operator_imburse_keys",
     "tenant_key_operator_imburse_request_duration_seconds_bucket",
     "tenant_key_operator_imburse_requests_total",
     "tenant_key_operator_key_created_timestamp_seconds",
@@ -598,6 +599,7 @@ fn alerts_parse_with_the_prometheus_rule_parser() -> Result<()> {
                 "TenantSecurityKeyRevocationOverdue",
                 "TenantSecurityKeyRotationOverdue",
                 "ImburseAccountNotReady",
+                "ImburseKeyLeaked",
                 "TenantKeyOperatorImburseErrors",
                 "TenantKeyOperatorAbsent",
             ],

@@ -21,12 +21,12 @@ use serde::{Serialize, de::DeserializeOwned};
 use super::{
     AccountStores, Context,
     error::{Error, Reason, Result},
-    finalizer,
+    finalizer, inventory,
     status::{self, Outcome},
 };
 use crate::crd::{
-    AccountKind, AccountRef, AccountSpec, AccountStatus, ApiGeneration, ClusterImburseAccount,
-    Endpoint, ImburseAccount,
+    AccountKind, AccountRef, AccountSpec, AccountStatus, ApiGeneration, Audit,
+    ClusterImburseAccount, Endpoint, ImburseAccount,
 };
 
 /// Behaviour shared by `ImburseAccount` and `ClusterImburseAccount`.
@@ -306,8 +306,8 @@ async fn find<A: AccountResource>(
     Ok(A::api(ctx, namespace).get_opt(name).await?.map(Arc::new))
 }
 
-/// The name of an account kind, for messages.
-fn kind_name(kind: AccountKind) -> &'static str {
+/// The name of an account kind, for messages and metrics.
+pub(super) fn kind_name(kind: AccountKind) -> &'static str {
     match kind {
         AccountKind::ImburseAccount => ImburseAccount::KIND,
         AccountKind::ClusterImburseAccount => ClusterImburseAccount::KIND,
@@ -493,6 +493,24 @@ pub async fn reconcile<A: AccountResource>(account: Arc<A>, ctx: Arc<Context>) -
         );
     }
     let result = verify(account.as_ref(), &ctx).await;
+    let previous = account.account_status().cloned().unwrap_or_default();
+    let mut next = previous.clone();
+    // An audit is answered only with credentials that work, at most once per spacing.
+    let mut audit_due = None;
+    if let (Ok(()), Some(request)) = (&result, audit_request(account.as_ref(), &previous)) {
+        match audit_wait(previous.audit.as_ref()) {
+            Some(wait) => audit_due = Some(wait),
+            None => {
+                let revoke = inventory::requested_revocations(
+                    account
+                        .annotations()
+                        .get(crate::crd::REVOKE_LEAKED_ANNOTATION)
+                        .map(String::as_str),
+                );
+                next.audit = Some(inventory::audit(&ctx, account.as_ref(), request, &revoke).await);
+            }
+        }
+    }
     let outcome = match &result {
         Ok(()) => Outcome::Ready {
             reason: "CredentialsVerified",
@@ -500,8 +518,6 @@ pub async fn reconcile<A: AccountResource>(account: Arc<A>, ctx: Arc<Context>) -
         },
         Err(e) => Outcome::Failed(e),
     };
-    let previous = account.account_status().cloned().unwrap_or_default();
-    let mut next = previous.clone();
     next.observed_generation = account.meta().generation;
     status::set_outcome(
         &mut next.conditions,
@@ -544,7 +560,7 @@ pub async fn reconcile<A: AccountResource>(account: Arc<A>, ctx: Arc<Context>) -
     ctx.metrics
         .observe_reconcile(A::KIND, label, started.elapsed());
     match result {
-        Ok(()) => Ok(Action::await_change()),
+        Ok(()) => Ok(audit_due.map_or_else(Action::await_change, Action::requeue)),
         Err(e) => {
             tracing::warn!(
                 kind = A::KIND,
@@ -567,6 +583,32 @@ pub async fn reconcile<A: AccountResource>(account: Arc<A>, ctx: Arc<Context>) -
             }
         }
     }
+}
+
+/// Shortest time between two audits of an account: whoever can annotate it must not make the
+/// operator list its tenants in a loop.
+const AUDIT_SPACING: Duration = Duration::from_secs(10);
+
+/// The audit request on the account that `status.audit` does not answer yet.
+fn audit_request<'a, A: AccountResource>(
+    account: &'a A,
+    status: &AccountStatus,
+) -> Option<&'a str> {
+    let request = account
+        .annotations()
+        .get(crate::crd::AUDIT_REQUESTED_AT_ANNOTATION)?;
+    let answered = status.audit.as_ref().map(|a| &a.request);
+    (answered != Some(request) && !request.is_empty()).then_some(request.as_str())
+}
+
+/// How long an audit request waits for the spacing since the last audit, if at all.
+fn audit_wait(last: Option<&Audit>) -> Option<Duration> {
+    let last = last?.completed_at.0;
+    let since = Duration::try_from(k8s_openapi::jiff::Timestamp::now().duration_since(last)).ok();
+    // A completion in the future (a clock step) waits a whole spacing rather than for ever.
+    AUDIT_SPACING
+        .checked_sub(since.unwrap_or_default())
+        .filter(|d| !d.is_zero())
 }
 
 fn ready_reason(status: &AccountStatus) -> Option<(&str, &str)> {

@@ -53,6 +53,8 @@ pub struct Settings {
     pub verify_interval: Option<Duration>,
     /// Floors and caps on what a key may ask for.
     pub key_limits: KeyLimits,
+    /// This cluster's id in the markers of key names (see [`super::intent::cluster_id`]).
+    pub cluster_id: String,
 }
 
 /// Floors and caps on what a TenantSecurityKey may ask for: each rotation mints a key at
@@ -100,6 +102,8 @@ pub struct Context {
     pub(super) credentials: Credentials,
     /// This process's writes to keys, whose echoes need no request.
     pub(super) key_writes: KeyWrites,
+    /// The keys at Imburse per account, tenant and class, as the verifiers last counted them.
+    pub inventory: super::inventory::Counts,
 }
 
 impl Context {
@@ -135,6 +139,7 @@ impl Context {
             secret_writes: SecretWrites::default(),
             key_writes: KeyWrites::default(),
             credentials: Credentials::default(),
+            inventory: Default::default(),
         }
     }
 

@@ -9,6 +9,7 @@ pub mod error;
 mod events;
 mod finalizer;
 pub mod intent;
+pub mod inventory;
 pub mod key;
 mod retry;
 mod schedule;
@@ -287,7 +288,12 @@ fn run_keys(
     .applied_objects();
     let keys = Controller::for_stream(key_events, key_store.clone());
     let (verified, gone_keys) = futures::channel::mpsc::unbounded();
-    let verifier = verify::run(ctx.clone(), key_store.clone(), verified);
+    let verifier = verify::run(
+        ctx.clone(),
+        namespace.map(str::to_owned),
+        key_store.clone(),
+        verified,
+    );
     let (ns_store, cluster_store, namespace_store) =
         (key_store.clone(), key_store.clone(), key_store.clone());
     let (by_secret, by_account, by_cluster_account, by_namespace, by_verifier) = (

@@ -7,8 +7,13 @@
 //! read of that key alone, is remembered for its resource, whose reconcile is then triggered:
 //! the decision replaces it
 //! ([`crate::controller::decision::Rotation::RevokedExternally`]).
+//!
+//! The same listings feed the inventory ([`super::inventory::count`]): no listing is added.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::jiff::Timestamp;
@@ -17,12 +22,7 @@ use kube::{
     runtime::reflector::{ObjectRef, Store},
 };
 
-use super::{
-    Context,
-    account::{self, Purpose},
-    error::Result,
-    status,
-};
+use super::{Context, account, inventory, status};
 use crate::crd::{AccountKind, AccountRef, Endpoint, TenantSecurityKey};
 
 /// Keys that live in the same place: one listing answers for all of them.
@@ -35,10 +35,12 @@ struct Place {
     tenant_id: String,
 }
 
-/// Runs until dropped: every `interval`, checks the keys in `store` at Imburse and sends the
-/// resources whose key is gone to `trigger`.
+/// Runs until dropped: every `interval`, checks the keys in `store` (of the watched namespace
+/// `scope`, or all) at Imburse, sends the resources whose key is gone to `trigger`, and counts
+/// the keys listed.
 pub async fn run(
     ctx: Arc<Context>,
+    scope: Option<String>,
     store: Store<TenantSecurityKey>,
     trigger: UnboundedSender<ObjectRef<TenantSecurityKey>>,
 ) {
@@ -50,12 +52,13 @@ pub async fn run(
     }
     loop {
         tokio::time::sleep(interval.mul_f64(rand::random_range(0.9..=1.0))).await;
-        verify(&ctx, &store, &trigger).await;
+        verify(&ctx, scope.as_deref(), &store, &trigger).await;
     }
 }
 
 async fn verify(
     ctx: &Context,
+    scope: Option<&str>,
     store: &Store<TenantSecurityKey>,
     trigger: &UnboundedSender<ObjectRef<TenantSecurityKey>>,
 ) {
@@ -66,8 +69,16 @@ async fn verify(
             places.entry(place).or_default().push((key, public_key));
         }
     }
+    let mut listings = Vec::new();
     for (place, keys) in places {
-        let (client, live) = match list(ctx, &place).await {
+        let listed = inventory::list(
+            ctx,
+            place.namespace.as_deref(),
+            &place.account,
+            &place.endpoint,
+            &place.tenant_id,
+        );
+        let (client, listed) = match listed.await {
             Ok(Some(listed)) => listed,
             Ok(None) => continue,
             Err(e) => {
@@ -75,9 +86,10 @@ async fn verify(
                 continue;
             }
         };
+        let live: HashSet<&str> = listed.iter().map(|k| k.public_key.as_str()).collect();
         for (key, recorded) in keys {
             let public_key = recorded.public_key;
-            if live.contains(&public_key) {
+            if live.contains(public_key.as_str()) {
                 continue;
             }
             // A listing may be partial or of the moment: only the key's own "not found",
@@ -102,7 +114,14 @@ async fn verify(
             // The receiver lives as long as the controller; a send after it stopped is moot.
             let _ = trigger.unbounded_send(ObjectRef::from_obj(key.as_ref()));
         }
+        listings.push(inventory::Listing {
+            namespace: place.namespace,
+            account: place.account,
+            tenant: place.tenant_id,
+            keys: listed,
+        });
     }
+    inventory::count(ctx, scope, &listings).await;
 }
 
 /// What the status records of a live key.
@@ -163,24 +182,4 @@ fn place_of(key: &TenantSecurityKey, listed_from: Timestamp) -> Option<(Place, R
         credentials: s.credentials_fingerprint.clone(),
     };
     Some((place, recorded))
-}
-
-/// The client for the place and the public keys Imburse lists there, or `None` when its API
-/// cannot list.
-async fn list(
-    ctx: &Context,
-    place: &Place,
-) -> Result<Option<(imburse::AccountClient, Vec<String>)>> {
-    let namespace = place.namespace.clone().unwrap_or_default();
-    let account = account::resolve(ctx, &namespace, &place.account, Purpose::Revoke).await?;
-    let client = match &place.endpoint {
-        Some(at) if *at != account.endpoint() => account.connect_at(ctx, at).await?,
-        _ => account.connect(ctx).await?,
-    };
-    if !client.supports_listing() {
-        return Ok(None);
-    }
-    let keys = client.list_keys(&place.tenant_id).await?;
-    let live = keys.into_iter().map(|k| k.public_key).collect();
-    Ok(Some((client, live)))
 }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -129,6 +129,87 @@ pub struct AccountStatus {
     /// itself is never stored). `Reconciling` and `Stalled` follow kstatus conventions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The answer to the last audit request (annotation `imbursepayments.com/audit-requested-at`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<Audit>,
+}
+
+/// Annotation on an account that requests an audit of its keys at Imburse: each new value
+/// (e.g. the current RFC 3339 time) is answered once, in `status.audit`.
+pub const AUDIT_REQUESTED_AT_ANNOTATION: &str = "imbursepayments.com/audit-requested-at";
+
+/// Annotation on an account, read with a new audit request: the public keys (comma-separated)
+/// to revoke if the audit finds them leaked. Any other key named is refused.
+pub const REVOKE_LEAKED_ANNOTATION: &str = "imbursepayments.com/revoke-leaked";
+
+/// What an audit of an account's keys found.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Audit {
+    /// The value of the request annotation this answers.
+    pub request: String,
+    /// When the keys were listed.
+    pub completed_at: Time,
+    /// Every key listed at the tenants of the account's TenantSecurityKeys, classified.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<AuditedKey>,
+    /// Public keys revoked at this request, as leaked keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked: Vec<String>,
+    /// Revocations asked for and refused, with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
+    /// Tenants that could not be listed, with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+/// One key listed at Imburse (never its private key, which Imburse does not list).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditedKey {
+    pub tenant_id: String,
+    pub public_key: String,
+    /// The key's name at Imburse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub class: KeyClass,
+    /// For managed keys, what holds them: a TenantSecurityKey, or the Secret a deleted one
+    /// retained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+/// Whose a key at Imburse is.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum KeyClass {
+    /// A resource of this cluster records it (current, replaced or being created), or a Secret
+    /// that a deleted one retained holds it.
+    Managed,
+    /// Made by this cluster, and nothing of this cluster holds it: a key that outlived the
+    /// creation or the resource it was made for.
+    Leaked,
+    /// Marked by another cluster, or by a version that did not mark the cluster and for a
+    /// resource this cluster does not have.
+    Foreign,
+    /// Not marked by the operator: made by hand or by another tool.
+    Unmanaged,
+}
+
+impl KeyClass {
+    pub const ALL: [Self; 4] = [Self::Managed, Self::Leaked, Self::Foreign, Self::Unmanaged];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Managed => "managed",
+            Self::Leaked => "leaked",
+            Self::Foreign => "foreign",
+            Self::Unmanaged => "unmanaged",
+        }
+    }
 }
 
 /// An Imburse account usable by the TenantSecurityKeys of its own namespace.

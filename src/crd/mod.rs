@@ -12,8 +12,9 @@ mod conditions;
 mod tenant_security_key;
 
 pub use account::{
-    AccountSpec, AccountStatus, AllowedNamespaces, ApiGeneration, ClusterImburseAccount,
-    ClusterImburseAccountSpec, CredentialsSecretRef, DEFAULT_BASE_URL, ImburseAccount,
+    AUDIT_REQUESTED_AT_ANNOTATION, AccountSpec, AccountStatus, AllowedNamespaces, ApiGeneration,
+    Audit, AuditedKey, ClusterImburseAccount, ClusterImburseAccountSpec, CredentialsSecretRef,
+    DEFAULT_BASE_URL, ImburseAccount, KeyClass, REVOKE_LEAKED_ANNOTATION,
 };
 pub use conditions::{Condition, ConditionStatus, READY, find_condition, is_true, set_condition};
 pub use tenant_security_key::{

@@ -5,14 +5,14 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{Context as _, Result, bail};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
-use crate::{cluster, inspect, output::Format, rotate, status};
+use crate::{audit, cluster, inspect, output::Format, rotate, status};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "kubectl tsk",
     bin_name = "kubectl tsk",
     version,
-    about = "Status, rotation and key Secrets of TenantSecurityKeys"
+    about = "Status, rotation and key Secrets of TenantSecurityKeys, and an audit of the keys at Imburse"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -27,7 +27,8 @@ pub struct Global {
     /// Namespace (default: the kubeconfig context's namespace, then `default`).
     #[arg(short, long, global = true)]
     pub namespace: Option<String>,
-    /// Every namespace (for `status` without a name and `rotate --all` or `-l`).
+    /// Every namespace (for `status` without a name, `rotate --all` or `-l`, and `audit`, which
+    /// then also audits the ClusterImburseAccounts).
     #[arg(short = 'A', long, global = true)]
     pub all_namespaces: bool,
     /// Kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then in-cluster).
@@ -56,6 +57,27 @@ pub enum Command {
         #[command(subcommand)]
         what: Inspect,
     },
+    /// Every key at Imburse of the namespace's accounts (or of --account), classified by the
+    /// operator as managed (with the resource that holds it), leaked, foreign or unmanaged.
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// One account: NAME or imburseaccount/NAME (in the namespace), or
+    /// clusterimburseaccount/NAME.
+    #[arg(long)]
+    pub account: Option<String>,
+    /// After the audit, revoke the leaked keys it found, once confirmed; the operator revokes
+    /// only those it finds leaked again at that moment.
+    #[arg(long)]
+    pub revoke_leaked: bool,
+    /// Confirm --revoke-leaked without asking.
+    #[arg(long, requires = "revoke_leaked")]
+    pub yes: bool,
+    /// Longest wait for the operator's answer, e.g. `90s`, `5m`.
+    #[arg(long, default_value = "2m", value_parser = parse_timeout)]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -171,6 +193,7 @@ async fn run(cli: Cli) -> Result<()> {
             refuse_name_across_namespaces(&scope)?;
             inspect::secret(client, &namespace, &name, global.output).await
         }
+        Command::Audit(args) => audit::run(client, &scope, &args, global.output).await,
     }
 }
 
@@ -228,6 +251,19 @@ mod tests {
             describe(&error),
             "loading the kubeconfig: failed to read /nowhere: no such file"
         );
+    }
+
+    #[test]
+    fn audit_confirms_only_revocations() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(["kubectl-tsk", "audit"].iter().chain(args)).map(|c| c.command)
+        };
+        assert!(parse(&["--yes"]).is_err());
+        let Ok(Command::Audit(args)) = parse(&["-A", "--revoke-leaked", "--yes"]) else {
+            panic!("not audit")
+        };
+        assert!(args.revoke_leaked && args.yes);
+        assert_eq!(args.timeout, Duration::from_secs(120));
     }
 
     #[test]

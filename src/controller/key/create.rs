@@ -152,7 +152,12 @@ impl Run<'_> {
             .ok_or_else(|| Error::InvalidSpec("no account resolved".into()))?;
         let attempt = intent::new_attempt();
         Ok(Intent {
-            name: intent::key_name(&human_name(self.tsk), &self.uid, &attempt),
+            name: intent::key_name(
+                &human_name(self.tsk),
+                &self.uid,
+                &attempt,
+                &self.ctx.settings.cluster_id,
+            ),
             attempt,
             tenant_id: self.desired.tenant_id.clone(),
             roles: self.desired.roles.clone(),

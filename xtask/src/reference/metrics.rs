@@ -6,7 +6,8 @@ use anyhow::{Context, Result};
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use tenant_key_operator::{
-    crd::TenantSecurityKey,
+    controller::inventory::Where,
+    crd::{KeyClass, TenantSecurityKey},
     metrics::{AccountReadiness, Caches, Metrics, register_cache_metrics},
 };
 
@@ -61,6 +62,16 @@ pub fn all() -> Result<Vec<Metric>> {
                     name: "imburse".to_owned(),
                     ready: true,
                 }]
+            }),
+            inventory: Box::new(|| {
+                let place = Where {
+                    kind: "ImburseAccount",
+                    namespace: "payments".to_owned(),
+                    account: "imburse".to_owned(),
+                    tenant: "88fdb12a-14dc-419c-b74c-422e2c25cfe7".to_owned(),
+                };
+                let tally = KeyClass::ALL.into_iter().map(|class| (class, 0)).collect();
+                [(place, tally)].into()
             }),
         },
     );
