@@ -71,23 +71,11 @@ fn main() -> std::process::ExitCode {
         }
         Ok(env)
     };
-    let tests: Vec<(&str, TestFn)> = vec![
-        (
-            "kill_storm_ends_with_one_working_key_each",
-            kill_storm_ends_with_one_working_key_each,
-        ),
-        (
-            "leader_loss_ends_with_one_working_key_each",
-            leader_loss_ends_with_one_working_key_each,
-        ),
-        (
-            "apiserver_restarts_end_with_one_working_key_each",
-            apiserver_restarts_end_with_one_working_key_each,
-        ),
-        (
-            "deletion_storm_revokes_the_deleted_keys_and_keeps_the_others",
-            deletion_storm_revokes_the_deleted_keys_and_keeps_the_others,
-        ),
+    let tests: Vec<(&str, TestFn)> = crate::named_tests![
+        kill_storm_ends_with_one_working_key_each,
+        leader_loss_ends_with_one_working_key_each,
+        apiserver_restarts_end_with_one_working_key_each,
+        deletion_storm_revokes_the_deleted_keys_and_keeps_the_others,
     ];
     support::run_suite(start, tests)
 }

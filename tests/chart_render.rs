@@ -23,59 +23,23 @@ use tenant_key_operator::crd::{ClusterImburseAccount, ImburseAccount, TenantSecu
 use testenv::versions::Component;
 
 fn main() -> std::process::ExitCode {
-    support::chart::run(vec![
-        ("chart_lints", chart_lints),
-        (
-            "chart_crds_are_the_generated_ones",
-            chart_crds_are_the_generated_ones,
-        ),
-        (
-            "values_are_checked_by_the_schema",
-            values_are_checked_by_the_schema,
-        ),
-        (
-            "artifact_hub_annotations_describe_the_crds",
-            artifact_hub_annotations_describe_the_crds,
-        ),
-        (
-            "flux_example_installs_this_chart",
-            flux_example_installs_this_chart,
-        ),
-        ("service_monitor_is_optional", service_monitor_is_optional),
-        (
-            "pod_monitor_scrapes_the_metrics_port",
-            pod_monitor_scrapes_the_metrics_port,
-        ),
-        (
-            "probes_and_metrics_have_ports_of_their_own",
-            probes_and_metrics_have_ports_of_their_own,
-        ),
-        ("escape_hatches_reach_the_pod", escape_hatches_reach_the_pod),
-        (
-            "replicas_get_a_disruption_budget_and_rolling_updates",
-            replicas_get_a_disruption_budget_and_rolling_updates,
-        ),
-        (
-            "leader_election_flags_and_lease_rbac",
-            leader_election_flags_and_lease_rbac,
-        ),
-        (
-            "network_policy_allows_dns_api_server_imburse_and_scrapes",
-            network_policy_allows_dns_api_server_imburse_and_scrapes,
-        ),
-        (
-            "aggregated_roles_extend_view_and_edit",
-            aggregated_roles_extend_view_and_edit,
-        ),
-        (
-            "alerts_parse_with_the_prometheus_rule_parser",
-            alerts_parse_with_the_prometheus_rule_parser,
-        ),
-        ("dashboard_is_valid", dashboard_is_valid),
-        (
-            "namespaced_mode_grants_roles_only",
-            namespaced_mode_grants_roles_only,
-        ),
+    support::chart::run(crate::named_tests![
+        chart_lints,
+        chart_crds_are_the_generated_ones,
+        values_are_checked_by_the_schema,
+        artifact_hub_annotations_describe_the_crds,
+        flux_example_installs_this_chart,
+        service_monitor_is_optional,
+        pod_monitor_scrapes_the_metrics_port,
+        probes_and_metrics_have_ports_of_their_own,
+        escape_hatches_reach_the_pod,
+        replicas_get_a_disruption_budget_and_rolling_updates,
+        leader_election_flags_and_lease_rbac,
+        network_policy_allows_dns_api_server_imburse_and_scrapes,
+        aggregated_roles_extend_view_and_edit,
+        alerts_parse_with_the_prometheus_rule_parser,
+        dashboard_is_valid,
+        namespaced_mode_grants_roles_only,
     ])
 }
 

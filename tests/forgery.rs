@@ -37,39 +37,15 @@ fn main() -> std::process::ExitCode {
             ],
         )
     };
-    let tests: Vec<(&str, TestFn)> = vec![
-        (
-            "a_forged_intent_and_secret_revoke_no_key_of_another_namespace",
-            a_forged_intent_and_secret_revoke_no_key_of_another_namespace,
-        ),
-        (
-            "rotations_stop_at_the_cap_and_deletion_revokes_them_all",
-            rotations_stop_at_the_cap_and_deletion_revokes_them_all,
-        ),
-        (
-            "deletion_with_more_replaced_keys_than_steps_finishes",
-            deletion_with_more_replaced_keys_than_steps_finishes,
-        ),
-        (
-            "an_account_a_replaced_key_lives_at_is_kept_until_it_is_revoked",
-            an_account_a_replaced_key_lives_at_is_kept_until_it_is_revoked,
-        ),
-        (
-            "a_rotation_interval_below_the_floor_mints_nothing",
-            a_rotation_interval_below_the_floor_mints_nothing,
-        ),
-        (
-            "swapped_credentials_never_count_a_live_key_as_revoked",
-            swapped_credentials_never_count_a_live_key_as_revoked,
-        ),
-        (
-            "the_longest_name_gets_its_key_secret_and_events",
-            the_longest_name_gets_its_key_secret_and_events,
-        ),
-        (
-            "a_listing_that_lacks_a_key_replaces_nothing",
-            a_listing_that_lacks_a_key_replaces_nothing,
-        ),
+    let tests: Vec<(&str, TestFn)> = crate::named_tests![
+        a_forged_intent_and_secret_revoke_no_key_of_another_namespace,
+        rotations_stop_at_the_cap_and_deletion_revokes_them_all,
+        deletion_with_more_replaced_keys_than_steps_finishes,
+        an_account_a_replaced_key_lives_at_is_kept_until_it_is_revoked,
+        a_rotation_interval_below_the_floor_mints_nothing,
+        swapped_credentials_never_count_a_live_key_as_revoked,
+        the_longest_name_gets_its_key_secret_and_events,
+        a_listing_that_lacks_a_key_replaces_nothing,
     ];
     support::run_suite(start, tests)
 }

@@ -46,35 +46,14 @@ fn main() -> std::process::ExitCode {
         env.block_on(env.namespace_with_account(NS, 0))?;
         Ok(env)
     };
-    let tests: Vec<(&str, TestFn)> = vec![
-        (
-            "a_follower_does_not_reconcile_and_the_leader_reports_its_keys",
-            a_follower_does_not_reconcile_and_the_leader_reports_its_keys,
-        ),
-        (
-            "sigterm_hands_the_lease_over_at_once",
-            sigterm_hands_the_lease_over_at_once,
-        ),
-        (
-            "livez_fails_while_a_reconcile_hangs",
-            livez_fails_while_a_reconcile_hangs,
-        ),
-        (
-            "secure_metrics_answer_only_authorized_readers",
-            secure_metrics_answer_only_authorized_readers,
-        ),
-        (
-            "sigterm_lets_a_create_in_flight_finish",
-            sigterm_lets_a_create_in_flight_finish,
-        ),
-        (
-            "a_leader_that_loses_the_lease_exits",
-            a_leader_that_loses_the_lease_exits,
-        ),
-        (
-            "leader_killed_during_a_burst_leaves_one_key_per_resource",
-            leader_killed_during_a_burst_leaves_one_key_per_resource,
-        ),
+    let tests: Vec<(&str, TestFn)> = crate::named_tests![
+        a_follower_does_not_reconcile_and_the_leader_reports_its_keys,
+        sigterm_hands_the_lease_over_at_once,
+        livez_fails_while_a_reconcile_hangs,
+        secure_metrics_answer_only_authorized_readers,
+        sigterm_lets_a_create_in_flight_finish,
+        a_leader_that_loses_the_lease_exits,
+        leader_killed_during_a_burst_leaves_one_key_per_resource,
     ];
     support::run_suite(start, tests)
 }

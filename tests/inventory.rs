@@ -30,10 +30,8 @@ fn main() -> std::process::ExitCode {
             &["--verify-interval", "2s", "--log-format", "json"],
         )
     };
-    let tests: Vec<(&str, TestFn)> = vec![(
-        "every_key_is_classified_and_only_the_leaked_one_is_revoked",
-        every_key_is_classified_and_only_the_leaked_one_is_revoked,
-    )];
+    let tests: Vec<(&str, TestFn)> =
+        crate::named_tests![every_key_is_classified_and_only_the_leaked_one_is_revoked];
     support::run_suite(start, tests)
 }
 

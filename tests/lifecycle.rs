@@ -16,8 +16,9 @@ use kube::{
 };
 use serde_json::json;
 use support::{
-    Env, TestFn, by_hand, create_secret, deployment, expect_single_key, poll, public_key,
-    request_rotation, secret_key_pair, template_state, wait_for, wait_replaced,
+    Env, TestFn, by_hand, create_secret, deployment, expect_single_key,
+    no_secret_in_logs_events_or_status, poll, public_key, request_rotation, secret_key_pair,
+    template_state, wait_for, wait_replaced,
 };
 
 fn main() -> std::process::ExitCode {
@@ -37,36 +38,15 @@ fn main() -> std::process::ExitCode {
             ],
         )
     };
-    let tests: Vec<(&str, TestFn)> = vec![
-        (
-            "a_scheduled_rotation_keeps_the_old_key_for_its_grace_period",
-            a_scheduled_rotation_keeps_the_old_key_for_its_grace_period,
-        ),
-        (
-            "a_rotation_request_is_served_once",
-            a_rotation_request_is_served_once,
-        ),
-        (
-            "a_rotation_survives_a_crash_at_any_point",
-            a_rotation_survives_a_crash_at_any_point,
-        ),
-        (
-            "restart_targets_roll_once_per_key_change",
-            restart_targets_roll_once_per_key_change,
-        ),
-        (
-            "a_hand_made_key_is_adopted_only_when_asked",
-            a_hand_made_key_is_adopted_only_when_asked,
-        ),
-        (
-            "a_key_revoked_elsewhere_is_replaced",
-            a_key_revoked_elsewhere_is_replaced,
-        ),
+    let tests: Vec<(&str, TestFn)> = crate::named_tests![
+        a_scheduled_rotation_keeps_the_old_key_for_its_grace_period,
+        a_rotation_request_is_served_once,
+        a_rotation_survives_a_crash_at_any_point,
+        restart_targets_roll_once_per_key_change,
+        a_hand_made_key_is_adopted_only_when_asked,
+        a_key_revoked_elsewhere_is_replaced,
         // Last: scans what every test above made the operator write.
-        (
-            "no_secret_in_logs_events_or_status",
-            support::no_secret_in_logs_events_or_status,
-        ),
+        no_secret_in_logs_events_or_status,
     ];
     support::run_suite(start, tests)
 }

@@ -34,69 +34,24 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let tests: Vec<(&str, TestFn)> = vec![
-        (
-            "key_becomes_ready_and_authenticates",
-            key_becomes_ready_and_authenticates,
-        ),
-        ("current_api_generation", current_api_generation),
-        ("secret_template_is_honoured", secret_template_is_honoured),
-        (
-            "delete_policy_revokes_the_key",
-            delete_policy_revokes_the_key,
-        ),
-        (
-            "retain_policy_keeps_key_and_secret",
-            retain_policy_keeps_key_and_secret,
-        ),
-        (
-            "changing_roles_replaces_the_key",
-            changing_roles_replaces_the_key,
-        ),
-        (
-            "deleting_the_secret_replaces_the_key",
-            deleting_the_secret_replaces_the_key,
-        ),
-        (
-            "editing_the_secret_replaces_the_key",
-            editing_the_secret_replaces_the_key,
-        ),
-        (
-            "renaming_the_secret_moves_the_key",
-            renaming_the_secret_moves_the_key,
-        ),
-        (
-            "permanent_errors_are_reported",
-            permanent_errors_are_reported,
-        ),
-        (
-            "invalid_credentials_are_reported",
-            invalid_credentials_are_reported,
-        ),
-        (
-            "namespaced_account_serves_only_its_namespace",
-            namespaced_account_serves_only_its_namespace,
-        ),
-        (
-            "cluster_account_honours_allowed_namespaces",
-            cluster_account_honours_allowed_namespaces,
-        ),
-        (
-            "account_allow_lists_gate_keys",
-            account_allow_lists_gate_keys,
-        ),
-        (
-            "base_url_must_be_an_allowed_host",
-            base_url_must_be_an_allowed_host,
-        ),
-        (
-            "schema_rejects_invalid_objects",
-            schema_rejects_invalid_objects,
-        ),
-        (
-            "steady_state_makes_no_calls_and_no_writes",
-            steady_state_makes_no_calls_and_no_writes,
-        ),
+    let tests: Vec<(&str, TestFn)> = crate::named_tests![
+        key_becomes_ready_and_authenticates,
+        current_api_generation,
+        secret_template_is_honoured,
+        delete_policy_revokes_the_key,
+        retain_policy_keeps_key_and_secret,
+        changing_roles_replaces_the_key,
+        deleting_the_secret_replaces_the_key,
+        editing_the_secret_replaces_the_key,
+        renaming_the_secret_moves_the_key,
+        permanent_errors_are_reported,
+        invalid_credentials_are_reported,
+        namespaced_account_serves_only_its_namespace,
+        cluster_account_honours_allowed_namespaces,
+        account_allow_lists_gate_keys,
+        base_url_must_be_an_allowed_host,
+        schema_rejects_invalid_objects,
+        steady_state_makes_no_calls_and_no_writes,
     ];
     let trials = tests
         .into_iter()

@@ -20,31 +20,13 @@ fn main() -> std::process::ExitCode {
         env.block_on(env.namespace_with_account("recovery", 0))?;
         Ok(env)
     };
-    let tests: Vec<(&str, TestFn)> = vec![
-        (
-            "lost_create_response_leaves_no_orphan",
-            lost_create_response_leaves_no_orphan,
-        ),
-        (
-            "crash_between_create_and_secret_write_leaves_no_orphan",
-            crash_between_create_and_secret_write,
-        ),
-        (
-            "deletion_while_a_create_is_in_flight_revokes_its_key",
-            deletion_while_a_create_is_in_flight_revokes_its_key,
-        ),
-        (
-            "rate_limiting_is_reported_then_recovered",
-            rate_limiting_is_reported_then_recovered,
-        ),
-        (
-            "server_errors_are_reported_then_recovered",
-            server_errors_are_reported_then_recovered,
-        ),
-        (
-            "restart_at_rest_creates_and_writes_nothing",
-            restart_at_rest_creates_and_writes_nothing,
-        ),
+    let tests: Vec<(&str, TestFn)> = crate::named_tests![
+        lost_create_response_leaves_no_orphan,
+        crash_between_create_and_secret_write_leaves_no_orphan,
+        deletion_while_a_create_is_in_flight_revokes_its_key,
+        rate_limiting_is_reported_then_recovered,
+        server_errors_are_reported_then_recovered,
+        restart_at_rest_creates_and_writes_nothing,
     ];
     support::run_suite(start, tests)
 }
@@ -83,7 +65,7 @@ fn lost_create_response_leaves_no_orphan(env: &Env) -> Result<()> {
 
 /// The operator is killed after Imburse created the key and before the Secret was written;
 /// the restarted operator revokes the unreachable key and creates a new one.
-fn crash_between_create_and_secret_write(env: &Env) -> Result<()> {
+fn crash_between_create_and_secret_write_leaves_no_orphan(env: &Env) -> Result<()> {
     env.block_on(async {
         let tenant = env.tenant(0, 1);
         let faults = Faults {

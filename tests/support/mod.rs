@@ -441,6 +441,15 @@ pub fn start_operator_with_env(
     )
 }
 
+/// The `(name, function)` pairs of a binary's tests, each named after its function, so that a
+/// test's name cannot drift from what it runs.
+#[macro_export]
+macro_rules! named_tests {
+    ($($test:ident),+ $(,)?) => {
+        vec![$((stringify!($test), $test as _)),+]
+    };
+}
+
 /// A test of a binary whose tests share one [`Env`].
 pub type TestFn = fn(&Env) -> Result<()>;
 
