@@ -57,6 +57,17 @@ pub struct Settings {
     pub cluster_id: String,
 }
 
+impl Settings {
+    /// The namespaces the operator watches: all (`None`) or each one.
+    pub fn scopes(&self) -> Vec<Option<String>> {
+        if self.watch_namespaces.is_empty() {
+            vec![None]
+        } else {
+            self.watch_namespaces.iter().cloned().map(Some).collect()
+        }
+    }
+}
+
 /// Floors and caps on what a TenantSecurityKey may ask for: each rotation mints a key at
 /// Imburse, and whoever can edit a key must not be able to mint them without bound.
 #[derive(Clone, Debug, PartialEq, Eq)]

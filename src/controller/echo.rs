@@ -41,30 +41,21 @@ pub enum SecretEvent {
     Other,
 }
 
-/// This process's writes of Secrets, by namespace and name, until their echoes arrive.
-#[derive(Debug, Default)]
-pub struct SecretWrites(Mutex<HashMap<(String, String), SecretWrite>>);
+/// A Secret write in flight. Dropped without [`Writing::finish`] (its reconcile cancelled),
+/// it is forgotten, so that later events of the Secret count as anyone's.
+pub struct Writing<'a> {
+    writes: &'a SecretWrites,
+    key: (String, String),
+    finished: bool,
+}
 
-impl SecretWrites {
-    /// Notes that this process is about to write `namespace/name`.
-    pub fn begin(&self, namespace: &str, name: &str) {
-        let mut writes = self.lock();
-        if writes.len() >= LIMIT {
-            writes.clear();
-        }
-        writes.insert(
-            (namespace.to_owned(), name.to_owned()),
-            SecretWrite::InFlight(Vec::new()),
-        );
-    }
-
-    /// Notes how the write of `namespace/name` ended: at `version`, or failed (`None`).
-    /// Whether an event that came during the write was not its echo: someone else changed the
-    /// Secret meanwhile.
-    pub fn finish(&self, namespace: &str, name: &str, version: Option<&str>) -> bool {
-        let mut writes = self.lock();
-        let key = (namespace.to_owned(), name.to_owned());
-        let seen = match writes.remove(&key) {
+impl Writing<'_> {
+    /// Notes how the write ended: at `version`, or failed (`None`). Whether an event that came
+    /// during the write was not its echo: someone else changed the Secret meanwhile.
+    pub fn finish(mut self, version: Option<&str>) -> bool {
+        self.finished = true;
+        let mut writes = self.writes.lock();
+        let seen = match writes.remove(&self.key) {
             Some(SecretWrite::InFlight(seen)) => seen,
             _ => Vec::new(),
         };
@@ -72,9 +63,39 @@ impl SecretWrites {
             return !seen.is_empty();
         };
         if !seen.iter().any(|v| v == version) {
-            writes.insert(key, SecretWrite::Written(version.to_owned()));
+            writes.insert(self.key.clone(), SecretWrite::Written(version.to_owned()));
         }
         seen.iter().any(|v| v != version)
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.writes.lock().remove(&self.key);
+        }
+    }
+}
+
+/// This process's writes of Secrets, by namespace and name, until their echoes arrive.
+#[derive(Debug, Default)]
+pub struct SecretWrites(Mutex<HashMap<(String, String), SecretWrite>>);
+
+impl SecretWrites {
+    /// Notes that this process is about to write `namespace/name`; the write ends with
+    /// [`Writing::finish`].
+    pub fn begin(&self, namespace: &str, name: &str) -> Writing<'_> {
+        let mut writes = self.lock();
+        if writes.len() >= LIMIT {
+            writes.clear();
+        }
+        let key = (namespace.to_owned(), name.to_owned());
+        writes.insert(key.clone(), SecretWrite::InFlight(Vec::new()));
+        Writing {
+            writes: self,
+            key,
+            finished: false,
+        }
     }
 
     /// What an event of `namespace/name` at `version` is; an echo is recognised once.
@@ -310,8 +331,7 @@ mod tests {
     fn only_the_version_written_is_an_echo_and_only_once() {
         let writes = SecretWrites::default();
         assert_eq!(writes.event("pay", "key", "10"), SecretEvent::Other);
-        writes.begin("pay", "key");
-        assert!(!writes.finish("pay", "key", Some("10")));
+        assert!(!writes.begin("pay", "key").finish(Some("10")));
         assert_eq!(writes.event("pay", "key", "9"), SecretEvent::Other, "older");
         assert_eq!(writes.event("pay", "other", "10"), SecretEvent::Other);
         assert_eq!(writes.event("orders", "key", "10"), SecretEvent::Other);
@@ -327,21 +347,23 @@ mod tests {
     fn events_during_a_write_are_told_apart_when_it_returns() {
         let writes = SecretWrites::default();
         // The echo outran the answer: nothing raced, and nothing is left to wait for.
-        writes.begin("pay", "key");
+        let writing = writes.begin("pay", "key");
         assert_eq!(writes.event("pay", "key", "11"), SecretEvent::DuringWrite);
-        assert!(!writes.finish("pay", "key", Some("11")));
+        assert!(!writing.finish(Some("11")));
         assert_eq!(writes.event("pay", "key", "11"), SecretEvent::Other);
         // Someone else's change came meanwhile.
-        writes.begin("pay", "key");
+        let writing = writes.begin("pay", "key");
         assert_eq!(writes.event("pay", "key", "12"), SecretEvent::DuringWrite);
-        assert!(writes.finish("pay", "key", Some("13")));
+        assert!(writing.finish(Some("13")));
         assert_eq!(writes.event("pay", "key", "13"), SecretEvent::Echo);
-        // A failed write with an event meanwhile.
-        writes.begin("pay", "key");
+        // A failed write with an event meanwhile, and one without.
+        let writing = writes.begin("pay", "key");
         assert_eq!(writes.event("pay", "key", "14"), SecretEvent::DuringWrite);
-        assert!(writes.finish("pay", "key", None));
-        writes.begin("pay", "key");
-        assert!(!writes.finish("pay", "key", None));
+        assert!(writing.finish(None));
+        assert!(!writes.begin("pay", "key").finish(None));
+        // A write whose reconcile was cancelled leaves nothing in flight.
+        drop(writes.begin("pay", "key"));
+        assert_eq!(writes.event("pay", "key", "15"), SecretEvent::Other);
     }
 
     #[test]
@@ -349,7 +371,7 @@ mod tests {
         let writes = SecretWrites::default();
         let keys = KeyWrites::default();
         for i in 0..=LIMIT {
-            writes.begin("pay", &i.to_string());
+            writes.begin("pay", &i.to_string()).finish(Some("1"));
             keys.wrote(("pay", &i.to_string()), ("u", "1"), Instant::now());
         }
         for version in 0..=WRITES_PER_KEY {

@@ -225,7 +225,7 @@ async fn operator_secrets(ctx: &Context) -> Result<Vec<ObjectMeta>> {
         secret::MANAGED_BY_VALUE
     ));
     let mut all = Vec::new();
-    for scope in scopes(ctx) {
+    for scope in ctx.settings.scopes() {
         let api = scoped::<PartialObjectMeta<Secret>>(&ctx.client, scope.as_deref());
         all.extend(
             api.list_metadata(&selector)
@@ -236,20 +236,6 @@ async fn operator_secrets(ctx: &Context) -> Result<Vec<ObjectMeta>> {
         );
     }
     Ok(all)
-}
-
-/// The namespaces the operator watches: all (`None`) or each one.
-fn scopes(ctx: &Context) -> Vec<Option<String>> {
-    if sees_whole_cluster(ctx) {
-        vec![None]
-    } else {
-        ctx.settings
-            .watch_namespaces
-            .iter()
-            .cloned()
-            .map(Some)
-            .collect()
-    }
 }
 
 /// Classifies the keys listed at one account and tenant.
@@ -528,7 +514,7 @@ pub async fn list(
 /// What the cluster holds, read from the API server.
 async fn fresh(ctx: &Context) -> Result<Known> {
     let mut keys = Vec::new();
-    for scope in scopes(ctx) {
+    for scope in ctx.settings.scopes() {
         let api: Api<TenantSecurityKey> = scoped(&ctx.client, scope.as_deref());
         keys.extend(api.list(&ListParams::default()).await?.items);
     }

@@ -148,16 +148,7 @@ pub async fn run(
     ctx: Arc<Context>,
     shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
-    let scopes: Vec<Option<String>> = if ctx.settings.watch_namespaces.is_empty() {
-        vec![None]
-    } else {
-        ctx.settings
-            .watch_namespaces
-            .iter()
-            .cloned()
-            .map(Some)
-            .collect()
-    };
+    let scopes = ctx.settings.scopes();
     let namespaced: Vec<SharedWatch<ImburseAccount>> = scopes
         .iter()
         .map(|scope| SharedWatch::new(scoped(&ctx.client, scope.as_deref())))

@@ -361,16 +361,14 @@ impl Run<'_> {
             EventType::Normal,
             "KeyCreated",
             "CreateKey",
-            match self.create_reason {
-                Some(reason) => format!(
-                    "created key {} ({reason}) and wrote Secret {}",
-                    material.public_key, self.desired.secret_name
-                ),
-                None => format!(
-                    "created key {} and wrote Secret {}",
-                    material.public_key, self.desired.secret_name
-                ),
-            },
+            format!(
+                "created key {}{} and wrote Secret {}",
+                material.public_key,
+                self.create_reason
+                    .map(|reason| format!(" ({reason})"))
+                    .unwrap_or_default(),
+                self.desired.secret_name
+            ),
         )
         .await;
         let replaced = self.record(&material, &intent);

@@ -158,7 +158,7 @@ impl Run<'_> {
         }
         let namespace = self.tsk.namespace().unwrap_or_default();
         let name = self.desired.secret_name.clone();
-        self.ctx.secret_writes.begin(&namespace, &name);
+        let writing = self.ctx.secret_writes.begin(&namespace, &name);
         let written = match existing {
             None => {
                 self.ctx.metrics.kube_write("secrets", "create");
@@ -176,10 +176,7 @@ impl Run<'_> {
         let version = written.as_ref().ok().and_then(|w| w.resource_version());
         // Someone else changed the Secret while it was written: this reconcile's picture of it
         // is not to be trusted later, and the key is looked at again in full.
-        self.secret_raced |= self
-            .ctx
-            .secret_writes
-            .finish(&namespace, &name, version.as_deref());
+        self.secret_raced |= writing.finish(version.as_deref());
         self.secret = Some(written.map_err(|e| self.secret_error(e))?);
         Ok(())
     }
