@@ -55,10 +55,7 @@ pub fn run() -> Result<()> {
         context.join("ca-certificates.crt"),
     )
     .context("the host's CA bundle (Debian package ca-certificates)")?;
-    let tag = format!(
-        "localhost/{BINARY}:{}",
-        version.rsplit(' ').next().unwrap_or("dev")
-    );
+    let tag = local_tag(&version);
     let dockerfile = workspace::root().join("Dockerfile");
     run_checked(
         buildah()
@@ -83,8 +80,35 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
+/// `localhost/tenant-key-operator:<version>`, the image's name in buildah's local storage, from
+/// what `tenant-key-operator --version` printed.
+fn local_tag(version: &str) -> String {
+    format!(
+        "localhost/{BINARY}:{}",
+        version.rsplit(' ').next().unwrap_or("dev")
+    )
+}
+
+/// The image the last `cargo xtask image` built: its static binary (as copied out of the cache)
+/// and its name in buildah's local storage.
+pub fn built() -> Result<(PathBuf, String)> {
+    let binary = workspace::target_dir()
+        .join(TARGET)
+        .join("release")
+        .join(BINARY);
+    ensure!(
+        binary.is_file(),
+        "{} is missing: run `cargo xtask image` first",
+        binary.display()
+    );
+    let tag = local_tag(&output(Command::new(&binary).arg("--version"))?);
+    output(buildah().args(["inspect", "--type", "image", &tag]))
+        .with_context(|| format!("the image {tag}: run `cargo xtask image` first"))?;
+    Ok((binary, tag))
+}
+
 /// buildah with the storage driver that needs no kernel overlay support.
-fn buildah() -> Command {
+pub(crate) fn buildah() -> Command {
     let mut command = Command::new("buildah");
     command.args(["--storage-driver", "vfs"]);
     command
@@ -280,7 +304,7 @@ fn which(program: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
 
-fn run_checked(command: &mut Command) -> Result<()> {
+pub(crate) fn run_checked(command: &mut Command) -> Result<()> {
     let status = command
         .status()
         .with_context(|| format!("running {command:?}"))?;
@@ -289,7 +313,7 @@ fn run_checked(command: &mut Command) -> Result<()> {
 }
 
 /// The command's standard output, trimmed; its error output on failure.
-fn output(command: &mut Command) -> Result<String> {
+pub(crate) fn output(command: &mut Command) -> Result<String> {
     let out = command
         .output()
         .with_context(|| format!("running {command:?}"))?;

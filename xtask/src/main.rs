@@ -1,6 +1,6 @@
 //! Developer commands: `cargo xtask demo`, `cargo xtask test`, `cargo xtask bench`,
-//! `cargo xtask chaos`, `cargo xtask generate`, `cargo xtask image` and
-//! `cargo xtask controlplane ...`.
+//! `cargo xtask chaos`, `cargo xtask generate`, `cargo xtask image`,
+//! `cargo xtask registry-install` and `cargo xtask controlplane ...`.
 
 mod bench;
 mod chaos;
@@ -10,6 +10,7 @@ mod generate;
 mod image;
 #[cfg(test)]
 mod names;
+mod oci;
 mod reference;
 mod test;
 mod workspace;
@@ -47,6 +48,11 @@ enum Command {
     /// and check it: user 65532, entrypoint, its files, and the binary running from it on a
     /// read-only root file system.
     Image,
+    /// Push the image `cargo xtask image` built and the chart (the image pinned by digest) to a
+    /// local OCI registry, install the chart from `oci://` on a local control plane with no
+    /// value set, and check that the Deployment pulls the pushed digest and that the operator
+    /// accepts its arguments.
+    RegistryInstall,
     /// Create many keys at once while Imburse fails and the operator is killed, its leader
     /// lost, kube-apiserver restarted or half of the keys deleted, then check that every
     /// remaining key ends Ready with exactly one working key and no deleted one leaks a key.
@@ -69,6 +75,7 @@ async fn main() -> ExitCode {
         Command::Demo { exit_when_ready } => demo::run(exit_when_ready).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Image => image::run(),
+        Command::RegistryInstall => oci::run().await,
         Command::Chaos(args) => chaos::run(args).await,
     };
     match result {
