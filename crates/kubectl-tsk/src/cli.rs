@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{Context as _, Result, bail};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
-use crate::{audit, cluster, inspect, output::Format, rotate, status};
+use crate::{audit, cluster, inspect, output::Format, rotate, status, version};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -60,6 +60,9 @@ pub enum Command {
     /// Every key at Imburse of the namespace's accounts (or of --account), classified by the
     /// operator as managed (with the resource that holds it), leaked, foreign or unmanaged.
     Audit(AuditArgs),
+    /// This plugin's version and the operator's, read from the image tag of each operator
+    /// Deployment in the cluster.
+    Version,
 }
 
 #[derive(Debug, Args)]
@@ -194,6 +197,7 @@ async fn run(cli: Cli) -> Result<()> {
             inspect::secret(client, &namespace, &name, global.output).await
         }
         Command::Audit(args) => audit::run(client, &scope, &args, global.output).await,
+        Command::Version => version::show(client, global.output).await,
     }
 }
 

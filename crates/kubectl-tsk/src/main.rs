@@ -8,6 +8,7 @@ mod inspect;
 mod output;
 mod rotate;
 mod status;
+mod version;
 
 fn main() -> std::process::ExitCode {
     cli::main()
