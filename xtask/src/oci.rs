@@ -21,7 +21,7 @@ use crate::{
     workspace::{self, step},
 };
 
-const CHART: &str = "charts/tenant-key-operator";
+pub const CHART: &str = "charts/tenant-key-operator";
 const RELEASE: &str = "tenant-key-operator";
 const NAMESPACE: &str = "tenant-key-operator";
 /// The repository of the image under a registry's host, as the release publishes it.
@@ -86,7 +86,7 @@ pub async fn install_check(
     let helm = Helm::new()?;
     step("package and push the chart");
     let packaged = tempfile::Builder::new().prefix("tko-chart-").tempdir()?;
-    let archive = package_chart(&helm, repository, digest, packaged.path())?;
+    let archive = package_chart(&helm, repository, version, digest, packaged.path())?;
     helm.run(&[
         OsStr::new("push"),
         archive.as_os_str(),
@@ -128,11 +128,12 @@ pub async fn install_check(
     accepts_arguments(binary, &container)
 }
 
-/// The chart, with values.yaml naming `repository` and `digest`, packaged into `destination`;
-/// returns the archive's path.
+/// The chart, with values.yaml naming the image `repository:tag@digest`, packaged into
+/// `destination`; returns the archive's path.
 pub fn package_chart(
     helm: &Helm,
     repository: &str,
+    tag: &str,
     digest: &str,
     destination: &Path,
 ) -> Result<PathBuf> {
@@ -142,6 +143,7 @@ pub fn package_chart(
     let values_path = chart.join("values.yaml");
     let values = std::fs::read_to_string(&values_path)?;
     let pinned = replace_value(&values, "repository", repository)?;
+    let pinned = replace_value(&pinned, "tag", tag)?;
     let pinned = replace_value(&pinned, "digest", digest)?;
     std::fs::write(&values_path, pinned)?;
     let out = helm.run(&[

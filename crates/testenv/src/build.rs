@@ -119,6 +119,20 @@ pub fn ensure(component: Component, progress: &mut dyn Write) -> Result<()> {
                 progress,
             )
         }
+        Component::Krew => missing.iter().try_for_each(|binary| {
+            writeln!(progress, "  compiling {binary}")?;
+            go_install(
+                &go,
+                &dir,
+                binary,
+                &format!("sigs.k8s.io/krew/cmd/{binary}@v{}", versions::KREW),
+                &format!(
+                    "-X sigs.k8s.io/krew/internal/version.gitTag=v{}",
+                    versions::KREW
+                ),
+                progress,
+            )
+        }),
     }
     .with_context(|| {
         format!(

@@ -23,6 +23,10 @@ pub const PROMETHEUS: &str = "0.316.0";
 /// over OCI on loopback, for the install-from-a-registry check.
 pub const DISTRIBUTION: &str = "3.1.2";
 
+/// krew release whose own code validates the kubectl-tsk plugin manifest and installs it from
+/// the release's archive.
+pub const KREW: &str = "0.4.3";
+
 /// Environment variable that overrides the cache root.
 pub const CACHE_DIR_ENV: &str = "TKO_CACHE_DIR";
 
@@ -41,6 +45,8 @@ pub enum Component {
     RulesCheck,
     /// `registry`: a local OCI registry (distribution), built with `go install`.
     Registry,
+    /// `krew` and `validate-krew-manifest`, built with `go install`.
+    Krew,
 }
 
 impl Component {
@@ -56,6 +62,7 @@ impl Component {
             Component::ArgoCdLua => "argocd-lua",
             Component::RulesCheck => "rules-check",
             Component::Registry => "registry",
+            Component::Krew => "krew",
         }
     }
 
@@ -67,6 +74,7 @@ impl Component {
             Component::ArgoCdLua => GOPHER_LUA,
             Component::RulesCheck => PROMETHEUS,
             Component::Registry => DISTRIBUTION,
+            Component::Krew => KREW,
         }
     }
 
@@ -75,7 +83,11 @@ impl Component {
         match self {
             Component::ArgoCdLua => Some(include_str!("../go/argocd-lua/main.go")),
             Component::RulesCheck => Some(include_str!("../go/rules-check/main.go")),
-            Component::Kubernetes | Component::Etcd | Component::Helm | Component::Registry => None,
+            Component::Kubernetes
+            | Component::Etcd
+            | Component::Helm
+            | Component::Registry
+            | Component::Krew => None,
         }
     }
 
@@ -88,6 +100,7 @@ impl Component {
             Component::ArgoCdLua => &["argocd-lua"],
             Component::RulesCheck => &["rules-check"],
             Component::Registry => &["registry"],
+            Component::Krew => &["krew", "validate-krew-manifest"],
         }
     }
 
