@@ -535,3 +535,46 @@ fn sha256sums(dist: &Path) -> Result<String> {
     let printed = output(Command::new("sha256sum").args(&names).current_dir(dist))?;
     Ok(printed + "\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Source, sbom};
+
+    /// The SBOM lists the crates the binaries are built from, with licences, and none that only
+    /// the tests use.
+    #[test]
+    fn sbom_lists_the_shipped_crates_only() {
+        let source = Source {
+            version: "1.2.3".into(),
+            revision: "0".repeat(40),
+            epoch: "0".into(),
+            created: "1970-01-01T00:00:00Z".into(),
+        };
+        let bom = sbom(&source).unwrap();
+        let names: Vec<&str> = bom["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        for shipped in [
+            "tenant-key-operator",
+            "kubectl-tsk",
+            "kube-client",
+            "aws-lc-sys",
+        ] {
+            assert!(names.contains(&shipped), "the SBOM lacks {shipped}");
+        }
+        for test_only in ["proptest", "libtest-mimic", "testenv", "imburse-sandbox"] {
+            assert!(!names.contains(&test_only), "the SBOM lists {test_only}");
+        }
+        assert_eq!(bom["metadata"]["component"]["version"], "1.2.3");
+        assert!(
+            bom["components"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["name"] == "kube-client" && c["licenses"][0]["expression"].is_string())
+        );
+    }
+}
