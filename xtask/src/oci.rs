@@ -39,7 +39,7 @@ pub async fn run() -> Result<()> {
     let repository = format!("{}/{IMAGE_REPOSITORY}", registry.host());
     let digest = push_image(
         &format!("containers-storage:{tag}"),
-        &format!("{repository}:{version}"),
+        &format!("docker://{repository}:{version}"),
         &["push"],
     )?;
     install_check(&registry, &repository, &version, &digest, &binary).await?;
@@ -51,8 +51,8 @@ pub async fn run() -> Result<()> {
     Ok(())
 }
 
-/// Pushes `source` (a buildah transport reference) to `destination` on a plain-HTTP registry
-/// with `push` (`buildah push`, or `buildah manifest push --all` for an index) and returns the
+/// Pushes `source` (a name in buildah's storage) to `destination` (a transport reference:
+/// `docker://` on a plain-HTTP registry, `oci-archive:`) with `push` (`buildah push`, or `buildah manifest push --all` for an index) and returns the
 /// pushed manifest's digest.
 pub fn push_image(source: &str, destination: &str, push: &[&str]) -> Result<String> {
     let dir = tempfile::Builder::new().prefix("tko-push-").tempdir()?;
@@ -62,7 +62,7 @@ pub fn push_image(source: &str, destination: &str, push: &[&str]) -> Result<Stri
             .args(push)
             .args(["--tls-verify=false", "--digestfile"])
             .arg(&digest_file)
-            .args([source, &format!("docker://{destination}")]),
+            .args([source, destination]),
     )?;
     let digest = std::fs::read_to_string(&digest_file)?.trim().to_owned();
     ensure!(

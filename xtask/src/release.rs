@@ -116,7 +116,7 @@ pub async fn run() -> Result<()> {
     let repository = format!("{}/{BINARY}", registry.host());
     let digest = oci::push_image(
         &list,
-        &format!("{repository}:{version}"),
+        &format!("docker://{repository}:{version}"),
         &["manifest", "push", "--all"],
     )?;
     ensure!(
