@@ -35,7 +35,7 @@ fn describe(report: &KindReport) -> String {
         return text;
     }
     text.push_str(&format!(
-        "  rewrote {} objects at {VERSION}\n",
+        "  objects rewritten at {VERSION}: {}\n",
         report.rewritten
     ));
     for failure in &report.failed {

@@ -852,7 +852,7 @@ fn migrate_rewrites_then_leaves_alone(world: &World) -> Result<()> {
         &first.stdout,
         &[
             &format!("{CRD}: storedVersions [v1alpha1, v1beta1]"),
-            "objects at v1beta1",
+            "objects rewritten at v1beta1: ",
             "set storedVersions to [v1beta1]",
             "imburseaccounts.imbursepayments.com: storedVersions [v1beta1]",
             "already migrated, nothing to do",
