@@ -48,3 +48,41 @@ fn describe(report: &KindReport) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(stored: &[&str]) -> KindReport {
+        KindReport {
+            crd: "tenantsecuritykeys.imbursepayments.com".into(),
+            stored_versions: stored.iter().map(|v| (*v).to_owned()).collect(),
+            ..KindReport::default()
+        }
+    }
+
+    #[test]
+    fn each_outcome_says_what_happened_to_storedversions() {
+        assert_eq!(
+            describe(&report(&["v1beta1"])),
+            "tenantsecuritykeys.imbursepayments.com: storedVersions [v1beta1]\n  already migrated, nothing to do\n"
+        );
+        let migrated = KindReport {
+            rewritten: 2,
+            stored_versions_updated: true,
+            ..report(&["v1alpha1", "v1beta1"])
+        };
+        assert_eq!(
+            describe(&migrated),
+            "tenantsecuritykeys.imbursepayments.com: storedVersions [v1alpha1, v1beta1]\n  objects rewritten at v1beta1: 2\n  set storedVersions to [v1beta1]\n"
+        );
+        let failed = KindReport {
+            rewritten: 1,
+            failed: vec!["payments/checkout-api: refused".into()],
+            ..report(&["v1alpha1", "v1beta1"])
+        };
+        assert!(describe(&failed).ends_with(
+            "  failed: payments/checkout-api: refused\n  storedVersions left unchanged\n"
+        ));
+    }
+}
