@@ -424,7 +424,7 @@ fn adoption_records_what_the_attempt_requested(env: &Env) -> Result<()> {
                 },
                 "annotations": { "imbursepayments.com/create-attempt": attempt },
                 "ownerReferences": [{
-                    "apiVersion": "imbursepayments.com/v1alpha1",
+                    "apiVersion": "imbursepayments.com/v1beta1",
                     "kind": "TenantSecurityKey",
                     "name": "adopted",
                     "uid": uid,
@@ -599,7 +599,7 @@ fn a_finalizer_co_owned_by_another_manager_is_removed(env: &Env) -> Result<()> {
         env.namespace_with_account(ns, 0).await?;
         let tenant = env.tenant(0, 15);
         let key: TenantSecurityKey = serde_json::from_value(json!({
-            "apiVersion": "imbursepayments.com/v1alpha1",
+            "apiVersion": "imbursepayments.com/v1beta1",
             "kind": "TenantSecurityKey",
             "metadata": { "name": "restored", "namespace": ns, "finalizers": [FINALIZER] },
             "spec": {

@@ -477,7 +477,7 @@ pub(crate) async fn setup_account(
         .create(&PostParams::default(), &secret)
         .await?;
     let resource: ImburseAccount = serde_json::from_value(json!({
-        "apiVersion": "imbursepayments.com/v1alpha1",
+        "apiVersion": "imbursepayments.com/v1beta1",
         "kind": "ImburseAccount",
         "metadata": {"name": "imburse", "namespace": NAMESPACE},
         "spec": {"baseUrl": sandbox.base_url(), "credentialsSecretRef": {"name": "imburse-account"}},
@@ -504,7 +504,7 @@ pub(crate) async fn create_key(
     tenant: &str,
 ) -> Result<()> {
     let key: TenantSecurityKey = serde_json::from_value(json!({
-        "apiVersion": "imbursepayments.com/v1alpha1",
+        "apiVersion": "imbursepayments.com/v1beta1",
         "kind": "TenantSecurityKey",
         "metadata": {"name": name, "namespace": NAMESPACE},
         "spec": {
