@@ -555,7 +555,7 @@ fn a_late_key_of_a_superseded_attempt_is_revoked(env: &Env) -> Result<()> {
                 "late",
                 &PatchParams::apply(FIELD_MANAGER).force(),
                 &Patch::Apply(json!({
-                    "apiVersion": "imbursepayments.com/v1alpha1",
+                    "apiVersion": "imbursepayments.com/v1beta1",
                     "kind": "TenantSecurityKey",
                     "status": forged,
                 })),
