@@ -115,46 +115,53 @@ pub struct Args {
 
 pub async fn run(args: Args) -> Result<()> {
     let binary = operator_binary(args.operator.as_deref())?;
-    // The creation runs and the seeded runs are measured apart, and each keeps the other's
-    // figures where both are written.
-    let figures = if args.seed_ready.is_empty() {
+    if args.seed_ready.is_empty() {
         let mut runs = Vec::new();
         for &keys in &args.keys {
             runs.push(measure(&binary, keys, &args).await?);
         }
-        json!({
-            "machine": report::machine(),
-            "latencyMs": args.latency_ms,
-            "concurrency": args.concurrency,
-            "imburseRateLimit": args.imburse_rate_limit,
-            "imburseBurst": args.imburse_burst,
-            "tenants": args.tenants,
-            "runs": runs,
-        })
-    } else {
-        let mut runs = Vec::new();
-        for &keys in &args.seed_ready {
-            runs.push(seeded::measure(&binary, keys, &args).await?);
-        }
-        json!({"seeded": {
+        return write(
+            &args,
+            &json!({
+                "machine": report::machine(),
+                "latencyMs": args.latency_ms,
+                "concurrency": args.concurrency,
+                "imburseRateLimit": args.imburse_rate_limit,
+                "imburseBurst": args.imburse_burst,
+                "tenants": args.tenants,
+                "runs": runs,
+            }),
+        );
+    }
+    // Each seeded run is written once measured: a larger one that fails keeps the others.
+    for &keys in &args.seed_ready {
+        let run = seeded::measure(&binary, keys, &args).await?;
+        let figures = json!({"seeded": {
             "machine": report::machine(),
             "latencyMs": args.latency_ms,
             "concurrency": args.concurrency,
             "tenants": args.tenants,
             "verifySeconds": args.verify_seconds,
-            "runs": runs,
-        }})
-    };
+            "runs": [run],
+        }});
+        write(&args, &figures)?;
+    }
+    Ok(())
+}
+
+/// Merges `figures` into those in `--out`, and in docs/benchmark/ with `--publish`: the
+/// creation runs and the seeded runs are measured apart, and each keeps the other's figures.
+fn write(args: &Args, figures: &Value) -> Result<()> {
     let out = args
         .out
         .clone()
         .unwrap_or_else(|| workspace::target_dir().join("bench"));
-    report::update(&out, &figures)?;
-    println!("{}", serde_json::to_string_pretty(&figures)?);
+    report::update(&out, figures)?;
+    println!("{}", serde_json::to_string_pretty(figures)?);
     println!("figures and plots written to {}", out.display());
     if args.publish {
         let docs = workspace::root().join("docs/benchmark");
-        report::update(&docs, &figures)?;
+        report::update(&docs, figures)?;
         println!("published to {}", docs.display());
     }
     Ok(())

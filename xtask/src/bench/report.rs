@@ -37,10 +37,29 @@ pub(super) fn update(dir: &Path, figures: &Value) -> Result<()> {
         .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
         .filter(Value::is_object)
         .unwrap_or_else(|| json!({}));
+    // Seeded runs are measured one at a time: those of other sizes stay.
+    let new_sizes: Vec<&Value> = seeded_runs(figures).iter().map(|r| &r["keys"]).collect();
+    let mut runs: Vec<Value> = seeded_runs(&merged)
+        .iter()
+        .filter(|r| !new_sizes.contains(&&r["keys"]))
+        .cloned()
+        .collect();
+    runs.extend(seeded_runs(figures).iter().cloned());
+    runs.sort_by_key(|r| r["keys"].as_u64());
     if let (Some(merged), Some(figures)) = (merged.as_object_mut(), figures.as_object()) {
         merged.extend(figures.clone());
     }
+    if !runs.is_empty() {
+        merged["seeded"]["runs"] = Value::Array(runs);
+    }
     write(dir, &merged)
+}
+
+fn seeded_runs(figures: &Value) -> &[Value] {
+    figures["seeded"]["runs"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
 }
 
 /// Writes `results.json`, `time.svg`, `memory.svg` and `summary.md` into `dir`.
@@ -52,10 +71,7 @@ fn write(dir: &Path, figures: &Value) -> Result<()> {
     )?;
     let runs = figures["runs"].as_array().map(Vec::as_slice).unwrap_or(&[]);
     let at = |path: &[&str]| series(runs, path);
-    let seeded = figures["seeded"]["runs"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or(&[]);
+    let seeded = seeded_runs(figures);
     let seeded_at = |path: &[&str]| series(seeded, path);
     plot(
         &dir.join("time.svg"),
