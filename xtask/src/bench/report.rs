@@ -239,31 +239,47 @@ fn seeded_summary(out: &mut String, seeded: &Value, runs: &[Value]) {
          |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for run in runs {
-        let memory = &run["memoryMiB"];
-        let plane = &run["controlPlaneMiB"];
-        let seeding = run["seedingSeconds"]["keys"].as_f64().unwrap_or_default()
-            + run["seedingSeconds"]["unrelatedSecrets"]
-                .as_f64()
-                .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            run["keys"],
-            run["unrelatedSecrets"],
-            number(&json!(seeding), 0),
-            number(&run["secondsToEveryKeyReconciled"], 1),
-            number(&memory["sampledPeakDuringSync"], 0),
-            number(&memory["atRest"], 0),
-            run["apiserverWrites"],
-            run["imburseCallsBesidesListing"],
-            number(&plane["kube-apiserver"], 0),
-            number(&plane["etcd"], 0),
-        );
+        seeded_row(out, &run["keys"].to_string(), run, run);
+        // A second build started on the same keys, named by its file.
+        let compared = &run["comparedWith"];
+        if compared["run"].is_object() && compared["run"]["error"].is_null() {
+            let binary = compared["binary"].as_str().unwrap_or_default();
+            let name = binary.rsplit('/').next().unwrap_or(binary);
+            seeded_row(
+                out,
+                &format!("{} ({name})", run["keys"]),
+                run,
+                &compared["run"],
+            );
+        }
     }
     let _ = writeln!(
         out,
         "\nVerify interval {} s, {} tenants, measured on {}.",
         seeded["verifySeconds"], seeded["tenants"], seeded["machine"]
+    );
+}
+
+/// One row of the seeded table: the seeding of `run`, the operator of `started`.
+fn seeded_row(out: &mut String, label: &str, run: &Value, started: &Value) {
+    let memory = &started["memoryMiB"];
+    let plane = &started["controlPlaneMiB"];
+    let seeding = run["seedingSeconds"]["keys"].as_f64().unwrap_or_default()
+        + run["seedingSeconds"]["unrelatedSecrets"]
+            .as_f64()
+            .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        run["unrelatedSecrets"],
+        number(&json!(seeding), 0),
+        number(&started["secondsToEveryKeyReconciled"], 1),
+        number(&memory["sampledPeakDuringSync"], 0),
+        number(&memory["atRest"], 0),
+        started["apiserverWrites"],
+        started["imburseCallsBesidesListing"],
+        number(&plane["kube-apiserver"], 0),
+        number(&plane["etcd"], 0),
     );
 }
 
