@@ -287,7 +287,18 @@ async fn start_on_seeded(
     let (mut operator, listen, probes) = super::start_operator(binary, plane, args)?;
     let pid = operator.pid().context("the operator did not start")?;
     let sampled = super::sample_peak_rss(pid);
-    super::wait_reconciled(&listen, keys).await?;
+    // An operator that exits (one that loses its Lease does) never reconciles the rest: that
+    // ends the run at once, with the end of its log.
+    let exited = async {
+        while operator.exit_status()?.is_none() {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        anyhow::Ok(testenv::log_tail(operator.log_path(), 5))
+    };
+    tokio::select! {
+        reconciled = super::wait_reconciled(&listen, keys) => reconciled?,
+        log = exited => anyhow::bail!("the operator exited before it reconciled every key:\n{}", log?),
+    }
     let reconciled = started.elapsed();
     let after_sync = Memory::of(pid)?;
     ensure!(
