@@ -7,6 +7,7 @@
 //! - [`leader`]: leader election, so that one of several replicas reconciles;
 //! - [`kube_client`]: the Kubernetes API client and its optional rate limit;
 //! - [`allowed_hosts`]: where accounts may send signed requests;
+//! - [`migrate`]: rewrites stored objects at the storage version (`kubectl tsk migrate`);
 //! - [`cli`]: the binary's wiring.
 //!
 //! The Imburse API client lives in the `imburse` crate.
@@ -21,3 +22,4 @@ pub mod labels;
 pub mod leader;
 pub mod liveness;
 pub mod metrics;
+pub mod migrate;

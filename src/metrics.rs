@@ -469,7 +469,7 @@ mod tests {
         rotating["rotation"] = json!({ "interval": "720h" });
         let keys = vec![
             key(json!({
-                "apiVersion": "imbursepayments.com/v1alpha1",
+                "apiVersion": "imbursepayments.com/v1beta1",
                 "kind": "TenantSecurityKey",
                 "metadata": { "name": "checkout", "namespace": "payments" },
                 "spec": rotating,
@@ -489,7 +489,7 @@ mod tests {
                 },
             })),
             key(json!({
-                "apiVersion": "imbursepayments.com/v1alpha1",
+                "apiVersion": "imbursepayments.com/v1beta1",
                 "kind": "TenantSecurityKey",
                 "metadata": { "name": "new", "namespace": "orders" },
                 "spec": spec(),

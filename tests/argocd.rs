@@ -130,7 +130,7 @@ fn every_failure_reason_maps_to_its_health() -> Result<()> {
         for (variant, conditions) in [("written", written), ("ready-only", bare)] {
             let path = format!("testdata/{}-{variant}.yaml", reason.as_str());
             let key = json!({
-                "apiVersion": "imbursepayments.com/v1alpha1",
+                "apiVersion": "imbursepayments.com/v1beta1",
                 "kind": "TenantSecurityKey",
                 "metadata": { "name": "api", "namespace": "payments", "generation": 1 },
                 "status": { "observedGeneration": 1, "conditions": conditions },
@@ -155,7 +155,7 @@ fn every_failure_reason_maps_to_its_health() -> Result<()> {
     std::fs::write(
         kind_dir.join("testdata/ready.yaml"),
         serde_json::to_string(&json!({
-            "apiVersion": "imbursepayments.com/v1alpha1",
+            "apiVersion": "imbursepayments.com/v1beta1",
             "kind": "TenantSecurityKey",
             "metadata": { "name": "api", "namespace": "payments", "generation": 1 },
             "status": { "observedGeneration": 1, "conditions": ready },

@@ -719,7 +719,7 @@ impl World<'_> {
         self.credentials(RELEASE_NAMESPACE, "shared-credentials", 0)
             .await?;
         let cluster_account: ClusterImburseAccount = serde_json::from_value(json!({
-            "apiVersion": "imbursepayments.com/v1alpha1",
+            "apiVersion": "imbursepayments.com/v1beta1",
             "kind": "ClusterImburseAccount",
             "metadata": { "name": "shared" },
             "spec": {
@@ -771,7 +771,7 @@ impl World<'_> {
 
     async fn create_account(&self, namespace: &str, name: &str, secret: &str) -> Result<()> {
         let account: ImburseAccount = serde_json::from_value(json!({
-            "apiVersion": "imbursepayments.com/v1alpha1",
+            "apiVersion": "imbursepayments.com/v1beta1",
             "kind": "ImburseAccount",
             "metadata": { "name": name, "namespace": namespace },
             "spec": {
@@ -794,7 +794,7 @@ impl World<'_> {
         tenant: &str,
     ) -> Result<()> {
         let key: TenantSecurityKey = serde_json::from_value(json!({
-            "apiVersion": "imbursepayments.com/v1alpha1",
+            "apiVersion": "imbursepayments.com/v1beta1",
             "kind": "TenantSecurityKey",
             "metadata": { "name": name, "namespace": namespace },
             "spec": {

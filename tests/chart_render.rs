@@ -234,7 +234,7 @@ fn artifact_hub_annotations_describe_the_crds() -> Result<()> {
             (
                 c.name_any(),
                 c.spec.names.kind.clone(),
-                c.spec.versions[0].name.clone(),
+                tenant_key_operator::crd::VERSION.to_owned(),
             )
         })
         .collect();

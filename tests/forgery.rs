@@ -146,7 +146,7 @@ fn a_forged_intent_and_secret_revoke_no_key_of_another_namespace(env: &Env) -> R
                     },
                     "annotations": { "imbursepayments.com/create-attempt": attempt },
                     "ownerReferences": [{
-                        "apiVersion": "imbursepayments.com/v1alpha1",
+                        "apiVersion": "imbursepayments.com/v1beta1",
                         "kind": "TenantSecurityKey",
                         "name": name,
                         "uid": uid,

@@ -18,7 +18,10 @@ use support::{
     Env, TestFn, create_namespace, expect_single_key, expect_single_key_at, poll, secret_key_pair,
     wait_for,
 };
-use tenant_key_operator::crd::{ClusterImburseAccount, ImburseAccount, TenantSecurityKey};
+use tenant_key_operator::{
+    controller::{FIELD_MANAGER, intent},
+    crd::{ClusterImburseAccount, ImburseAccount, TenantSecurityKey},
+};
 
 const FINALIZER: &str = "imbursepayments.com/revoke-key";
 
@@ -42,6 +45,7 @@ fn main() -> std::process::ExitCode {
         endpoint_change_replaces_the_key_where_it_lives,
         adoption_records_what_the_attempt_requested,
         two_operator_processes_keep_one_key_per_resource,
+        a_late_key_of_a_superseded_attempt_is_revoked,
         a_finalizer_co_owned_by_another_manager_is_removed,
         retain_survives_foreground_deletion,
         a_refusal_of_the_moment_does_not_stall_an_account,
@@ -420,7 +424,7 @@ fn adoption_records_what_the_attempt_requested(env: &Env) -> Result<()> {
                 },
                 "annotations": { "imbursepayments.com/create-attempt": attempt },
                 "ownerReferences": [{
-                    "apiVersion": "imbursepayments.com/v1alpha1",
+                    "apiVersion": "imbursepayments.com/v1beta1",
                     "kind": "TenantSecurityKey",
                     "name": "adopted",
                     "uid": uid,
@@ -510,6 +514,83 @@ fn two_operator_processes_keep_one_key_per_resource(env: &Env) -> Result<()> {
     result
 }
 
+/// The state a slow process leaves when another superseded its attempt: the other process's
+/// own attempt is open, and the Secret holds the key the slow one made meanwhile (its status
+/// write lost the race). That key is in no status; the Secret is about to be overwritten by the
+/// open attempt, so the key is revoked rather than lost.
+fn a_late_key_of_a_superseded_attempt_is_revoked(env: &Env) -> Result<()> {
+    env.block_on(async {
+        let ns = "late-key";
+        env.namespace_with_account(ns, 0).await?;
+        let tenant = env.tenant(0, 20);
+        env.create_key(ns, "late", &tenant, json!({ "rotation": { "gracePeriod": "0s" } }))
+            .await?;
+        let first = expect_single_key(env, ns, "late", &tenant).await?;
+        env.operator
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stop(Duration::from_secs(5));
+        let key = env.keys(ns).get("late").await?;
+        let uid = key.uid().context("uid")?;
+        let status = key.status.context("status")?;
+        let kube_system = Api::<Namespace>::all(env.client.clone())
+            .get("kube-system")
+            .await?;
+        let cluster = intent::cluster_id(kube_system.metadata.uid.as_deref().unwrap_or_default());
+        let name = |attempt: &str| intent::key_name(&format!("{ns}/late"), &uid, attempt, &cluster);
+        let (superseded, open) = ("0a0a0a0a0a0a0a0a", "0b0b0b0b0b0b0b0b");
+        let late = env.key_by_hand(&tenant, &name(superseded)).await?;
+        // As the other process wrote it: the same field manager, the whole status.
+        let mut forged = serde_json::to_value(&status)?;
+        forged["pendingCreate"] = json!({
+            "attempt": open,
+            "name": name(open),
+            "tenantId": tenant,
+            "roles": status.roles,
+            "accountRef": status.account_ref,
+            "endpoint": status.endpoint,
+        });
+        env.keys(ns)
+            .patch_status(
+                "late",
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(json!({
+                    "apiVersion": "imbursepayments.com/v1beta1",
+                    "kind": "TenantSecurityKey",
+                    "status": forged,
+                })),
+            )
+            .await?;
+        let private_key = secrecy::ExposeSecret::expose_secret(&late.private_key).to_owned();
+        env.secrets(ns)
+            .patch(
+                "late",
+                &PatchParams::default(),
+                &Patch::Merge(json!({
+                    "metadata": { "annotations": { "imbursepayments.com/create-attempt": superseded } },
+                    "stringData": { "publicKey": late.public_key, "privateKey": private_key },
+                })),
+            )
+            .await?;
+        env.operator
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .restart()?;
+        let replacement = wait_for(&env.keys(ns), "late", |k| {
+            k.status.as_ref().is_some_and(|s| {
+                s.pending_create.is_none()
+                    && s.previous_keys.is_empty()
+                    && s.public_key.as_deref().is_some_and(|p| p != first)
+            })
+        })
+        .await?;
+        let current = support::public_key(&replacement).context("current key")?;
+        ensure!(current != late.public_key, "the late key was recorded");
+        expect_single_key(env, ns, "late", &tenant).await?;
+        env.wait_event(ns, "late", "OrphanKeyDeleted").await
+    })
+}
+
 /// The finalizer was in the manifest the resource was created from, so another field manager
 /// lists it too: deletion still removes it.
 fn a_finalizer_co_owned_by_another_manager_is_removed(env: &Env) -> Result<()> {
@@ -518,7 +599,7 @@ fn a_finalizer_co_owned_by_another_manager_is_removed(env: &Env) -> Result<()> {
         env.namespace_with_account(ns, 0).await?;
         let tenant = env.tenant(0, 15);
         let key: TenantSecurityKey = serde_json::from_value(json!({
-            "apiVersion": "imbursepayments.com/v1alpha1",
+            "apiVersion": "imbursepayments.com/v1beta1",
             "kind": "TenantSecurityKey",
             "metadata": { "name": "restored", "namespace": ns, "finalizers": [FINALIZER] },
             "spec": {

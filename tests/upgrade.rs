@@ -1,7 +1,9 @@
 //! Upgrading the operator never touches a key. Every state an earlier operator version left
 //! behind (`tests/fixtures/upgrade/v*/*.yaml`, see the README there) is rebuilt on a fresh
-//! control plane and sandbox exactly as that version wrote it; then the current operator
-//! starts, and may create, revoke and rewrite only what the state itself calls for.
+//! control plane and sandbox exactly as that version wrote it, stored at `v1alpha1` by the
+//! CRDs of that time; then the current CRDs are installed and the current operator starts,
+//! and may create, revoke and rewrite only what the state itself calls for, also once the
+//! stored-version migration (`kubectl tsk migrate`) has rewritten every object at `v1beta1`.
 //!
 //! `cargo test --test upgrade -- --ignored capture` writes the fixtures of the current
 //! version from a real run.
@@ -21,10 +23,16 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use fixture::{Fixture, ResourceOutcome, SecretOutcome};
 use imburse_sandbox::Sandbox;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::{
+    api::core::v1::Secret,
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams},
+    api::{
+        ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+        PostParams,
+    },
 };
 use libtest_mimic::{Arguments, Trial};
 use secrecy::ExposeSecret as _;
@@ -32,7 +40,8 @@ use serde_json::json;
 use support::{create_namespace, poll, wait_for};
 use tenant_key_operator::{
     controller::{intent, secret},
-    crd::{ImburseAccount, TenantSecurityKey},
+    crd::{self, DEFAULT_BASE_URL, ImburseAccount, TenantSecurityKey},
+    migrate,
 };
 
 const OPERATOR_NAMESPACE: &str = "tenant-key-operator";
@@ -46,8 +55,9 @@ const QUIET: Duration = Duration::from_secs(2);
 
 fn main() -> std::process::ExitCode {
     let mut args = Arguments::from_args();
-    // Each fixture starts a control plane of its own; one at a time spares the CPU.
-    args.test_threads = Some(1);
+    // Each fixture starts a control plane of its own, which mostly waits for the operator to
+    // settle: two at a time keep two cores busy without starving either.
+    args.test_threads.get_or_insert(2);
     let mut trials = match fixture::discover() {
         Ok(fixtures) => fixtures
             .into_iter()
@@ -80,7 +90,16 @@ fn replay(path: &Path) -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let (control_plane, client) = support::start_control_plane().await?;
+        let control_plane = testenv::ControlPlane::start().await?;
+        let client = control_plane.client().await?;
+        // Fixtures of versions before v1beta1 are stored as those versions' CRDs stored them.
+        let stored_at_v1alpha1 = stored_at_v1alpha1(&fixture)?;
+        let crds = if stored_at_v1alpha1 {
+            previous_crds()
+        } else {
+            crd::all()
+        };
+        testenv::apply_crds(&client, &crds).await?;
         create_namespace(&client, OPERATOR_NAMESPACE, BTreeMap::new()).await?;
         create_namespace(&client, &fixture.namespace()?, BTreeMap::new()).await?;
         // What the operator recorded names the resource by its uid, the keys the sandbox
@@ -89,7 +108,7 @@ fn replay(path: &Path) -> Result<()> {
         let keys = Api::namespaced_with(
             client.clone(),
             &fixture.namespace()?,
-            &ApiResource::erase::<TenantSecurityKey>(&()),
+            &api_resource(&fixture.key)?,
         );
         let key = create_user_fields(&keys, &fixture.key).await?;
         fixture.adopt_uid(&key.uid().context("the re-created key has no uid")?)?;
@@ -98,6 +117,9 @@ fn replay(path: &Path) -> Result<()> {
         let restored = restore(&client, &keys, &fixture).await?;
         let seeded = sandbox_keys(&sandbox).await?;
         sandbox.admin().reset_stats().await?;
+        if stored_at_v1alpha1 {
+            upgrade_crds(&client, &fixture.namespace()?).await?;
+        }
 
         let logs = tempfile::Builder::new().prefix("tko-upgrade-").tempdir()?;
         let operator = support::start_operator(
@@ -152,11 +174,8 @@ async fn restore(
     let credentials_object = serde_json::from_value(serde_json::to_value(&fixture.credentials)?)?;
     create_user_fields(&credentials, &credentials_object).await?;
     restore_operator_fields(&credentials, &credentials_object, &fixture.field_manager).await?;
-    let accounts = Api::namespaced_with(
-        client.clone(),
-        &namespace,
-        &ApiResource::erase::<ImburseAccount>(&()),
-    );
+    let accounts =
+        Api::namespaced_with(client.clone(), &namespace, &api_resource(&fixture.account)?);
     create_user_fields(&accounts, &fixture.account).await?;
     restore_operator_fields(&accounts, &fixture.account, &fixture.field_manager).await?;
     restore_operator_fields(keys, &fixture.key, &fixture.field_manager).await?;
@@ -178,6 +197,126 @@ async fn restore(
             .await?;
     }
     Ok(restored)
+}
+
+/// The API resource of an object at the version it names.
+fn api_resource(object: &DynamicObject) -> Result<ApiResource> {
+    let types = object
+        .types
+        .as_ref()
+        .context("the object has no apiVersion and kind")?;
+    Ok(ApiResource::from_gvk(&GroupVersionKind::try_from(types)?))
+}
+
+/// Whether the fixture's objects are of a version before v1beta1.
+fn stored_at_v1alpha1(fixture: &Fixture) -> Result<bool> {
+    Ok(api_resource(&fixture.key)?.version == crd::DEPRECATED_VERSION)
+}
+
+/// The CRDs as the versions before v1beta1 installed them: v1alpha1 alone, stored, without a
+/// `baseUrl` default (those versions applied it in code).
+fn previous_crds() -> Vec<CustomResourceDefinition> {
+    let mut crds = crd::all();
+    for crd in &mut crds {
+        crd.spec
+            .versions
+            .retain(|v| v.name == crd::DEPRECATED_VERSION);
+        for version in &mut crd.spec.versions {
+            version.storage = true;
+            version.deprecated = None;
+            version.deprecation_warning = None;
+            if let Some(base_url) = version
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut())
+                .and_then(|s| s.properties.as_mut()?.get_mut("spec"))
+                .and_then(|s| s.properties.as_mut()?.get_mut("baseUrl"))
+            {
+                base_url.default = None;
+            }
+        }
+    }
+    crds
+}
+
+/// Installs the current CRDs over the previous ones, as `helm upgrade` does before the new
+/// operator starts. An account stored at v1alpha1 without `baseUrl` (which those versions
+/// read as the sandbox) reads as the sandbox at v1beta1: the API server applies v1alpha1's
+/// default to it on the way out of etcd.
+async fn upgrade_crds(client: &Client, namespace: &str) -> Result<()> {
+    const UNNAMED: &str = "stored-without-base-url";
+    let old = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        crd::GROUP,
+        crd::DEPRECATED_VERSION,
+        "ImburseAccount",
+    ));
+    let stored: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &old);
+    let unnamed: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": old.api_version,
+        "kind": old.kind,
+        "metadata": { "name": UNNAMED },
+        "spec": { "credentialsSecretRef": { "name": "absent" } },
+    }))?;
+    stored.create(&user_params(), &unnamed).await?;
+
+    testenv::apply_crds(client, &crd::all()).await?;
+    let accounts: Api<ImburseAccount> = Api::namespaced(client.clone(), namespace);
+    // An Established CRD serves a version it gained a moment later.
+    poll(
+        || async { Ok(accounts.list(&ListParams::default().limit(1)).await.is_ok()) },
+        "v1beta1 to be served",
+    )
+    .await?;
+    let read = accounts.get(UNNAMED).await?;
+    ensure!(
+        read.spec.account.base_url.as_deref() == Some(DEFAULT_BASE_URL),
+        "an account stored without baseUrl reads at v1beta1 with {:?}",
+        read.spec.account.base_url
+    );
+    // Gone before the operator starts, which would try to reach the sandbox with it.
+    accounts.delete(UNNAMED, &DeleteParams::default()).await?;
+    Ok(())
+}
+
+/// Runs the stored-version migration twice: the first run rewrites every object (of a fixture
+/// stored at v1alpha1) and leaves only v1beta1 in each CRD's `storedVersions`, the second finds
+/// nothing left to do.
+async fn migrate_stored_versions(client: &Client, from_v1alpha1: bool) -> Result<()> {
+    let reports = migrate::run(client).await?;
+    for report in &reports {
+        ensure!(
+            report.failed.is_empty() && report.stored_versions_updated == from_v1alpha1,
+            "migration of {}: {report:?}",
+            report.crd
+        );
+    }
+    let rewritten: usize = reports.iter().map(|r| r.rewritten).sum();
+    // The account is there in every state.
+    ensure!(
+        rewritten > 0 || !from_v1alpha1,
+        "the migration rewrote nothing"
+    );
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for report in &reports {
+        let stored = crds
+            .get_status(&report.crd)
+            .await?
+            .status
+            .and_then(|s| s.stored_versions);
+        ensure!(
+            stored == Some(vec![crd::VERSION.to_owned()]),
+            "{} still lists {stored:?}",
+            report.crd
+        );
+    }
+    let again = migrate::run(client).await?;
+    ensure!(
+        again
+            .iter()
+            .all(|r| r.rewritten == 0 && !r.stored_versions_updated),
+        "a second migration did something: {again:?}"
+    );
+    Ok(())
 }
 
 fn user_params() -> PostParams {
@@ -298,6 +437,11 @@ async fn take_over(
         "the operator to reconcile the key",
     )
     .await?;
+    // The upgrade is rolled out: what follows is `kubectl tsk migrate`.
+    migrate_stored_versions(client, stored_at_v1alpha1(fixture)?).await?;
+    if expect.resource == ResourceOutcome::Ready {
+        wait_for(&keys, &name, settled).await?;
+    }
     tokio::time::sleep(QUIET).await;
 
     let after = sandbox_keys(sandbox).await?;

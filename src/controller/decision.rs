@@ -17,9 +17,10 @@
 //! what the intent requested. A crash or a lost response before 2 leaves a key nobody can use:
 //! [`Step::CleanupOrphans`] first supersedes the open attempt with a conditional write (so a
 //! second operator process still working on it can no longer record its key), then revokes
-//! every key marked for this resource that neither the status nor the Secret holds. The same
-//! sweep runs when the operator's metadata was wiped (`kubectl replace`) from a resource it
-//! had already worked on.
+//! every key marked for this resource that the status does not hold (a key in the Secret from
+//! another attempt is a late write the next create overwrites; only a resource deleted with
+//! `Retain` keeps it with its Secret). The same sweep runs when the operator's metadata was
+//! wiped (`kubectl replace`) from a resource it had already worked on.
 //!
 //! Rotation (on schedule, on request, or because the key was revoked at Imburse behind the
 //! operator's back) is a replacement like any other: the same three steps create the new key,

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::Condition;
 
-/// Base URL used when an account does not name one: the Imburse sandbox of the tutorials.
+/// Base URL of a v1alpha1 account that does not name one: the Imburse sandbox of the
+/// tutorials. v1beta1 requires the field, so that no account reaches the sandbox by omission.
 pub const DEFAULT_BASE_URL: &str = "https://sandbox-api.imbursepayments.com";
 
 /// Imburse API generation an account speaks.
@@ -64,9 +65,10 @@ impl CredentialsSecretRef {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AccountSpec {
-    /// Base URL of the Imburse API (default `https://sandbox-api.imbursepayments.com`).
-    /// Production is `https://api.imbursepayments.com`; dedicated environments have their own
-    /// host. HTTPS is required except for loopback addresses.
+    /// Base URL of the Imburse API: `https://api.imbursepayments.com` for production,
+    /// `https://sandbox-api.imbursepayments.com` for the sandbox; dedicated environments have
+    /// their own host. HTTPS is required except for loopback addresses. Required in v1beta1;
+    /// v1alpha1 defaults it to the sandbox.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_url: Option<String>,
     /// API generation: `seed` (default, the 2019 paths) or `current`.
@@ -89,6 +91,9 @@ pub struct AccountSpec {
 }
 
 impl AccountSpec {
+    /// The base URL. Every account the API server returns names one (v1beta1 requires it,
+    /// v1alpha1 defaults it, also on objects stored before the default existed); the fallback
+    /// is that same default, so an object from anywhere else behaves as it always did.
     pub fn effective_base_url(&self) -> &str {
         self.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL)
     }
@@ -216,7 +221,7 @@ impl KeyClass {
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "imbursepayments.com",
-    version = "v1alpha1",
+    version = "v1beta1",
     kind = "ImburseAccount",
     namespaced,
     status = "AccountStatus",
@@ -262,7 +267,7 @@ impl AllowedNamespaces {
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "imbursepayments.com",
-    version = "v1alpha1",
+    version = "v1beta1",
     kind = "ClusterImburseAccount",
     status = "AccountStatus",
     shortname = "cimba",

@@ -217,20 +217,20 @@ pub struct Endpoint {
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[kube(
     group = "imbursepayments.com",
-    version = "v1alpha1",
+    version = "v1beta1",
     kind = "TenantSecurityKey",
     namespaced,
     status = "TenantSecurityKeyStatus",
     shortname = "tsk",
     category = "imburse",
     doc = "An Imburse Tenant Security Key, created by the operator with an Imburse account and delivered as a Secret that the resource owns.",
-    printcolumn = r#"{"name":"Tenant","type":"string","jsonPath":".spec.tenantId"}"#,
+    printcolumn = r#"{"name":"Tenant","type":"string","jsonPath":".spec.tenantId","priority":1}"#,
     printcolumn = r#"{"name":"Account","type":"string","jsonPath":".spec.accountRef.name"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
-    printcolumn = r#"{"name":"Secret","type":"string","jsonPath":".status.secretName"}"#,
+    printcolumn = r#"{"name":"Secret","type":"string","jsonPath":".status.secretName","priority":1}"#,
     printcolumn = r#"{"name":"Key Age","type":"date","jsonPath":".status.createdAt"}"#,
-    printcolumn = r#"{"name":"Next Rotation","type":"string","jsonPath":".status.nextRotationAt"}"#,
+    printcolumn = r#"{"name":"Next Rotation","type":"string","jsonPath":".status.nextRotationAt","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]

@@ -201,7 +201,7 @@ impl Env {
         });
         merge(&mut spec, extra);
         let account: ImburseAccount = serde_json::from_value(json!({
-            "apiVersion": "imbursepayments.com/v1alpha1",
+            "apiVersion": "imbursepayments.com/v1beta1",
             "kind": "ImburseAccount",
             "metadata": { "name": name, "namespace": namespace },
             "spec": spec,
@@ -229,7 +229,7 @@ impl Env {
         });
         merge(&mut spec, extra);
         let account: ClusterImburseAccount = serde_json::from_value(json!({
-            "apiVersion": "imbursepayments.com/v1alpha1",
+            "apiVersion": "imbursepayments.com/v1beta1",
             "kind": "ClusterImburseAccount",
             "metadata": { "name": name },
             "spec": spec,
@@ -258,7 +258,7 @@ impl Env {
         });
         merge(&mut spec, extra);
         let key: TenantSecurityKey = serde_json::from_value(json!({
-            "apiVersion": "imbursepayments.com/v1alpha1",
+            "apiVersion": "imbursepayments.com/v1beta1",
             "kind": "TenantSecurityKey",
             "metadata": { "name": name, "namespace": namespace },
             "spec": spec,

@@ -25,6 +25,14 @@ const OTHER_NAMES: [&str; 3] = [
     "OCIRepository",
     "NamespaceFinalizersRemaining",
 ];
+/// Fields of Kubernetes' and other tools' objects that the pages name: a CRD's stored
+/// versions, an Argo CD Application's revision, a Flux HelmRelease's chart version.
+const OTHER_PATHS: [&str; 4] = [
+    "status.storedVersions",
+    "storedVersions",
+    "targetRevision",
+    "chart.spec.version",
+];
 /// Last segments that make a dotted name a file or a host rather than a value or field.
 const NOT_PATHS: [&str; 9] = [
     "com", "io", "example", "md", "yaml", "json", "lua", "rs", "svg",
@@ -84,6 +92,7 @@ impl Known {
             .names
             .extend(Reason::ALL.map(|reason| reason.as_str().to_owned()));
         known.names.extend(OTHER_NAMES.map(String::from));
+        known.paths.extend(OTHER_PATHS.map(String::from));
         for file in files(&root.join("src"), "rs") {
             // Event and condition reasons are string literals where they are published.
             known.names.extend(

@@ -16,6 +16,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::Shared;
+use crate::config::TenantKey;
 use crate::faults::Faults;
 
 /// A tenant key as the admin API shows it (never the private key).
@@ -73,7 +74,7 @@ const OPERATIONS: [imburse::Operation; 5] = [
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/_sandbox/keys", get(keys))
+        .route("/_sandbox/keys", get(keys).post(seed_keys))
         .route("/_sandbox/stats", get(stats))
         .route("/_sandbox/faults", get(faults).put(set_faults))
         .route("/_sandbox/reset-stats", post(reset_stats))
@@ -115,6 +116,22 @@ async fn keys(
         })
         .collect();
     Json(KeyListing { keys })
+}
+
+/// Adds keys in bulk, private keys included, as if they had been created long ago: a test or
+/// benchmark can start from many keys without creating each through the API. The state file,
+/// if any, is written as after any other change.
+async fn seed_keys(
+    State(shared): State<Arc<Shared>>,
+    Json(keys): Json<Vec<TenantKey>>,
+) -> Response {
+    let Some(count) = shared.store().seed_keys(keys) else {
+        return (StatusCode::BAD_REQUEST, "a key names an unknown tenant").into_response();
+    };
+    if let Err(error) = shared.persist().await {
+        return (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response();
+    }
+    (StatusCode::CREATED, Json(count)).into_response()
 }
 
 async fn stats(State(shared): State<Arc<Shared>>) -> Json<Stats> {
@@ -213,6 +230,14 @@ impl AdminClient {
         }
         let listing: KeyListing = self.send(self.http.get(url)).await?.json().await?;
         Ok(listing.keys)
+    }
+
+    /// Adds `keys` (private keys included) to the sandbox, as [`crate::Config::keys`] does at
+    /// start.
+    pub async fn seed_keys(&self, keys: &[TenantKey]) -> Result<(), AdminError> {
+        self.send(self.http.post(self.url("keys")?).json(keys))
+            .await
+            .map(drop)
     }
 
     /// Calls answered so far, by operation and status.

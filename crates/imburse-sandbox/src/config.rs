@@ -84,6 +84,17 @@ pub struct TenantKey {
 }
 
 impl TenantKey {
+    /// A key with a fresh key pair, as the sandbox makes one when asked to create it.
+    pub fn generate(tenant_id: &str, name: &str, roles: Vec<String>) -> Self {
+        Self {
+            tenant_id: tenant_id.to_owned(),
+            name: name.to_owned(),
+            public_key: random_id(),
+            private_key: random_private_key(),
+            roles,
+        }
+    }
+
     fn key_pair(&self) -> imburse::KeyPair {
         imburse::KeyPair::new(self.public_key.clone(), self.private_key.clone())
     }

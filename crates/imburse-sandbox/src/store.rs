@@ -252,6 +252,29 @@ impl Store {
         key
     }
 
+    /// Adds keys that exist from now on, as [`Config::keys`] does at start; `None` (and
+    /// nothing added) when one names a tenant that is not configured.
+    pub(crate) fn seed_keys(&mut self, keys: Vec<TenantKey>) -> Option<usize> {
+        let owners: Vec<String> = keys
+            .iter()
+            .map(|k| self.tenants.get(&k.tenant_id).cloned())
+            .collect::<Option<_>>()?;
+        let count = keys.len();
+        for (key, account_id) in keys.into_iter().zip(owners) {
+            let stored = StoredKey {
+                identity: random_id(),
+                tenant_id: key.tenant_id,
+                account_id,
+                name: key.name,
+                public_key: key.public_key,
+                private_key: key.private_key,
+                roles: key.roles,
+            };
+            self.keys.insert(stored.public_key.clone(), stored);
+        }
+        Some(count)
+    }
+
     /// The keys of one tenant, or of all tenants.
     pub(crate) fn keys<'a>(
         &'a self,

@@ -557,3 +557,38 @@ async fn seeded_keys_exist_from_the_start() {
     assert_eq!(keys.len(), 1);
     assert_ne!(keys[0].public_key, seeded.public_key);
 }
+
+/// Keys seeded in bulk through the admin API behave like created ones; a batch naming an
+/// unknown tenant is refused whole.
+#[tokio::test]
+async fn keys_seeded_through_the_admin_api_exist_at_once() {
+    let env = Env::start().await;
+    let admin = env.sandbox.admin();
+    let roles = vec!["tenant-admin".to_owned()];
+    let seeded: Vec<TenantKey> = (0..3)
+        .map(|i| TenantKey::generate(env.tenant(), &format!("seeded-{i}"), roles.clone()))
+        .collect();
+    admin.seed_keys(&seeded).await.unwrap();
+    let mut listed = admin.keys(Some(env.tenant())).await.unwrap();
+    listed.sort_by(|a, b| a.name.cmp(&b.name));
+    let expected: Vec<KeyInfo> = seeded
+        .iter()
+        .map(|k| KeyInfo {
+            tenant_id: k.tenant_id.clone(),
+            public_key: k.public_key.clone(),
+            name: k.name.clone(),
+            roles: k.roles.clone(),
+        })
+        .collect();
+    assert_eq!(listed, expected);
+    let tenant_key = KeyPair::new(seeded[0].public_key.clone(), seeded[0].private_key.clone());
+    assert!(!env.token_for(&tenant_key).await.is_empty());
+
+    let stranger = TenantKey::generate(&uuid_like(), "stranger", roles.clone());
+    let batch = [TenantKey::generate(env.tenant(), "fine", roles), stranger];
+    assert!(matches!(
+        admin.seed_keys(&batch).await,
+        Err(imburse_sandbox::AdminError::Status(400))
+    ));
+    assert_eq!(admin.keys(None).await.unwrap().len(), seeded.len());
+}

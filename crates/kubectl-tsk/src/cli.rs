@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{Context as _, Result, bail};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
-use crate::{audit, cluster, inspect, output::Format, rotate, status, version};
+use crate::{audit, cluster, inspect, migrate, output::Format, rotate, status, version};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -60,6 +60,11 @@ pub enum Command {
     /// Every key at Imburse of the namespace's accounts (or of --account), classified by the
     /// operator as managed (with the resource that holds it), leaked, foreign or unmanaged.
     Audit(AuditArgs),
+    /// After an upgrade that changed the storage version: rewrites every TenantSecurityKey,
+    /// ImburseAccount and ClusterImburseAccount at it, then sets the CRDs'
+    /// status.storedVersions to it alone, so that a later release can stop serving the old
+    /// version. Leaves storedVersions alone if any rewrite failed; safe to run again.
+    Migrate,
     /// This plugin's version and the operator's, read from the image tag of each operator
     /// Deployment in the cluster.
     Version,
@@ -197,6 +202,7 @@ async fn run(cli: Cli) -> Result<()> {
             inspect::secret(client, &namespace, &name, global.output).await
         }
         Command::Audit(args) => audit::run(client, &scope, &args, global.output).await,
+        Command::Migrate => migrate::run(&client, global.output).await,
         Command::Version => version::show(client, global.output).await,
     }
 }

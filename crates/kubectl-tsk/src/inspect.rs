@@ -133,7 +133,7 @@ mod tests {
 
     fn owner(uid: &str, keys: serde_json::Value) -> TenantSecurityKey {
         serde_json::from_value(json!({
-            "apiVersion": "imbursepayments.com/v1alpha1",
+            "apiVersion": "imbursepayments.com/v1beta1",
             "kind": "TenantSecurityKey",
             "metadata": {"name": "checkout-api", "namespace": "payments", "uid": uid},
             "spec": {

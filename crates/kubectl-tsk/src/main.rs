@@ -5,6 +5,7 @@ mod audit;
 mod cli;
 mod cluster;
 mod inspect;
+mod migrate;
 mod output;
 mod rotate;
 mod status;

@@ -232,7 +232,7 @@ mod tests {
 
     fn key(handled_request: Option<&str>, ready: &str) -> TenantSecurityKey {
         let mut tsk: TenantSecurityKey = serde_json::from_value(json!({
-            "apiVersion": "imbursepayments.com/v1alpha1",
+            "apiVersion": "imbursepayments.com/v1beta1",
             "kind": "TenantSecurityKey",
             "metadata": {"name": "a", "namespace": "n"},
             "spec": {

@@ -17,6 +17,7 @@ use k8s_openapi::{
         apps::v1::Deployment,
         core::v1::{Namespace, Secret},
     },
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
     jiff::{SignedDuration, Timestamp},
 };
 use kube::{
@@ -94,6 +95,10 @@ fn main() -> ExitCode {
         (
             "rotate_wait_gives_up_after_the_timeout",
             rotate_wait_gives_up_after_the_timeout,
+        ),
+        (
+            "migrate_rewrites_then_leaves_alone",
+            migrate_rewrites_then_leaves_alone,
         ),
         (
             "version_reads_the_operator_image",
@@ -238,7 +243,7 @@ impl World {
             .create(&PostParams::default(), &namespace)
             .await?;
         let account: ImburseAccount = serde_json::from_value(json!({
-            "apiVersion": "imbursepayments.com/v1alpha1",
+            "apiVersion": "imbursepayments.com/v1beta1",
             "kind": "ImburseAccount",
             "metadata": {"name": "imburse", "namespace": name},
             "spec": {
@@ -268,7 +273,7 @@ impl World {
     ) -> Result<String> {
         let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
         let tsk: TenantSecurityKey = serde_json::from_value(json!({
-            "apiVersion": "imbursepayments.com/v1alpha1",
+            "apiVersion": "imbursepayments.com/v1beta1",
             "kind": "TenantSecurityKey",
             "metadata": {"name": name, "namespace": namespace, "labels": labels},
             "spec": {
@@ -461,10 +466,10 @@ fn status_of_a_new_key_with_a_cluster_account(world: &World) -> Result<()> {
     world.block_on(async {
         world.namespace(ns).await?;
         let account: ClusterImburseAccount = serde_json::from_value(json!({
-            "apiVersion": "imbursepayments.com/v1alpha1",
+            "apiVersion": "imbursepayments.com/v1beta1",
             "kind": "ClusterImburseAccount",
             "metadata": {"name": "shared"},
-            "spec": {"credentialsSecretRef": {"name": "shared-credentials"}},
+            "spec": {"baseUrl": BASE_URL, "credentialsSecretRef": {"name": "shared-credentials"}},
         }))?;
         let accounts: Api<ClusterImburseAccount> = Api::all(world.client.clone());
         accounts.create(&PostParams::default(), &account).await?;
@@ -475,7 +480,7 @@ fn status_of_a_new_key_with_a_cluster_account(world: &World) -> Result<()> {
             .patch_status("shared", &PatchParams::default(), &Patch::Merge(&status))
             .await?;
         let tsk: TenantSecurityKey = serde_json::from_value(json!({
-            "apiVersion": "imbursepayments.com/v1alpha1",
+            "apiVersion": "imbursepayments.com/v1beta1",
             "kind": "TenantSecurityKey",
             "metadata": {"name": "fresh", "namespace": ns},
             "spec": {
@@ -874,5 +879,47 @@ fn no_private_key_in_any_output(world: &World) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// `migrate` rewrites the objects of a CRD whose `storedVersions` lists v1alpha1 and leaves
+/// only v1beta1 there; run again, it finds nothing to do. The objects here are stored at
+/// v1beta1 already, so the rewrites change nothing in etcd and the other tests see nothing.
+fn migrate_rewrites_then_leaves_alone(world: &World) -> Result<()> {
+    const CRD: &str = "tenantsecuritykeys.imbursepayments.com";
+    let crds: Api<CustomResourceDefinition> = Api::all(world.client.clone());
+    world.block_on(async {
+        world.namespace("migrate").await?;
+        world.ready_key("migrate", "stored", &[]).await?;
+        let both = json!({"status": {"storedVersions": ["v1alpha1", "v1beta1"]}});
+        crds.patch_status(CRD, &PatchParams::default(), &Patch::Merge(&both))
+            .await?;
+        anyhow::Ok(())
+    })?;
+    let first = world.kubectl(&["migrate"])?.ok()?;
+    contains_all(
+        &first.stdout,
+        &[
+            &format!("{CRD}: storedVersions [v1alpha1, v1beta1]"),
+            "objects rewritten at v1beta1: ",
+            "set storedVersions to [v1beta1]",
+            "imburseaccounts.imbursepayments.com: storedVersions [v1beta1]",
+            "already migrated, nothing to do",
+        ],
+    )?;
+    let stored = world
+        .block_on(crds.get_status(CRD))?
+        .status
+        .and_then(|s| s.stored_versions);
+    ensure!(stored == Some(vec!["v1beta1".to_owned()]), "{stored:?}");
+    let again = world.kubectl(&["migrate", "-o", "json"])?.ok()?.json()?;
+    let reports = again.as_array().context("not a list")?;
+    ensure!(
+        reports.len() == 3
+            && reports
+                .iter()
+                .all(|r| r["rewritten"] == 0 && r["storedVersionsUpdated"] == false),
+        "a second run did something: {again}"
+    );
     Ok(())
 }

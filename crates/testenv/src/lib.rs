@@ -5,7 +5,7 @@
 //! - [`build`]: builds missing binaries into the cache.
 //! - [`ControlPlane`]: runs an isolated control plane; [`detached`] manages one that outlives
 //!   the command that started it (`cargo xtask controlplane up`).
-//! - [`install_crds`], [`Operator`] and [`Replicas`]: the operator's CRDs and binary on that
+//! - [`install_crds`], [`apply_crds`], [`Operator`] and [`Replicas`]: the operator's CRDs and binary on that
 //!   control plane, one process or several contesting the leader election Lease.
 //! - [`Registry`]: a local OCI registry for installs from `oci://`.
 
@@ -21,7 +21,7 @@ pub mod versions;
 use std::path::Path;
 
 pub use controlplane::{ControlPlane, client_from_kubeconfig, service_account_token};
-pub use operator::{Operator, Replicas, install_crds};
+pub use operator::{Operator, Replicas, apply_crds, install_crds};
 pub use pki::ADMIN_USER;
 pub use registry::Registry;
 

@@ -21,29 +21,37 @@ use crate::process::{Lifetime, Process};
 
 /// Applies every CRD found in the `*.yaml` files of `dir` and waits until each is Established.
 pub async fn install_crds(client: &Client, dir: &Path) -> Result<()> {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let mut names = Vec::new();
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
         .collect();
     files.sort();
+    let mut crds = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file)?;
-        let crd: CustomResourceDefinition =
-            serde_yaml::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
+        crds.push(
+            serde_yaml::from_str(&text).with_context(|| format!("parsing {}", file.display()))?,
+        );
+    }
+    apply_crds(client, &crds).await
+}
+
+/// Applies the CRDs (creating or updating them) and waits until each is Established.
+pub async fn apply_crds(client: &Client, crds: &[CustomResourceDefinition]) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in crds {
         let name = crd.name_any();
         api.patch(
             &name,
             &PatchParams::apply("testenv").force(),
-            &Patch::Apply(&crd),
+            &Patch::Apply(crd),
         )
         .await
         .with_context(|| format!("applying CRD {name}"))?;
-        names.push(name);
     }
-    for name in names {
+    for crd in crds {
+        let name = crd.name_any();
         let established = kube::runtime::wait::await_condition(
             api.clone(),
             &name,

@@ -199,7 +199,7 @@ impl Run<'_> {
 
     /// Supersedes an interrupted attempt (a conditional write, so that another operator
     /// process still working on it can no longer record its key), then revokes the keys made
-    /// for this resource that neither the status nor the Secret holds.
+    /// for this resource that the status does not hold.
     pub(super) async fn cleanup_orphans(&mut self) -> Result<()> {
         let legacy_name = match &self.intent {
             Some(Recorded::Legacy { name, .. }) => Some(name.clone()),
@@ -252,15 +252,16 @@ impl Run<'_> {
             }
             Err(e) => return Err(e.into()),
         };
-        // A deletion that interrupted the recording of a key leaves it in the Secret only; the
-        // Secret goes with the resource, and the key with it unless it is revoked here. A
-        // retained Secret keeps its key.
-        let secret_goes = self.deleting
-            && self.tsk.spec.deletion_policy.unwrap_or_default() == DeletionPolicy::Delete;
+        // A key in the Secret that the status does not hold is one whose recording was
+        // interrupted, or the late write of another process whose attempt was superseded
+        // meanwhile. Unless the resource goes and retains its Secret, that Secret is about to
+        // be overwritten or deleted, and the key with it: it is revoked here, or nobody would.
+        let secret_kept = self.deleting
+            && self.tsk.spec.deletion_policy.unwrap_or_default() == DeletionPolicy::Retain;
         let in_secret = self
             .secret
             .as_ref()
-            .filter(|_| !secret_goes)
+            .filter(|_| secret_kept)
             .filter(|s| secret::is_owned_by(s, self.tsk))
             .and_then(|s| secret::material(self.tsk, s))
             .map(|m| m.public_key);

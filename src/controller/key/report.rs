@@ -101,7 +101,10 @@ impl Run<'_> {
             {
                 Ok(written) => self.wrote(&written),
                 Err(e) if e.is_conflict() => return Ok(changed_meanwhile()),
-                Err(e) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(reason = e.reason().as_str(), error = %e, "the status could not be written");
+                    return Err(e);
+                }
             }
         }
         if self.guarded {

@@ -104,7 +104,7 @@ where
 /// The account resource the floor's reads find; no operator ever makes it Ready.
 async fn create_account(client: &Client) -> Result<()> {
     let account: ImburseAccount = serde_json::from_value(json!({
-        "apiVersion": "imbursepayments.com/v1alpha1",
+        "apiVersion": "imbursepayments.com/v1beta1",
         "kind": "ImburseAccount",
         "metadata": {"name": "imburse", "namespace": NAMESPACE},
         "spec": {"baseUrl": "http://127.0.0.1:1", "credentialsSecretRef": {"name": "imburse-account"}},
@@ -123,7 +123,7 @@ async fn mirror_key(client: Client, name: String) -> Result<()> {
 
     secrets.get_opt(&name).await?;
     let finalizer = json!({
-        "apiVersion": "imbursepayments.com/v1alpha1",
+        "apiVersion": "imbursepayments.com/v1beta1",
         "kind": "TenantSecurityKey",
         "metadata": {"name": name, "finalizers": [FINALIZER]},
     });
@@ -145,7 +145,7 @@ async fn protocol_key(client: Client, name: String) -> Result<()> {
 /// The intent goes into the status, where only the operator writes.
 async fn write_intent(keys: &Api<TenantSecurityKey>, name: &str) -> Result<()> {
     let intent = json!({
-        "apiVersion": "imbursepayments.com/v1alpha1",
+        "apiVersion": "imbursepayments.com/v1beta1",
         "kind": "TenantSecurityKey",
         "metadata": {"name": name},
         "status": {"pendingCreate": {
@@ -182,7 +182,7 @@ async fn write_secret(secrets: &Api<Secret>, name: &str) -> Result<()> {
 
 async fn write_status(keys: &Api<TenantSecurityKey>, name: &str) -> Result<()> {
     let status = json!({
-        "apiVersion": "imbursepayments.com/v1alpha1",
+        "apiVersion": "imbursepayments.com/v1beta1",
         "kind": "TenantSecurityKey",
         "metadata": {"name": name},
         "status": {
@@ -215,7 +215,7 @@ async fn event(events: &Api<Event>, key: &str, reason: &str) -> Result<()> {
         type_: Some("Normal".into()),
         event_time: Some(MicroTime(now)),
         regarding: Some(ObjectReference {
-            api_version: Some("imbursepayments.com/v1alpha1".into()),
+            api_version: Some("imbursepayments.com/v1beta1".into()),
             kind: Some("TenantSecurityKey".into()),
             namespace: Some(NAMESPACE.into()),
             name: Some(key.into()),

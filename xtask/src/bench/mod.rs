@@ -19,6 +19,7 @@
 
 mod baseline;
 mod report;
+mod seeded;
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -96,6 +97,14 @@ pub struct Args {
     /// to compare two versions.
     #[arg(long)]
     operator: Option<PathBuf>,
+    /// Instead of the creation runs: numbers of Ready keys to seed, comma-separated, each
+    /// with as many unrelated Secrets; the operator is started on them and measured at rest.
+    #[arg(long, value_delimiter = ',')]
+    seed_ready: Vec<usize>,
+    /// With `--seed-ready`: a second operator binary, started on the same seeded keys after
+    /// the first has stopped, e.g. to compare two versions or builds.
+    #[arg(long, requires = "seed_ready")]
+    compare_with: Option<PathBuf>,
     /// Where to write the figures and plots (default: <target>/bench).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -106,29 +115,53 @@ pub struct Args {
 
 pub async fn run(args: Args) -> Result<()> {
     let binary = operator_binary(args.operator.as_deref())?;
-    let mut runs = Vec::new();
-    for &keys in &args.keys {
-        runs.push(measure(&binary, keys, &args).await?);
+    if args.seed_ready.is_empty() {
+        let mut runs = Vec::new();
+        for &keys in &args.keys {
+            runs.push(measure(&binary, keys, &args).await?);
+        }
+        return write(
+            &args,
+            &json!({
+                "machine": report::machine(),
+                "latencyMs": args.latency_ms,
+                "concurrency": args.concurrency,
+                "imburseRateLimit": args.imburse_rate_limit,
+                "imburseBurst": args.imburse_burst,
+                "tenants": args.tenants,
+                "runs": runs,
+            }),
+        );
     }
+    // Each seeded run is written once measured: a larger one that fails keeps the others.
+    for &keys in &args.seed_ready {
+        let run = seeded::measure(&binary, keys, &args).await?;
+        let figures = json!({"seeded": {
+            "machine": report::machine(),
+            "latencyMs": args.latency_ms,
+            "concurrency": args.concurrency,
+            "tenants": args.tenants,
+            "verifySeconds": args.verify_seconds,
+            "runs": [run],
+        }});
+        write(&args, &figures)?;
+    }
+    Ok(())
+}
+
+/// Merges `figures` into those in `--out`, and in docs/benchmark/ with `--publish`: the
+/// creation runs and the seeded runs are measured apart, and each keeps the other's figures.
+fn write(args: &Args, figures: &Value) -> Result<()> {
     let out = args
         .out
         .clone()
         .unwrap_or_else(|| workspace::target_dir().join("bench"));
-    let figures = json!({
-        "machine": report::machine(),
-        "latencyMs": args.latency_ms,
-        "concurrency": args.concurrency,
-        "imburseRateLimit": args.imburse_rate_limit,
-        "imburseBurst": args.imburse_burst,
-        "tenants": args.tenants,
-        "runs": runs,
-    });
-    report::write(&out, &figures)?;
-    println!("{}", serde_json::to_string_pretty(&figures)?);
+    report::update(&out, figures)?;
+    println!("{}", serde_json::to_string_pretty(figures)?);
     println!("figures and plots written to {}", out.display());
     if args.publish {
         let docs = workspace::root().join("docs/benchmark");
-        report::write(&docs, &figures)?;
+        report::update(&docs, figures)?;
         println!("published to {}", docs.display());
     }
     Ok(())
@@ -211,42 +244,9 @@ async fn measure_operator(
     let unrelated = (keys as f64 * args.unrelated_per_key).round() as usize;
     if unrelated > 0 {
         step(&format!("creating {unrelated} unrelated Secrets"));
-        create_unrelated_secrets(&client, unrelated).await?;
+        create_unrelated_secrets(&client, unrelated, CREATING_CLIENTS).await?;
     }
-    let metrics_port = workspace::free_port()?;
-    let listen = format!("127.0.0.1:{metrics_port}");
-    let probes = format!("127.0.0.1:{}", workspace::free_port()?);
-    let concurrency = args.concurrency.to_string();
-    let (rate_limit, burst) = (
-        args.imburse_rate_limit.to_string(),
-        args.imburse_burst.to_string(),
-    );
-    let verify_interval = format!("{}s", args.verify_seconds);
-    let mut operator = Operator::start(
-        "operator",
-        binary,
-        plane.kubeconfig_path(),
-        plane.data_dir(),
-        &[
-            "--metrics-bind-address",
-            &listen,
-            "--health-probe-bind-address",
-            &probes,
-            "--concurrency",
-            &concurrency,
-            "--imburse-rate-limit",
-            &rate_limit,
-            "--imburse-burst",
-            &burst,
-            "--verify-interval",
-            &verify_interval,
-            // Where the leader election Lease goes: a namespace every cluster has.
-            "--namespace",
-            "default",
-            "--log-filter",
-            "warn",
-        ],
-    )?;
+    let (mut operator, listen, probes) = start_operator(binary, &plane, args)?;
     setup_account(&client, config, sandbox).await?;
     let pid = operator.pid().context("the operator is not running")?;
     let sampled = sample_peak_rss(pid);
@@ -355,6 +355,48 @@ async fn measure_operator(
     }))
 }
 
+/// The operator on `plane`, with `args`' settings; its metrics and probe addresses.
+fn start_operator(
+    binary: &Path,
+    plane: &ControlPlane,
+    args: &Args,
+) -> Result<(Operator, String, String)> {
+    let listen = format!("127.0.0.1:{}", workspace::free_port()?);
+    let probes = format!("127.0.0.1:{}", workspace::free_port()?);
+    let concurrency = args.concurrency.to_string();
+    let (rate_limit, burst) = (
+        args.imburse_rate_limit.to_string(),
+        args.imburse_burst.to_string(),
+    );
+    let verify_interval = format!("{}s", args.verify_seconds);
+    let operator = Operator::start(
+        "operator",
+        binary,
+        plane.kubeconfig_path(),
+        plane.data_dir(),
+        &[
+            "--metrics-bind-address",
+            &listen,
+            "--health-probe-bind-address",
+            &probes,
+            "--concurrency",
+            &concurrency,
+            "--imburse-rate-limit",
+            &rate_limit,
+            "--imburse-burst",
+            &burst,
+            "--verify-interval",
+            &verify_interval,
+            // Where the leader election Lease goes: a namespace every cluster has.
+            "--namespace",
+            "default",
+            "--log-filter",
+            "warn",
+        ],
+    )?;
+    Ok((operator, listen, probes))
+}
+
 fn calls(stats: &imburse_sandbox::Stats) -> u64 {
     stats
         .calls
@@ -411,8 +453,8 @@ async fn create_namespace(client: &Client) -> Result<()> {
     Ok(())
 }
 
-/// Secrets like an application's: a label of their own and 1 KiB of data.
-async fn create_unrelated_secrets(client: &Client, count: usize) -> Result<()> {
+/// Secrets like an application's: a label of their own and 1 KiB of data, `clients` at once.
+async fn create_unrelated_secrets(client: &Client, count: usize, clients: usize) -> Result<()> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
     stream::iter(0..count)
         .map(|i| {
@@ -431,7 +473,7 @@ async fn create_unrelated_secrets(client: &Client, count: usize) -> Result<()> {
             let secrets = secrets.clone();
             async move { secrets.create(&PostParams::default(), &secret).await }
         })
-        .buffer_unordered(16)
+        .buffer_unordered(clients)
         .try_for_each(|_| future::ready(Ok(())))
         .await?;
     Ok(())
@@ -477,7 +519,7 @@ pub(crate) async fn setup_account(
         .create(&PostParams::default(), &secret)
         .await?;
     let resource: ImburseAccount = serde_json::from_value(json!({
-        "apiVersion": "imbursepayments.com/v1alpha1",
+        "apiVersion": "imbursepayments.com/v1beta1",
         "kind": "ImburseAccount",
         "metadata": {"name": "imburse", "namespace": NAMESPACE},
         "spec": {"baseUrl": sandbox.base_url(), "credentialsSecretRef": {"name": "imburse-account"}},
@@ -504,7 +546,7 @@ pub(crate) async fn create_key(
     tenant: &str,
 ) -> Result<()> {
     let key: TenantSecurityKey = serde_json::from_value(json!({
-        "apiVersion": "imbursepayments.com/v1alpha1",
+        "apiVersion": "imbursepayments.com/v1beta1",
         "kind": "TenantSecurityKey",
         "metadata": {"name": name, "namespace": NAMESPACE},
         "spec": {
@@ -567,11 +609,22 @@ fn is_ready(key: &TenantSecurityKey) -> bool {
 /// The API server's own count of the requests it served (`apiserver_request_total`), by verb
 /// and resource, for the resources the operator uses.
 async fn apiserver_requests(client: &Client) -> Result<BTreeMap<String, u64>> {
+    apiserver_counts(client, "apiserver_request_total{").await
+}
+
+/// The watches the API server served as streaming lists (`sendInitialEvents`), by resource.
+async fn apiserver_watch_lists(client: &Client) -> Result<BTreeMap<String, u64>> {
+    apiserver_counts(client, "apiserver_watch_list_duration_seconds_count{").await
+}
+
+/// The counter whose samples start with `metric` (name and opening brace), by verb and
+/// resource, for the resources the operator uses.
+async fn apiserver_counts(client: &Client, metric: &str) -> Result<BTreeMap<String, u64>> {
     let request = http::Request::get("/metrics").body(Vec::new())?;
     let body = client.request_text(request).await?;
     let mut counts = BTreeMap::new();
     for line in body.lines() {
-        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+        let Some(rest) = line.strip_prefix(metric) else {
             continue;
         };
         let Some((labels, value)) = rest.rsplit_once("} ") else {
@@ -595,9 +648,24 @@ async fn apiserver_requests(client: &Client) -> Result<BTreeMap<String, u64>> {
             ("", _) => format!("{} {resource} (dry run)", label("verb")),
             (sub, _) => format!("{} {resource}/{sub}", label("verb")),
         };
-        *counts.entry(what).or_default() += value.parse::<f64>().unwrap_or_default() as u64;
+        // A metric without a verb (the streaming lists) is counted by resource alone.
+        *counts.entry(what.trim_start().to_owned()).or_default() +=
+            value.parse::<f64>().unwrap_or_default() as u64;
     }
     Ok(counts)
+}
+
+/// The writes among `requests`: every verb but reads, lists and watches.
+fn writes(requests: &BTreeMap<String, u64>) -> u64 {
+    requests
+        .iter()
+        .filter(|(what, _)| {
+            !["GET ", "LIST ", "WATCH "]
+                .iter()
+                .any(|v| what.starts_with(v))
+        })
+        .map(|(_, count)| count)
+        .sum()
 }
 
 /// The requests the operator made among `requests`: neither the bench's creates of the keys

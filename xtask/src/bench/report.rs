@@ -28,8 +28,42 @@ pub(super) fn machine() -> Value {
     })
 }
 
+/// Merges `figures` into the figures already in `dir` (its `results.json`), replacing the
+/// parts it has, and writes them all again: a creation run keeps the seeded runs' figures and
+/// the other way round.
+pub(super) fn update(dir: &Path, figures: &Value) -> Result<()> {
+    let mut merged = std::fs::read(dir.join("results.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!({}));
+    // Seeded runs are measured one at a time: those of other sizes stay.
+    let new_sizes: Vec<&Value> = seeded_runs(figures).iter().map(|r| &r["keys"]).collect();
+    let mut runs: Vec<Value> = seeded_runs(&merged)
+        .iter()
+        .filter(|r| !new_sizes.contains(&&r["keys"]))
+        .cloned()
+        .collect();
+    runs.extend(seeded_runs(figures).iter().cloned());
+    runs.sort_by_key(|r| r["keys"].as_u64());
+    if let (Some(merged), Some(figures)) = (merged.as_object_mut(), figures.as_object()) {
+        merged.extend(figures.clone());
+    }
+    if !runs.is_empty() {
+        merged["seeded"]["runs"] = Value::Array(runs);
+    }
+    write(dir, &merged)
+}
+
+fn seeded_runs(figures: &Value) -> &[Value] {
+    figures["seeded"]["runs"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+}
+
 /// Writes `results.json`, `time.svg`, `memory.svg` and `summary.md` into `dir`.
-pub(super) fn write(dir: &Path, figures: &Value) -> Result<()> {
+fn write(dir: &Path, figures: &Value) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(
         dir.join("results.json"),
@@ -37,6 +71,8 @@ pub(super) fn write(dir: &Path, figures: &Value) -> Result<()> {
     )?;
     let runs = figures["runs"].as_array().map(Vec::as_slice).unwrap_or(&[]);
     let at = |path: &[&str]| series(runs, path);
+    let seeded = seeded_runs(figures);
+    let seeded_at = |path: &[&str]| series(seeded, path);
     plot(
         &dir.join("time.svg"),
         "Seconds until every key is Ready",
@@ -63,6 +99,14 @@ pub(super) fn write(dir: &Path, figures: &Value) -> Result<()> {
             (
                 "at rest after restart",
                 at(&["operator", "memoryMiB", "atRestAfterRestart"]),
+            ),
+            (
+                "started on Ready keys: peak",
+                seeded_at(&["memoryMiB", "sampledPeakDuringSync"]),
+            ),
+            (
+                "started on Ready keys: at rest",
+                seeded_at(&["memoryMiB", "atRest"]),
             ),
         ],
     )?;
@@ -147,10 +191,6 @@ fn summary(figures: &Value) -> String {
          | restart: writes |\n\
          |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
-    let number = |v: &Value, digits: usize| {
-        v.as_f64()
-            .map_or_else(|| "–".to_owned(), |n| format!("{n:.digits$}"))
-    };
     for run in figures["runs"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
         let operator = &run["operator"];
         let memory = &operator["memoryMiB"];
@@ -183,5 +223,68 @@ fn summary(figures: &Value) -> String {
         figures["imburseBurst"],
         figures["machine"]
     );
+    if let Some(runs) = figures["seeded"]["runs"].as_array() {
+        seeded_summary(&mut out, &figures["seeded"], runs);
+    }
     out
+}
+
+/// The seeded runs as a second table: the operator started on keys that are Ready already.
+fn seeded_summary(out: &mut String, seeded: &Value, runs: &[Value]) {
+    out.push_str(
+        "\n### Started on Ready keys\n\n\
+         | Ready keys | unrelated Secrets | seeding (s) | every key reconciled (s) \
+         | peak (MiB) | at rest (MiB) | writes | Imburse calls besides listings \
+         | kube-apiserver (MiB) | etcd (MiB) |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for run in runs {
+        seeded_row(out, &run["keys"].to_string(), run, run);
+        // A second build started on the same keys, named by its file.
+        let compared = &run["comparedWith"];
+        if compared["run"].is_object() && compared["run"]["error"].is_null() {
+            let binary = compared["binary"].as_str().unwrap_or_default();
+            let name = binary.rsplit('/').next().unwrap_or(binary);
+            seeded_row(
+                out,
+                &format!("{} ({name})", run["keys"]),
+                run,
+                &compared["run"],
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nVerify interval {} s, {} tenants, measured on {}.",
+        seeded["verifySeconds"], seeded["tenants"], seeded["machine"]
+    );
+}
+
+/// One row of the seeded table: the seeding of `run`, the operator of `started`.
+fn seeded_row(out: &mut String, label: &str, run: &Value, started: &Value) {
+    let memory = &started["memoryMiB"];
+    let plane = &started["controlPlaneMiB"];
+    let seeding = run["seedingSeconds"]["keys"].as_f64().unwrap_or_default()
+        + run["seedingSeconds"]["unrelatedSecrets"]
+            .as_f64()
+            .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        run["unrelatedSecrets"],
+        number(&json!(seeding), 0),
+        number(&started["secondsToEveryKeyReconciled"], 1),
+        number(&memory["sampledPeakDuringSync"], 0),
+        number(&memory["atRest"], 0),
+        started["apiserverWrites"],
+        started["imburseCallsBesidesListing"],
+        number(&plane["kube-apiserver"], 0),
+        number(&plane["etcd"], 0),
+    );
+}
+
+/// `v` with `digits` decimals, or a dash when it is no number.
+fn number(v: &Value, digits: usize) -> String {
+    v.as_f64()
+        .map_or_else(|| "–".to_owned(), |n| format!("{n:.digits$}"))
 }

@@ -14,9 +14,12 @@ pub fn page() -> Result<String> {
         .collect::<Result<Vec<_>, _>>()?;
     let mut page = header("API reference", "the CRD schemas (src/crd/)");
     page.push_str(
-        "No field has a server-side default: the operator applies the defaults the descriptions \
-         name, so GitOps tools never see a field the manifest did not set. The same text is \
-         shown by `kubectl explain`.\n\n",
+        "Every kind is served at `v1beta1`, the version stored and the one the operator uses, \
+         and at `v1alpha1`, deprecated. Both have the same fields (the API server converts \
+         between them by changing `apiVersion` alone); what differs is listed under each \
+         kind. No v1beta1 field has a server-side default: the operator applies the defaults \
+         the descriptions name, so GitOps tools never see a field the manifest did not set. \
+         The same text is shown by `kubectl explain`.\n\n",
     );
     for crd in &crds {
         let kind = str_at(crd, "/spec/names/kind")?;
@@ -51,30 +54,73 @@ fn kind_section(crd: &Value, page: &mut String) -> Result<()> {
             format!(", short name {}", names.join(", "))
         })
         .unwrap_or_default();
-    for version in crd
+    let versions: Vec<&Value> = crd
         .pointer("/spec/versions")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-    {
-        let schema = version
+        .collect();
+    let storage = versions
+        .iter()
+        .find(|v| v["storage"] == true)
+        .with_context(|| format!("{kind} has no storage version"))?;
+    let schema = |version: &Value| {
+        version
             .pointer("/schema/openAPIV3Schema")
-            .with_context(|| format!("{kind} has no schema"))?;
-        writeln!(
+            .cloned()
+            .with_context(|| format!("{kind} has no schema"))
+    };
+    let stored = schema(storage)?;
+    writeln!(
+        page,
+        "\n## {kind}\n\n`{group}/{}`, {scope}{short_names}. {}\n\n\
+         | Field | Type | Required | Description |\n|---|---|---|---|",
+        str_at(storage, "/name")?,
+        cell(stored["description"].as_str().unwrap_or_default())
+    )?;
+    let stored_rows = rows(&stored)?;
+    for row in &stored_rows {
+        writeln!(page, "{row}")?;
+    }
+    for version in versions.iter().filter(|v| v["storage"] != true) {
+        let name = str_at(version, "/name")?;
+        let differing: Vec<String> = rows(&schema(version)?)?
+            .into_iter()
+            .filter(|row| !stored_rows.contains(row))
+            .collect();
+        let deprecated = if version["deprecated"] == true {
+            ", deprecated"
+        } else {
+            ""
+        };
+        write!(
             page,
-            "\n## {kind}\n\n`{group}/{}`, {scope}{short_names}. {}\n\n\
-             | Field | Type | Required | Description |\n|---|---|---|---|",
-            str_at(version, "/name")?,
-            cell(schema["description"].as_str().unwrap_or_default())
+            "\n`{group}/{name}`{deprecated}: the same fields as `{}`",
+            str_at(storage, "/name")?
         )?;
-        let required = required(schema);
-        for part in ["spec", "status"] {
-            if let Some(field) = schema.pointer(&format!("/properties/{part}")) {
-                fields(field, part, required.contains(&part), page)?;
-            }
+        if differing.is_empty() {
+            writeln!(page, ".")?;
+        } else {
+            writeln!(
+                page,
+                ", except:\n\n| Field | Type | Required | Description |\n|---|---|---|---|\n{}",
+                differing.join("\n")
+            )?;
         }
     }
     Ok(())
+}
+
+/// The table rows of a version's spec and status.
+fn rows(schema: &Value) -> Result<Vec<String>> {
+    let mut rows = String::new();
+    let required = required(schema);
+    for part in ["spec", "status"] {
+        if let Some(field) = schema.pointer(&format!("/properties/{part}")) {
+            fields(field, part, required.contains(&part), &mut rows)?;
+        }
+    }
+    Ok(rows.lines().map(str::to_owned).collect())
 }
 
 /// The names `schema` lists as required.
@@ -148,6 +194,15 @@ fn description(schema: &Value) -> Result<String> {
     }
     if let Some(default) = schema.get("default") {
         write!(text, " Default: `{default}`.")?;
+    }
+    for rule in schema["x-kubernetes-validations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(message) = rule["message"].as_str() {
+            write!(text, " Rule: {message}.")?;
+        }
     }
     Ok(text)
 }

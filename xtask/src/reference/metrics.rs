@@ -110,7 +110,7 @@ pub fn all() -> Result<Vec<Metric>> {
 /// A key with every field a per-key gauge reads, so that each has a sample.
 fn example_key() -> Result<TenantSecurityKey> {
     Ok(serde_json::from_value(json!({
-        "apiVersion": "imbursepayments.com/v1alpha1",
+        "apiVersion": "imbursepayments.com/v1beta1",
         "kind": "TenantSecurityKey",
         "metadata": { "name": "checkout-api", "namespace": "payments" },
         "spec": {
