@@ -29,6 +29,7 @@ fn main() -> std::process::ExitCode {
         values_are_checked_by_the_schema,
         artifact_hub_annotations_describe_the_crds,
         flux_example_installs_this_chart,
+        gitops_examples_pin_this_version,
         service_monitor_is_optional,
         pod_monitor_scrapes_the_metrics_port,
         probes_and_metrics_have_ports_of_their_own,
@@ -175,14 +176,43 @@ fn values_are_checked_by_the_schema() -> Result<()> {
     Ok(())
 }
 
-/// Chart.yaml's Artifact Hub annotations name exactly the generated CRDs, and every example
-/// reads as the typed resource the operator would see.
+/// Chart.yaml's Artifact Hub annotations name exactly the generated CRDs and the image of the
+/// chart's appVersion, list its changes, and every example reads as the typed resource the
+/// operator would see.
 fn artifact_hub_annotations_describe_the_crds() -> Result<()> {
     let chart: serde_json::Value =
         serde_yaml::from_str(&std::fs::read_to_string(chart_dir().join("Chart.yaml"))?)?;
     let annotations = &chart["annotations"];
     ensure!(annotations["artifacthub.io/operator"] == "true");
     ensure!(annotations["artifacthub.io/license"] == "Apache-2.0");
+    let images: Vec<serde_json::Value> = serde_yaml::from_str(
+        annotations["artifacthub.io/images"]
+            .as_str()
+            .context("no artifacthub.io/images")?,
+    )?;
+    let values: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart_dir().join("values.yaml"))?)?;
+    let image = format!(
+        "{}:{}",
+        values["image"]["repository"].as_str().unwrap_or_default(),
+        chart["appVersion"].as_str().unwrap_or_default()
+    );
+    ensure!(
+        images.iter().map(|i| &i["image"]).eq([&json!(image)]),
+        "artifacthub.io/images lists {images:?}, not {image}"
+    );
+    let changes: Vec<serde_json::Value> = serde_yaml::from_str(
+        annotations["artifacthub.io/changes"]
+            .as_str()
+            .context("no artifacthub.io/changes")?,
+    )?;
+    ensure!(
+        !changes.is_empty()
+            && changes
+                .iter()
+                .all(|c| c["kind"].is_string() && c["description"].is_string()),
+        "artifacthub.io/changes: {changes:?}"
+    );
     let listed: Vec<serde_json::Value> = serde_yaml::from_str(
         annotations["artifacthub.io/crds"]
             .as_str()
@@ -245,22 +275,7 @@ fn flux_example_installs_this_chart() -> Result<()> {
         repository().join(chart) == repository().join("./charts/tenant-key-operator"),
         "the HelmRelease installs {chart}"
     );
-    let values = tempfile::Builder::new()
-        .prefix("tko-flux-values-")
-        .suffix(".yaml")
-        .tempfile()?;
-    std::fs::write(
-        values.path(),
-        serde_yaml::to_string(&release["spec"]["values"])?,
-    )?;
-    let helm = Helm::new()?;
-    let rendered = documents(&helm.run(&[
-        OsStr::new("template"),
-        OsStr::new(RELEASE),
-        chart_dir().as_os_str(),
-        OsStr::new("--values"),
-        values.path().as_os_str(),
-    ])?)?;
+    let rendered = render_with_values(&release["spec"]["values"])?;
     ensure!(kinds(&rendered).contains("PodDisruptionBudget"));
 
     let kustomizations = documents(&std::fs::read_to_string(flux.join("kustomizations.yaml"))?)?;
@@ -274,6 +289,68 @@ fn flux_example_installs_this_chart() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The GitOps examples install the release of this version (Flux: the Git tag of the chart;
+/// Argo CD: the chart's version at the OCI registry), with values this chart accepts, so that
+/// they cannot lag behind a release again.
+fn gitops_examples_pin_this_version() -> Result<()> {
+    let version = env!("CARGO_PKG_VERSION");
+    let chart: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart_dir().join("Chart.yaml"))?)?;
+    ensure!(
+        chart["version"] == version && chart["appVersion"] == version,
+        "Chart.yaml's version {} and appVersion {} are not the workspace's {version}",
+        chart["version"],
+        chart["appVersion"]
+    );
+
+    let flux = documents(&std::fs::read_to_string(
+        repository().join("examples/flux/operator.yaml"),
+    )?)?;
+    let tag = &find(&flux, "GitRepository")?["spec"]["ref"]["tag"];
+    ensure!(
+        *tag == format!("v{version}"),
+        "examples/flux/operator.yaml pins {tag}, not v{version}"
+    );
+
+    let argocd = documents(&std::fs::read_to_string(
+        repository().join("examples/argocd/application.yaml"),
+    )?)?;
+    let source = &find(&argocd, "Application")?["spec"]["source"];
+    ensure!(
+        source["targetRevision"] == version,
+        "examples/argocd/application.yaml pins {}, not {version}",
+        source["targetRevision"]
+    );
+    ensure!(
+        source["chart"] == chart["name"],
+        "the Application installs the chart {}",
+        source["chart"]
+    );
+    let values = &source["helm"]["valuesObject"];
+    ensure!(values.is_object(), "the Application passes no valuesObject");
+    let rendered = render_with_values(values)?;
+    ensure!(kinds(&rendered).contains("ServiceMonitor"));
+    Ok(())
+}
+
+/// The chart rendered with `values` as a values file: the schema checks them as an install
+/// would.
+fn render_with_values(values: &serde_json::Value) -> Result<Vec<serde_json::Value>> {
+    let file = tempfile::Builder::new()
+        .prefix("tko-values-")
+        .suffix(".yaml")
+        .tempfile()?;
+    std::fs::write(file.path(), serde_yaml::to_string(values)?)?;
+    let helm = Helm::new()?;
+    documents(&helm.run(&[
+        OsStr::new("template"),
+        OsStr::new(RELEASE),
+        chart_dir().as_os_str(),
+        OsStr::new("--values"),
+        file.path().as_os_str(),
+    ])?)
 }
 
 fn find<'a>(rendered: &'a [serde_json::Value], kind: &str) -> Result<&'a serde_json::Value> {

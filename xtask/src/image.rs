@@ -17,23 +17,23 @@ use testenv::versions;
 use crate::workspace::{self, step};
 
 const TARGET: &str = "x86_64-unknown-linux-musl";
-const BINARY: &str = "tenant-key-operator";
+pub(crate) const BINARY: &str = "tenant-key-operator";
 /// Where Debian (and the Rust builder image) keep the CA bundle; the image has it there too.
-const CA_BUNDLE: &str = "etc/ssl/certs/ca-certificates.crt";
+pub(crate) const CA_BUNDLE: &str = "etc/ssl/certs/ca-certificates.crt";
 const USER: &str = "65532:65532";
 /// The programs the image is built with, and the Debian packages that provide them.
-const BUILDAH: Tool = Tool {
+pub(crate) const BUILDAH: Tool = Tool {
     program: "buildah",
     package: "buildah",
 };
-const MUSL: Tool = Tool {
+pub(crate) const MUSL: Tool = Tool {
     program: "musl-gcc",
     package: "musl-tools",
 };
 
-struct Tool {
-    program: &'static str,
-    package: &'static str,
+pub(crate) struct Tool {
+    pub program: &'static str,
+    pub package: &'static str,
 }
 
 pub fn run() -> Result<()> {
@@ -55,10 +55,7 @@ pub fn run() -> Result<()> {
         context.join("ca-certificates.crt"),
     )
     .context("the host's CA bundle (Debian package ca-certificates)")?;
-    let tag = format!(
-        "localhost/{BINARY}:{}",
-        version.rsplit(' ').next().unwrap_or("dev")
-    );
+    let tag = local_tag(&version);
     let dockerfile = workspace::root().join("Dockerfile");
     run_checked(
         buildah()
@@ -73,21 +70,54 @@ pub fn run() -> Result<()> {
     )?;
 
     step("checks");
-    check_config(&tag)?;
-    let container = output(buildah().args(["from", &tag]))?;
-    let checked = check_files_and_run(&container, &version);
-    let _ = output(buildah().args(["rm", &container]));
-    checked?;
+    check(&tag, &version, true)?;
     let size = output(buildah().args(["images", "--format", "{{.Size}}", &tag]))?;
     println!("image {tag}: {size}, user {USER}, read-only root file system works");
     Ok(())
 }
 
+/// `localhost/tenant-key-operator:<version>`, the image's name in buildah's local storage, from
+/// what `tenant-key-operator --version` printed.
+fn local_tag(version: &str) -> String {
+    format!(
+        "localhost/{BINARY}:{}",
+        version.rsplit(' ').next().unwrap_or("dev")
+    )
+}
+
+/// The image the last `cargo xtask image` built: its static binary (as copied out of the cache)
+/// and its name in buildah's local storage.
+pub fn built() -> Result<(PathBuf, String)> {
+    let binary = workspace::target_dir()
+        .join(TARGET)
+        .join("release")
+        .join(BINARY);
+    ensure!(
+        binary.is_file(),
+        "{} is missing: run `cargo xtask image` first",
+        binary.display()
+    );
+    let tag = local_tag(&output(Command::new(&binary).arg("--version"))?);
+    output(buildah().args(["inspect", "--type", "image", &tag]))
+        .with_context(|| format!("the image {tag}: run `cargo xtask image` first"))?;
+    Ok((binary, tag))
+}
+
 /// buildah with the storage driver that needs no kernel overlay support.
-fn buildah() -> Command {
+pub(crate) fn buildah() -> Command {
     let mut command = Command::new("buildah");
     command.args(["--storage-driver", "vfs"]);
     command
+}
+
+/// Checks the image's configuration and files and, with `run`, runs its binary from it (which
+/// takes the host's architecture).
+pub(crate) fn check(tag: &str, version: &str, run: bool) -> Result<()> {
+    check_config(tag)?;
+    let container = output(buildah().args(["from", tag]))?;
+    let checked = check_files_and_run(&container, version, run);
+    let _ = output(buildah().args(["rm", &container]));
+    checked
 }
 
 fn check_config(tag: &str) -> Result<()> {
@@ -113,12 +143,15 @@ fn check_config(tag: &str) -> Result<()> {
     Ok(())
 }
 
-fn check_files_and_run(container: &str, version: &str) -> Result<()> {
+fn check_files_and_run(container: &str, version: &str, run: bool) -> Result<()> {
     let root = PathBuf::from(output(buildah().args(["mount", container]))?);
     let result = (|| {
         let files = files(&root, &root)?;
         let expected: BTreeSet<String> = [BINARY.to_owned(), CA_BUNDLE.to_owned()].into();
         ensure!(files == expected, "the image holds {files:?}");
+        if !run {
+            return Ok(());
+        }
         let out = read_only_as_user(&root, &["--version"])?;
         ensure!(out == version, "`{BINARY} --version` printed {out:?}");
         let out = read_only_as_user(&root, &["crd"])?;
@@ -165,7 +198,7 @@ fn files(root: &Path, dir: &Path) -> Result<BTreeSet<String>> {
 
 /// Installs a tool's Debian package when the tool is missing (as root; otherwise says what to
 /// do).
-fn ensure_package(tool: Tool) -> Result<()> {
+pub(crate) fn ensure_package(tool: Tool) -> Result<()> {
     if which(tool.program) {
         return Ok(());
     }
@@ -205,7 +238,7 @@ pub(crate) fn static_binary() -> Result<PathBuf> {
     ensure_package(MUSL)?;
     ensure_musl_target()?;
     step("static binary (release, musl)");
-    let target_dir = static_target_dir()?;
+    let target_dir = static_target_dir(TARGET)?;
     std::fs::create_dir_all(&target_dir)?;
     // Other checkouts on the machine share the folder: the binary built from this one is copied
     // out before another build can replace it.
@@ -244,7 +277,7 @@ pub(crate) fn static_binary() -> Result<PathBuf> {
 /// control plane, so that a clean clone does not compile every dependency again. One per
 /// toolchain (and target triple), so that toolchains do not overwrite each other's artifacts;
 /// within one, cargo's fingerprints rebuild whatever the sources changed.
-fn static_target_dir() -> Result<PathBuf> {
+pub(crate) fn static_target_dir(target: &str) -> Result<PathBuf> {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let version = output(
         Command::new(rustc)
@@ -263,24 +296,29 @@ fn static_target_dir() -> Result<PathBuf> {
     let toolchain = format!("rustc-{release}-{}", commit.get(..12).unwrap_or(commit));
     Ok(versions::cache_root()
         .join("cargo-target")
-        .join(TARGET)
+        .join(target)
         .join(toolchain))
 }
 
 fn ensure_musl_target() -> Result<()> {
+    ensure_target(TARGET)
+}
+
+/// Adds a Rust target with rustup unless it is installed.
+pub(crate) fn ensure_target(target: &str) -> Result<()> {
     let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))?;
-    if !installed.lines().any(|t| t == TARGET) {
-        run_checked(Command::new("rustup").args(["target", "add", TARGET]))?;
+    if !installed.lines().any(|t| t == target) {
+        run_checked(Command::new("rustup").args(["target", "add", target]))?;
     }
     Ok(())
 }
 
-fn which(program: &str) -> bool {
+pub(crate) fn which(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
 
-fn run_checked(command: &mut Command) -> Result<()> {
+pub(crate) fn run_checked(command: &mut Command) -> Result<()> {
     let status = command
         .status()
         .with_context(|| format!("running {command:?}"))?;
@@ -289,7 +327,7 @@ fn run_checked(command: &mut Command) -> Result<()> {
 }
 
 /// The command's standard output, trimmed; its error output on failure.
-fn output(command: &mut Command) -> Result<String> {
+pub(crate) fn output(command: &mut Command) -> Result<String> {
     let out = command
         .output()
         .with_context(|| format!("running {command:?}"))?;

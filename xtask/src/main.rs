@@ -1,6 +1,6 @@
 //! Developer commands: `cargo xtask demo`, `cargo xtask test`, `cargo xtask bench`,
-//! `cargo xtask chaos`, `cargo xtask generate`, `cargo xtask image` and
-//! `cargo xtask controlplane ...`.
+//! `cargo xtask chaos`, `cargo xtask generate`, `cargo xtask image`,
+//! `cargo xtask registry-install`, `cargo xtask release` and `cargo xtask controlplane ...`.
 
 mod bench;
 mod chaos;
@@ -10,7 +10,9 @@ mod generate;
 mod image;
 #[cfg(test)]
 mod names;
+mod oci;
 mod reference;
+mod release;
 mod test;
 mod workspace;
 
@@ -47,6 +49,15 @@ enum Command {
     /// and check it: user 65532, entrypoint, its files, and the binary running from it on a
     /// read-only root file system.
     Image,
+    /// Push the image `cargo xtask image` built and the chart (the image pinned by digest) to a
+    /// local OCI registry, install the chart from `oci://` on a local control plane with no
+    /// value set, and check that the Deployment pulls the pushed digest and that the operator
+    /// accepts its arguments.
+    RegistryInstall,
+    /// Build every artifact of a release into target/dist/: the linux/amd64 and linux/arm64
+    /// image index as an OCI archive, the chart pinned to it (installed from a local registry
+    /// to check it), kubectl-tsk archives with their krew manifest, an SBOM and SHA256SUMS.
+    Release,
     /// Create many keys at once while Imburse fails and the operator is killed, its leader
     /// lost, kube-apiserver restarted or half of the keys deleted, then check that every
     /// remaining key ends Ready with exactly one working key and no deleted one leaks a key.
@@ -69,6 +80,8 @@ async fn main() -> ExitCode {
         Command::Demo { exit_when_ready } => demo::run(exit_when_ready).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Image => image::run(),
+        Command::RegistryInstall => oci::run().await,
+        Command::Release => release::run().await,
         Command::Chaos(args) => chaos::run(args).await,
     };
     match result {

@@ -306,7 +306,11 @@ fn problems(page: &str, known: &Known) -> Vec<String> {
 /// README.md and the hand-written pages of docs/ (the generated ones come from the code).
 fn pages(root: &Path) -> Vec<PathBuf> {
     let generated = [root.join(reference::DIR), root.join("docs/benchmark")];
-    let mut pages = vec![root.join("README.md")];
+    let mut pages = vec![
+        root.join("README.md"),
+        root.join("CONTRIBUTING.md"),
+        root.join("SECURITY.md"),
+    ];
     pages.extend(
         files(&root.join("docs"), ".md")
             .into_iter()

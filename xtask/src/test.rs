@@ -87,21 +87,29 @@ fn steps(args: &Args, report: &mut Report) -> Result<()> {
         )
     })?;
     let image_step = "container image";
+    // Installs what the image step built, so it runs exactly when that step does.
+    let registry_step = "install from a local OCI registry";
     let unavailable = image::uninstallable_packages();
     if unavailable.is_empty() || ci() {
         report.step(image_step, |_| {
             status_step(Command::new(&cargo).args(["xtask", "image"]))
         })?;
+        report.step(registry_step, |_| {
+            status_step(
+                Command::new(&cargo)
+                    .args(["xtask", "registry-install"])
+                    .env(versions::CACHE_DIR_ENV, &cache_root),
+            )
+        })?;
     } else {
         let packages = unavailable.join(" ");
-        report.skip(
-            image_step,
-            format!(
-                "{packages} missing, and installing them takes root: install them \
-                 (`sudo apt-get install {packages}`) and run `cargo xtask image`; \
-                 with CI=true this step fails instead"
-            ),
+        let why = format!(
+            "{packages} missing, and installing them takes root: install them \
+             (`sudo apt-get install {packages}`) and run `cargo xtask image` and \
+             `cargo xtask registry-install`; with CI=true this step fails instead"
         );
+        report.skip(image_step, why.clone());
+        report.skip(registry_step, why);
     }
     if report.skipped() {
         println!("==> every step that ran passed");

@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{Context as _, Result, bail};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
-use crate::{audit, cluster, inspect, migrate, output::Format, rotate, status};
+use crate::{audit, cluster, inspect, migrate, output::Format, rotate, status, version};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -65,6 +65,9 @@ pub enum Command {
     /// status.storedVersions to it alone, so that a later release can stop serving the old
     /// version. Leaves storedVersions alone if any rewrite failed; safe to run again.
     Migrate,
+    /// This plugin's version and the operator's, read from the image tag of each operator
+    /// Deployment in the cluster.
+    Version,
 }
 
 #[derive(Debug, Args)]
@@ -200,6 +203,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Audit(args) => audit::run(client, &scope, &args, global.output).await,
         Command::Migrate => migrate::run(&client, global.output).await,
+        Command::Version => version::show(client, global.output).await,
     }
 }
 

@@ -9,6 +9,7 @@ mod migrate;
 mod output;
 mod rotate;
 mod status;
+mod version;
 
 fn main() -> std::process::ExitCode {
     cli::main()

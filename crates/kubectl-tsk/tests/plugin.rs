@@ -13,7 +13,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use k8s_openapi::{
-    api::core::v1::{Namespace, Secret},
+    api::{
+        apps::v1::Deployment,
+        core::v1::{Namespace, Secret},
+    },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
     jiff::{SignedDuration, Timestamp},
 };
@@ -96,6 +99,10 @@ fn main() -> ExitCode {
         (
             "migrate_rewrites_then_leaves_alone",
             migrate_rewrites_then_leaves_alone,
+        ),
+        (
+            "version_reads_the_operator_image",
+            version_reads_the_operator_image,
         ),
     ];
     let trials = tests
@@ -622,6 +629,48 @@ fn missing_resources_are_errors(world: &World) -> Result<()> {
     let run = world.kubectl(&["status", "nothing", "-A"])?;
     ensure!(run.code == Some(1), "{}", run.stderr);
     contains_all(&run.stderr, &["across all namespaces"])?;
+    Ok(())
+}
+
+/// `version` prints the plugin's version and, for the server, the tag of the operator
+/// Deployment's image, pinned by digest as the released chart installs it.
+fn version_reads_the_operator_image(world: &World) -> Result<()> {
+    let ns = "operator-version";
+    world.block_on(world.namespace(ns))?;
+    let image = "registry.example.com:5000/tenant-key-operator:9.8.7@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let labels = json!({"app.kubernetes.io/name": "tenant-key-operator"});
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "tenant-key-operator", "namespace": ns, "labels": labels},
+        "spec": {
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "operator", "image": image}]},
+            },
+        },
+    }))?;
+    world.block_on(
+        Api::<Deployment>::namespaced(world.client.clone(), ns)
+            .create(&PostParams::default(), &deployment),
+    )?;
+    let run = world.kubectl(&["version"])?.ok()?;
+    contains_all(
+        &run.stdout,
+        &[
+            &format!("Client Version: {}\n", env!("CARGO_PKG_VERSION")),
+            &format!("Server Version: 9.8.7 ({ns}/tenant-key-operator, image {image})"),
+        ],
+    )?;
+    let json = world.kubectl(&["version", "-o", "json"])?.ok()?.json()?;
+    ensure!(json["clientVersion"] == env!("CARGO_PKG_VERSION"), "{json}");
+    ensure!(
+        json["servers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["namespace"] == ns && s["version"] == "9.8.7" && s["image"] == image),
+        "{json}"
+    );
     Ok(())
 }
 

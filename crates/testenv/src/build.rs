@@ -102,6 +102,37 @@ pub fn ensure(component: Component, progress: &mut dyn Write) -> Result<()> {
             )],
             progress,
         ),
+        Component::Registry => {
+            writeln!(progress, "  compiling registry")?;
+            go_install(
+                &go,
+                &dir,
+                "registry",
+                &format!(
+                    "github.com/distribution/distribution/v3/cmd/registry@v{}",
+                    versions::DISTRIBUTION
+                ),
+                &format!(
+                    "-X github.com/distribution/distribution/v3/version.version=v{}",
+                    versions::DISTRIBUTION
+                ),
+                progress,
+            )
+        }
+        Component::Krew => missing.iter().try_for_each(|binary| {
+            writeln!(progress, "  compiling {binary}")?;
+            go_install(
+                &go,
+                &dir,
+                binary,
+                &format!("sigs.k8s.io/krew/cmd/{binary}@v{}", versions::KREW),
+                &format!(
+                    "-X sigs.k8s.io/krew/internal/version.gitTag=v{}",
+                    versions::KREW
+                ),
+                progress,
+            )
+        }),
     }
     .with_context(|| {
         format!(
@@ -395,28 +426,39 @@ fn build_helm(go: &Go, dir: &Path, progress: &mut dyn Write) -> Result<()> {
         ));
     }
     writeln!(progress, "  compiling helm")?;
+    go_install(
+        go,
+        dir,
+        "helm",
+        &format!("helm.sh/helm/v3/cmd/helm@v{version}"),
+        &ldflags,
+        progress,
+    )
+}
+
+/// `go install <package>@<version>` of a module without replace directives, into
+/// `<dir>/<binary>`.
+fn go_install(
+    go: &Go,
+    dir: &Path,
+    binary: &str,
+    package: &str,
+    ldflags: &str,
+    progress: &mut dyn Write,
+) -> Result<()> {
     let gobin = dir.join(".gobin.partial");
-    build_binary(dir, "helm", progress, |out| {
+    build_binary(dir, binary, progress, |out| {
         if gobin.exists() {
             fs::remove_dir_all(&gobin)?;
         }
-        let mut cmd = go.command(
-            dir,
-            &[
-                "install",
-                "-trimpath",
-                "-ldflags",
-                &ldflags,
-                &format!("helm.sh/helm/v3/cmd/helm@v{version}"),
-            ],
-        )?;
+        let mut cmd = go.command(dir, &["install", "-trimpath", "-ldflags", ldflags, package])?;
         // `go install pkg@version` builds outside any module; `-mod` does not apply there.
         cmd.env("GOFLAGS", "").env("GOBIN", &gobin);
         let status = cmd.status().context("running `go install`")?;
         if !status.success() {
-            bail!("`go install helm.sh/helm/v3/cmd/helm@v{version}` failed: {status}");
+            bail!("`go install {package}` failed: {status}");
         }
-        fs::rename(gobin.join("helm"), out)?;
+        fs::rename(gobin.join(binary), out)?;
         fs::remove_dir_all(&gobin)?;
         Ok(())
     })

@@ -7,6 +7,7 @@
 //!   the command that started it (`cargo xtask controlplane up`).
 //! - [`install_crds`], [`apply_crds`], [`Operator`] and [`Replicas`]: the operator's CRDs and binary on that
 //!   control plane, one process or several contesting the leader election Lease.
+//! - [`Registry`]: a local OCI registry for installs from `oci://`.
 
 pub mod build;
 mod controlplane;
@@ -14,6 +15,7 @@ pub mod detached;
 mod operator;
 mod pki;
 mod process;
+mod registry;
 pub mod versions;
 
 use std::path::Path;
@@ -21,6 +23,7 @@ use std::path::Path;
 pub use controlplane::{ControlPlane, client_from_kubeconfig, service_account_token};
 pub use operator::{Operator, Replicas, apply_crds, install_crds};
 pub use pki::ADMIN_USER;
+pub use registry::Registry;
 
 /// The last `lines` lines of a log file, for error messages.
 pub fn log_tail(path: &Path, lines: usize) -> String {

@@ -19,6 +19,14 @@ pub const SIGS_YAML: &str = "1.6.0";
 /// parser validates the chart's PrometheusRule.
 pub const PROMETHEUS: &str = "0.316.0";
 
+/// distribution (the CNCF registry) release whose `registry` serves the image and the chart
+/// over OCI on loopback, for the install-from-a-registry check.
+pub const DISTRIBUTION: &str = "3.1.2";
+
+/// krew release whose own code validates the kubectl-tsk plugin manifest and installs it from
+/// the release's archive.
+pub const KREW: &str = "0.4.3";
+
 /// Environment variable that overrides the cache root.
 pub const CACHE_DIR_ENV: &str = "TKO_CACHE_DIR";
 
@@ -35,6 +43,10 @@ pub enum Component {
     /// `rules-check`: validates Prometheus rules with Prometheus' own parser (source in
     /// `go/rules-check/`).
     RulesCheck,
+    /// `registry`: a local OCI registry (distribution), built with `go install`.
+    Registry,
+    /// `krew` and `validate-krew-manifest`, built with `go install`.
+    Krew,
 }
 
 impl Component {
@@ -49,6 +61,8 @@ impl Component {
             Component::Helm => "helm",
             Component::ArgoCdLua => "argocd-lua",
             Component::RulesCheck => "rules-check",
+            Component::Registry => "registry",
+            Component::Krew => "krew",
         }
     }
 
@@ -59,6 +73,8 @@ impl Component {
             Component::Helm => HELM,
             Component::ArgoCdLua => GOPHER_LUA,
             Component::RulesCheck => PROMETHEUS,
+            Component::Registry => DISTRIBUTION,
+            Component::Krew => KREW,
         }
     }
 
@@ -67,7 +83,11 @@ impl Component {
         match self {
             Component::ArgoCdLua => Some(include_str!("../go/argocd-lua/main.go")),
             Component::RulesCheck => Some(include_str!("../go/rules-check/main.go")),
-            Component::Kubernetes | Component::Etcd | Component::Helm => None,
+            Component::Kubernetes
+            | Component::Etcd
+            | Component::Helm
+            | Component::Registry
+            | Component::Krew => None,
         }
     }
 
@@ -79,6 +99,8 @@ impl Component {
             Component::Helm => &["helm"],
             Component::ArgoCdLua => &["argocd-lua"],
             Component::RulesCheck => &["rules-check"],
+            Component::Registry => &["registry"],
+            Component::Krew => &["krew", "validate-krew-manifest"],
         }
     }
 
