@@ -119,7 +119,8 @@ struct RunArgs {
     #[arg(long, env = "TKO_CREDENTIALS_RETRY_INTERVAL", default_value = "2m", value_parser = parse_positive)]
     credentials_retry_interval: Duration,
     /// Sustained Kubernetes API requests per second (0: no client-side limit; the API
-    /// server's priority and fairness still applies). Watches count once, when they start.
+    /// server's priority and fairness still applies). Watches count once, when they start;
+    /// the leader election Lease is renewed outside the limit.
     #[arg(long, env = "TKO_KUBE_API_QPS", default_value_t = 0)]
     kube_api_qps: u32,
     /// Kubernetes API requests allowed in a burst above --kube-api-qps.
@@ -339,6 +340,10 @@ async fn run_async(args: RunArgs) -> Result<(), BoxError> {
         }
         None => kube::Config::infer().await?,
     };
+    // The Lease has a client of its own, outside the limit and the reconciles' connections: a
+    // renewal queued behind a burst of reconciles would miss its deadline, and the leader
+    // would step down exactly when it is busiest.
+    let lease_client = kube_client::client(config.clone(), None)?;
     let client = kube_client::client(
         config,
         kube_client::RateLimit::from_flags(args.kube_api_qps, args.kube_api_burst),
@@ -460,7 +465,7 @@ async fn run_async(args: RunArgs) -> Result<(), BoxError> {
             // Every replica is ready, the standing-by ones too: readiness gates rolling
             // updates, which must not wait for a replica that only takes over when needed.
             ready.store(true, std::sync::atomic::Ordering::Relaxed);
-            leader::run(client, &election, shutdown, controllers).await?;
+            leader::run(lease_client, &election, shutdown, controllers).await?;
         }
         None => controllers.await,
     }
