@@ -214,7 +214,7 @@ fn chart_variant(
     edit: impl Fn(&mut CustomResourceDefinition),
 ) -> Result<PathBuf> {
     let chart = dir.join(name);
-    copy_dir(&chart_dir(), &chart)?;
+    testenv::copy_dir(&chart_dir(), &chart)?;
     let crd_dir = if name == "previous" {
         std::fs::remove_file(chart.join("templates/crds.yaml"))?;
         std::fs::remove_dir_all(chart.join("files/crds"))?;
@@ -245,20 +245,6 @@ fn chart_variant(
         )?;
     }
     Ok(chart)
-}
-
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), target)?;
-        }
-    }
-    Ok(())
 }
 
 /// Installs the chart, runs the operator as the chart's Deployment would, and follows one key

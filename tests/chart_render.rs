@@ -8,7 +8,6 @@ mod support;
 use std::{
     collections::{BTreeMap, BTreeSet},
     ffi::OsStr,
-    io,
     process::Command,
 };
 
@@ -16,11 +15,10 @@ use anyhow::{Context as _, Result, bail, ensure};
 use kube::ResourceExt;
 use serde_json::json;
 use support::chart::{
-    Helm, Mode, RELEASE, RELEASE_NAMESPACE, WATCHED, chart_dir, container_env, default_kinds,
-    documents, kinds, repository,
+    Helm, Mode, RELEASE, RELEASE_NAMESPACE, WATCHED, chart_dir, check_rules, container_env,
+    default_kinds, documents, kinds, repository,
 };
 use tenant_key_operator::crd::{ClusterImburseAccount, ImburseAccount, TenantSecurityKey};
-use testenv::versions::Component;
 
 fn main() -> std::process::ExitCode {
     support::chart::run(crate::named_tests![
@@ -590,33 +588,6 @@ const METRICS: [&str; 16] = [
     "tenant_key_operator_reconcile_duration_seconds_bucket",
     "tenant_key_operator_reconciles_total",
 ];
-
-/// What rules-check reports about a rules file it accepted.
-#[derive(serde::Deserialize)]
-struct CheckedRules {
-    alerts: Vec<String>,
-    records: Vec<String>,
-    metrics: Vec<String>,
-}
-
-/// Validates `{groups: ...}` with Prometheus' own rule parser.
-fn check_rules(groups: &serde_json::Value) -> Result<CheckedRules> {
-    testenv::build::ensure(Component::RulesCheck, &mut io::stderr())?;
-    let file = tempfile::Builder::new()
-        .prefix("tko-rules-")
-        .suffix(".yaml")
-        .tempfile()?;
-    std::fs::write(file.path(), serde_yaml::to_string(groups)?)?;
-    let output = Command::new(Component::RulesCheck.binary_path("rules-check"))
-        .arg(file.path())
-        .output()?;
-    ensure!(
-        output.status.success(),
-        "Prometheus refuses the rules: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(serde_json::from_slice(&output.stdout)?)
-}
 
 /// The PrometheusRule's groups load in Prometheus (expressions, durations, templates), raise the
 /// documented alerts, and select only metrics the operator serves.

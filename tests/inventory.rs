@@ -15,9 +15,12 @@ use imburse_sandbox::Config;
 use k8s_openapi::api::{core::v1::Namespace, events::v1::Event};
 use kube::{Api, api::ListParams};
 use serde_json::Value;
-use support::{Env, TestFn, poll};
+use support::{
+    Env, TestFn,
+    chart::{Helm, check_rules},
+    poll,
+};
 use tenant_key_operator::controller::intent;
-use testenv::versions::Component;
 
 /// The verifier's interval: short, so that rounds are counted within seconds.
 const INTERVAL: Duration = Duration::from_secs(2);
@@ -292,52 +295,21 @@ async fn scrape_inventory(env: &Env, tenant: &str) -> Result<BTreeMap<String, f6
 /// The chart's ImburseKeyLeaked rule, once Prometheus' rule parser accepts it and finds that
 /// it selects only the inventory metric.
 fn leaked_alert() -> Result<Value> {
-    testenv::build::ensure(Component::Helm, &mut std::io::stderr())?;
-    testenv::build::ensure(Component::RulesCheck, &mut std::io::stderr())?;
-    let home = tempfile::Builder::new().prefix("tko-helm-").tempdir()?;
-    let chart = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("charts/tenant-key-operator");
-    let output = Command::new(Component::Helm.binary_path("helm"))
-        .args(["template", "tko"])
-        .arg(chart)
-        .args([
-            "--set",
-            "prometheusRule.enabled=true",
-            "--show-only",
-            "templates/prometheusrule.yaml",
-        ])
-        .env("HELM_CACHE_HOME", home.path().join("cache"))
-        .env("HELM_CONFIG_HOME", home.path().join("config"))
-        .env("HELM_DATA_HOME", home.path().join("data"))
-        .output()?;
-    ensure!(
-        output.status.success(),
-        "helm: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let rule: Value = serde_yaml::from_slice(&output.stdout)?;
-    let leaked = rule["spec"]["groups"][0]["rules"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let rendered = Helm::new()?.template(&["prometheusRule.enabled=true"])?;
+    let leaked = rendered
+        .iter()
+        .filter(|doc| doc["kind"] == "PrometheusRule")
+        .flat_map(|rule| rule["spec"]["groups"].as_array().into_iter().flatten())
+        .flat_map(|group| group["rules"].as_array().into_iter().flatten())
         .find(|r| r["alert"] == "ImburseKeyLeaked")
         .cloned()
         .context("no ImburseKeyLeaked alert")?;
-    let file = tempfile::Builder::new().suffix(".yaml").tempfile()?;
-    let groups = serde_json::json!({"groups": [{"name": "leaked", "rules": [leaked]}]});
-    std::fs::write(file.path(), serde_yaml::to_string(&groups)?)?;
-    let checked = Command::new(Component::RulesCheck.binary_path("rules-check"))
-        .arg(file.path())
-        .output()?;
+    let checked =
+        check_rules(&serde_json::json!({"groups": [{"name": "leaked", "rules": [leaked]}]}))?;
     ensure!(
-        checked.status.success(),
-        "Prometheus refuses the rule: {}",
-        String::from_utf8_lossy(&checked.stderr)
-    );
-    let checked: Value = serde_json::from_slice(&checked.stdout)?;
-    ensure!(
-        checked["metrics"] == serde_json::json!(["tenant_key_operator_imburse_keys"]),
-        "the alert selects {}",
-        checked["metrics"]
+        checked.metrics == ["tenant_key_operator_imburse_keys"],
+        "the alert selects {:?}",
+        checked.metrics
     );
     Ok(leaked)
 }

@@ -181,3 +181,30 @@ pub fn container_env(
     }
     Ok(resolved)
 }
+
+/// What rules-check reports about a rules file it accepted.
+#[derive(serde::Deserialize)]
+pub struct CheckedRules {
+    pub alerts: Vec<String>,
+    pub records: Vec<String>,
+    pub metrics: Vec<String>,
+}
+
+/// Validates `{groups: ...}` with Prometheus' own rule parser.
+pub fn check_rules(groups: &serde_json::Value) -> Result<CheckedRules> {
+    testenv::build::ensure(Component::RulesCheck, &mut io::stderr())?;
+    let file = tempfile::Builder::new()
+        .prefix("tko-rules-")
+        .suffix(".yaml")
+        .tempfile()?;
+    std::fs::write(file.path(), serde_yaml::to_string(groups)?)?;
+    let output = Command::new(Component::RulesCheck.binary_path("rules-check"))
+        .arg(file.path())
+        .output()?;
+    ensure!(
+        output.status.success(),
+        "Prometheus refuses the rules: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(serde_json::from_slice(&output.stdout)?)
+}

@@ -139,7 +139,7 @@ pub fn package_chart(
 ) -> Result<PathBuf> {
     let copy = TempDir::with_prefix("tko-chart-src-")?;
     let chart = copy.path().join(RELEASE);
-    copy_dir(&workspace::root().join(CHART), &chart)?;
+    testenv::copy_dir(&workspace::root().join(CHART), &chart).context("copying the chart")?;
     let values_path = chart.join("values.yaml");
     let values = std::fs::read_to_string(&values_path)?;
     let pinned = replace_value(&values, "repository", repository)?;
@@ -181,21 +181,6 @@ fn replace_value(values: &str, key: &str, value: &str) -> Result<String> {
         serde_json::to_string(value)?,
         &values[end..]
     ))
-}
-
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), &target)
-                .with_context(|| format!("copying {}", entry.path().display()))?;
-        }
-    }
-    Ok(())
 }
 
 /// The operator's argument parser accepts the container's arguments and environment: run with

@@ -25,6 +25,22 @@ pub use operator::{Operator, Replicas, apply_crds, install_crds};
 pub use pki::ADMIN_USER;
 pub use registry::Registry;
 
+/// Copies the folder `from` with everything below it to `to`, for a chart edited or packaged
+/// from a copy.
+pub fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
 /// The last `lines` lines of a log file, for error messages.
 pub fn log_tail(path: &Path, lines: usize) -> String {
     match std::fs::read(path) {
