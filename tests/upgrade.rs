@@ -438,8 +438,23 @@ async fn take_over(
     )
     .await?;
     // The upgrade is rolled out: what follows is `kubectl tsk migrate`.
+    let version = |key: Option<TenantSecurityKey>| key.and_then(|k| k.metadata.resource_version);
+    let before_migration = (
+        reconciled_keys(&metrics).await?,
+        version(keys.get_opt(&name).await?),
+    );
     migrate_stored_versions(client, stored_at_v1alpha1(fixture)?).await?;
     if expect.resource == ResourceOutcome::Ready {
+        // A key the migration wrote anew (one the operator had not written since the upgrade)
+        // is a change like any other: the checks below only count once the operator has looked
+        // at it as rewritten.
+        if version(keys.get_opt(&name).await?) != before_migration.1 {
+            poll(
+                || async { Ok(reconciled_keys(&metrics).await? > before_migration.0) },
+                "the operator to reconcile the rewritten key",
+            )
+            .await?;
+        }
         wait_for(&keys, &name, settled).await?;
     }
     tokio::time::sleep(QUIET).await;
