@@ -6,7 +6,6 @@
 use std::{collections::BTreeMap, fmt, sync::Arc, time::Duration};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
-use kube::ResourceExt;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
@@ -18,7 +17,7 @@ use prometheus_client::{
 
 use crate::{
     controller::inventory::{Tally, Where},
-    crd::TenantSecurityKey,
+    crd::{PreviousKey, TenantSecurityKey},
 };
 
 /// Prefix of every metric name.
@@ -266,19 +265,6 @@ fn encode_accounts(
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KeyLabels {
-    namespace: String,
-    name: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReadyLabels {
-    namespace: String,
-    name: String,
-    condition: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -297,9 +283,21 @@ fn gauge<L: EncodeLabelSet, N: prometheus_client::encoding::EncodeGaugeValue>(
     Ok(())
 }
 
+/// The replaced keys the operator still has to revoke: entries with a revocation error wait
+/// for a person, not for the operator.
+fn pending(key: &TenantSecurityKey) -> impl Iterator<Item = &PreviousKey> {
+    key.status
+        .iter()
+        .flat_map(|s| &s.previous_keys)
+        .filter(|previous| previous.revocation_error.is_none())
+}
+
 fn seconds(time: &Time) -> f64 {
     time.0.as_millisecond() as f64 / 1000.0
 }
+
+/// A key's labels, borrowed from the cache: a scrape allocates nothing per key.
+type KeyLabels<'a> = [(&'static str, &'a str); 2];
 
 /// Encodes the gauges of `keys` as of `now`, in the order of namespace and name.
 fn encode_keys(
@@ -307,18 +305,19 @@ fn encode_keys(
     now: Timestamp,
     encoder: &mut DescriptorEncoder,
 ) -> fmt::Result {
-    let mut keys: Vec<(KeyLabels, &TenantSecurityKey)> = keys
+    let mut keys: Vec<(KeyLabels<'_>, &TenantSecurityKey)> = keys
         .iter()
         .map(|key| {
-            let labels = KeyLabels {
-                namespace: key.namespace().unwrap_or_default(),
-                name: key.name_any(),
-            };
-            (labels, key.as_ref())
+            let namespace = key.metadata.namespace.as_deref().unwrap_or_default();
+            let name = key.metadata.name.as_deref().unwrap_or_default();
+            ([("namespace", namespace), ("name", name)], key.as_ref())
         })
         .collect();
-    keys.sort_by(|a, b| (&a.0.namespace, &a.0.name).cmp(&(&b.0.namespace, &b.0.name)));
-    let status = |key: &TenantSecurityKey| key.status.clone().unwrap_or_default();
+    keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let statuses = || {
+        keys.iter()
+            .filter_map(|(labels, key)| Some((*labels, key.status.as_ref()?)))
+    };
 
     gauge(
         encoder,
@@ -337,9 +336,10 @@ fn encode_keys(
         encoder,
         "key_ready_status",
         "Status of the key's Ready condition (true, false or unknown): 1 for the current one",
-        keys.iter().flat_map(|(labels, key)| {
+        keys.iter().flat_map(|([namespace, name], key)| {
+            let conditions = key.status.as_ref().map(|s| s.conditions.as_slice());
             let current =
-                match crate::crd::find_condition(&status(key).conditions, crate::crd::READY)
+                match crate::crd::find_condition(conditions.unwrap_or_default(), crate::crd::READY)
                     .map(|c| c.status.as_str())
                 {
                     Some("True") => "true",
@@ -347,12 +347,10 @@ fn encode_keys(
                     _ => "unknown",
                 };
             ["true", "false", "unknown"].map(|condition| {
-                let labels = ReadyLabels {
-                    namespace: labels.namespace.clone(),
-                    name: labels.name.clone(),
-                    condition,
-                };
-                (labels, i64::from(condition == current))
+                (
+                    [*namespace, *name, ("condition", condition)],
+                    i64::from(condition == current),
+                )
             })
         }),
     )?;
@@ -360,18 +358,15 @@ fn encode_keys(
         encoder,
         "key_created_timestamp_seconds",
         "When the key's current Imburse key was created (status.createdAt), as a Unix time",
-        keys.iter().filter_map(|(labels, key)| {
-            let created = status(key).created_at?;
-            Some((labels.clone(), seconds(&created)))
-        }),
+        statuses()
+            .filter_map(|(labels, status)| Some((labels, seconds(status.created_at.as_ref()?)))),
     )?;
     gauge(
         encoder,
         "key_next_rotation_timestamp_seconds",
         "When the key is due for scheduled rotation (status.nextRotationAt), as a Unix time",
-        keys.iter().filter_map(|(labels, key)| {
-            let next = status(key).next_rotation_at?;
-            Some((labels.clone(), seconds(&next)))
+        statuses().filter_map(|(labels, status)| {
+            Some((labels, seconds(status.next_rotation_at.as_ref()?)))
         }),
     )?;
     gauge(
@@ -380,23 +375,15 @@ fn encode_keys(
         "The key's rotation interval (spec.rotation.interval)",
         keys.iter().filter_map(|(labels, key)| {
             let interval = key.spec.rotation_interval()?;
-            Some((labels.clone(), interval.as_secs_f64()))
+            Some((*labels, interval.as_secs_f64()))
         }),
     )?;
-    // Entries with a revocation error wait for a person, not for the operator.
-    let pending = |key: &TenantSecurityKey| {
-        status(key)
-            .previous_keys
-            .into_iter()
-            .filter(|previous| previous.revocation_error.is_none())
-            .collect::<Vec<_>>()
-    };
     gauge(
         encoder,
         "previous_keys_pending",
         "Replaced keys the operator still has to revoke",
         keys.iter()
-            .map(|(labels, key)| (labels.clone(), pending(key).len() as i64)),
+            .map(|(labels, key)| (*labels, pending(key).count() as i64)),
     )?;
     gauge(
         encoder,
@@ -404,10 +391,9 @@ fn encode_keys(
         "Replaced keys still to revoke whose revocation time has passed",
         keys.iter().map(|(labels, key)| {
             let overdue = pending(key)
-                .iter()
                 .filter(|previous| previous.revoke_after.as_ref().is_none_or(|t| t.0 <= now))
                 .count();
-            (labels.clone(), overdue as i64)
+            (*labels, overdue as i64)
         }),
     )
 }

@@ -602,7 +602,7 @@ mod tests {
                 revocation_error: None,
             }),
             Holder::Creating => {
-                status.pending_create = Some(CreateIntent {
+                status.pending_create = Some(Box::new(CreateIntent {
                     attempt: "a1".into(),
                     name: String::new(),
                     tenant_id: "t".into(),
@@ -618,7 +618,7 @@ mod tests {
                     },
                     rotate_request: None,
                     credentials_fingerprint: None,
-                })
+                }))
             }
             Holder::RetainedSecret => secrets.push(ObjectMeta {
                 namespace: Some("team-a".into()),

@@ -52,18 +52,27 @@ pub const FIELD_MANAGER: &str = "tenant-key-operator";
 
 /// Drops what no reconcile reads from a TenantSecurityKey before it enters the cache, which
 /// holds every key for the operator's lifetime: `managedFields` (a field tree per writer, often
-/// larger than the rest of the object) and the copy of the object `kubectl apply` keeps in an
-/// annotation. Every write the operator makes names its own fields (server-side apply, patches),
-/// so nothing is lost by not holding them.
+/// larger than the rest of the object), labels, owner references and every annotation but the
+/// operator's own (GitOps tools, Helm and `kubectl apply` add theirs, each map costing a tree
+/// node of several hundred bytes). The operator only reads its own annotations, and every
+/// write it makes names its own fields (server-side apply, patches), so nothing is lost by not
+/// holding the rest.
 fn slim_for_cache(key: &mut TenantSecurityKey) {
-    key.metadata.managed_fields = None;
-    if let Some(annotations) = key.metadata.annotations.as_mut() {
-        annotations.remove(LAST_APPLIED_ANNOTATION);
+    let metadata = &mut key.metadata;
+    metadata.managed_fields = None;
+    metadata.labels = None;
+    metadata.owner_references = None;
+    if let Some(annotations) = metadata.annotations.as_mut() {
+        annotations.retain(|name, _| name.starts_with(OWN_ANNOTATION_PREFIX));
+        if annotations.is_empty() {
+            metadata.annotations = None;
+        }
     }
 }
 
-/// Where `kubectl apply` (client-side) keeps the whole object it last applied.
-const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+/// The prefix of the annotations the operator reads on a TenantSecurityKey (its intent, a
+/// rotation request).
+const OWN_ANNOTATION_PREFIX: &str = "imbursepayments.com/";
 
 /// The TenantSecurityKeys in the cache that `select` picks, as controller triggers.
 fn keys_where(
@@ -428,6 +437,58 @@ mod tests {
             },
             _phantom: std::marker::PhantomData,
         }
+    }
+
+    /// The cache keeps every annotation a reconcile reads and drops what others wrote.
+    #[test]
+    fn the_cache_keeps_only_what_reconciles_read() {
+        let read = [
+            intent::ANNOTATION,
+            crate::crd::ROTATE_REQUESTED_AT_ANNOTATION,
+        ];
+        let mut annotations: BTreeMap<String, String> = read
+            .iter()
+            .map(|a| ((*a).to_owned(), "v".to_owned()))
+            .collect();
+        annotations.insert(
+            "kubectl.kubernetes.io/last-applied-configuration".to_owned(),
+            "{}".to_owned(),
+        );
+        annotations.insert(
+            "argocd.argoproj.io/tracking-id".to_owned(),
+            "app".to_owned(),
+        );
+        let mut key: TenantSecurityKey = serde_json::from_value(serde_json::json!({
+            "apiVersion": "imbursepayments.com/v1beta1",
+            "kind": "TenantSecurityKey",
+            "metadata": {
+                "name": "pay", "namespace": "team-a", "annotations": annotations,
+                "labels": { "app.kubernetes.io/instance": "pay" },
+                "finalizers": [key::FINALIZER],
+                "managedFields": [{ "manager": "kubectl", "operation": "Apply" }],
+            },
+            "spec": {
+                "accountRef": { "kind": "ImburseAccount", "name": "imburse" },
+                "tenantId": "t",
+                "roles": ["r"],
+            },
+        }))
+        .unwrap_or_else(|e| panic!("a key: {e}"));
+        slim_for_cache(&mut key);
+        let kept: Vec<&str> = key.annotations().keys().map(String::as_str).collect();
+        let mut expected = read.to_vec();
+        expected.sort_unstable();
+        assert_eq!(kept, expected);
+        assert!(key.labels().is_empty());
+        assert!(key.metadata.managed_fields.is_none());
+        assert_eq!(key.finalizers(), [key::FINALIZER]);
+        annotations_of_nobody_else_leave_none(key);
+    }
+
+    fn annotations_of_nobody_else_leave_none(mut key: TenantSecurityKey) {
+        key.metadata.annotations = Some([("example.com/a".to_owned(), "b".to_owned())].into());
+        slim_for_cache(&mut key);
+        assert!(key.metadata.annotations.is_none());
     }
 
     /// A Secret wakes the key that owns it and the key its owner consented to be adopted by;

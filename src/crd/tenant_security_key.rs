@@ -422,8 +422,9 @@ pub struct TenantSecurityKeyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_fingerprint: Option<String>,
     /// The creation in progress, until its key is recorded (or it is closed as failed).
+    // Boxed: absent at rest, and the operator's cache holds a status per key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pending_create: Option<CreateIntent>,
+    pub pending_create: Option<Box<CreateIntent>>,
     /// Replaced keys that still have to be revoked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub previous_keys: Vec<PreviousKey>,

@@ -108,19 +108,66 @@ pub fn probes(ready: Arc<AtomicBool>, liveness: Arc<Liveness>) -> Router {
         )
 }
 
+/// Encodes `registry` for one scrape, sent as it is written: with a gauge per key, the
+/// exposition grows with the fleet (about 55 MB at 100,000 keys), and holding it whole would
+/// double the operator's memory at every scrape.
 async fn encode_metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
-    let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &registry) {
-        Ok(()) => (
-            StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            body,
-        )
-            .into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    let (chunks, received) = tokio::sync::mpsc::channel(2);
+    tokio::task::spawn_blocking(move || {
+        let mut body = ChunkedBody {
+            buffer: String::with_capacity(CHUNK),
+            chunks,
+        };
+        let encoded = prometheus_client::encoding::text::encode(&mut body, &registry)
+            .and_then(|()| body.flush());
+        if encoded.is_err() {
+            // A scraper that went away gets nothing; one still reading gets a body that ends
+            // in an error, not a truncated exposition that looks complete.
+            let _ = body
+                .chunks
+                .blocking_send(Err(std::io::Error::other("encoding the metrics failed")));
+        }
+    });
+    let stream = futures::stream::unfold(received, |mut received| async move {
+        received.recv().await.map(|chunk| (chunk, received))
+    });
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        axum::body::Body::from_stream(stream),
+    )
+}
+
+/// How much of the exposition is sent at a time.
+const CHUNK: usize = 64 * 1024;
+
+/// The response body of a scrape, written by the encoder on a blocking thread and sent a chunk
+/// at a time; the encoder waits while the scraper reads.
+struct ChunkedBody {
+    buffer: String,
+    chunks: tokio::sync::mpsc::Sender<Result<String, std::io::Error>>,
+}
+
+impl ChunkedBody {
+    fn flush(&mut self) -> fmt::Result {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buffer, String::with_capacity(CHUNK));
+        self.chunks.blocking_send(Ok(chunk)).map_err(|_| fmt::Error)
+    }
+}
+
+impl fmt::Write for ChunkedBody {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        self.buffer.push_str(text);
+        if self.buffer.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(())
     }
 }
 

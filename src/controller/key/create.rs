@@ -105,7 +105,7 @@ impl Run<'_> {
             self.write_metadata(true).await?;
         }
         self.status.pending_create = match &self.intent {
-            Some(Recorded::Current(intent)) => Some(intent.clone()),
+            Some(Recorded::Current(intent)) => Some(Box::new(intent.clone())),
             _ => None,
         };
         let written = status::apply_status(

@@ -32,7 +32,7 @@ impl<'a> Run<'a> {
         let intent = status
             .pending_create
             .clone()
-            .map(Recorded::Current)
+            .map(|intent| Recorded::Current(*intent))
             .or(legacy_intent);
         let has_finalizer = tsk.finalizers().iter().any(|f| f == FINALIZER);
         // A resource whose status records keys, without the finalizer that every key comes

@@ -23,7 +23,7 @@ use imburse::Operation;
 use imburse_sandbox::{Config, Sandbox, TenantKey};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client, Resource, ResourceExt,
     api::{ObjectMeta, Patch, PatchParams, PostParams},
 };
 use serde_json::{Value, json};
@@ -132,8 +132,8 @@ impl Template {
         };
         let status = self.status_for(&created, &uid, &attempt, &material)?;
         let applied = json!({
-            "apiVersion": "imbursepayments.com/v1alpha1",
-            "kind": "TenantSecurityKey",
+            "apiVersion": TenantSecurityKey::api_version(&()),
+            "kind": TenantSecurityKey::kind(&()),
             "status": status,
         });
         keys.patch_status(
