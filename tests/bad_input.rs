@@ -37,8 +37,10 @@ const MAX_CALLS_OBSERVED: u64 = 40;
 const IMBURSE_TIMEOUT: &str = "3s";
 /// A hang well beyond that timeout.
 const HANG_MS: u64 = 10_000;
-/// A body well beyond the client's limit.
-const OVERSIZED: u64 = 4 * 1024 * 1024;
+/// A body beyond the client's limit for `operation`.
+fn oversized(operation: Operation) -> u64 {
+    (operation.max_response_bytes() + imburse::MAX_RESPONSE_BYTES) as u64
+}
 /// A count no case runs out of.
 const ALWAYS: u32 = 100_000;
 /// Name of the TenantSecurityKey (and its Secret) in every case's namespace.
@@ -350,7 +352,11 @@ fn cases() -> Vec<Case> {
         .recovering(),
         imburse(
             "create-oversized",
-            |_| create_once(OversizedBody { bytes: OVERSIZED }),
+            |_| {
+                create_once(OversizedBody {
+                    bytes: oversized(CreateKey),
+                })
+            },
             "ImburseUnavailable",
         )
         .recovering(),
@@ -454,7 +460,11 @@ fn cases() -> Vec<Case> {
         .with_account_reason("ImburseUnavailable"),
         imburse(
             "token-oversized",
-            |_| token_always(OversizedBody { bytes: OVERSIZED }),
+            |_| {
+                token_always(OversizedBody {
+                    bytes: oversized(Operation::Token),
+                })
+            },
             "AccountNotReady",
         )
         .with_account_reason("ImburseUnavailable"),
@@ -503,7 +513,13 @@ fn cases() -> Vec<Case> {
         imburse(
             "list-oversized",
             |_| {
-                create_once(EmptyBody).and_scripted(ListKeys, 1, OversizedBody { bytes: OVERSIZED })
+                create_once(EmptyBody).and_scripted(
+                    ListKeys,
+                    1,
+                    OversizedBody {
+                        bytes: oversized(ListKeys),
+                    },
+                )
             },
             "ImburseUnavailable",
         )

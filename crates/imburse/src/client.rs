@@ -27,9 +27,13 @@ use crate::{
 /// The header carrying a per-request id that Imburse echoes in its error bodies.
 const CORRELATION_ID: &str = "x-correlation-id";
 
-/// Largest response body read. The API's answers are a few KiB at most; anything bigger is
-/// not the API, and is never buffered whole.
+/// Largest response body read, but for listings. The API's other answers are a few KiB at
+/// most; anything bigger is not the API, and is never buffered whole.
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+
+/// Largest key listing read. A listing grows with the tenant's keys, about 200 bytes each and
+/// without paging, so 1 MiB would stop at some 5,000 keys; 32 MiB holds about 160,000.
+pub const MAX_LISTING_BYTES: usize = 32 * 1024 * 1024;
 
 /// A callback told about every HTTP request made, e.g. to count calls in metrics.
 pub type Observer = Arc<dyn Fn(&CallRecord) + Send + Sync>;
@@ -60,6 +64,14 @@ impl Operation {
             Self::ListKeys => "list_keys",
             Self::GetKey => "get_key",
             Self::DeleteKey => "delete_key",
+        }
+    }
+
+    /// Largest response body read for this operation.
+    pub fn max_response_bytes(self) -> usize {
+        match self {
+            Self::ListKeys => MAX_LISTING_BYTES,
+            _ => MAX_RESPONSE_BYTES,
         }
     }
 
@@ -494,7 +506,7 @@ impl ClientInner {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
         let started = Instant::now();
-        let outcome = self.exchange(method, url, headers, body).await;
+        let outcome = self.exchange(operation, method, url, headers, body).await;
         let elapsed = started.elapsed();
         let status = outcome.as_ref().ok().map(|(status, ..)| status.as_u16());
         debug!(
@@ -532,6 +544,7 @@ impl ClientInner {
     /// The network part of [`Self::send`]: status, `Retry-After` and body, or what failed.
     async fn exchange(
         &self,
+        operation: Operation,
         method: Method,
         url: &Url,
         headers: HeaderMap,
@@ -551,7 +564,7 @@ impl ClientInner {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        match read_bounded(response).await? {
+        match read_bounded(response, operation.max_response_bytes()).await? {
             Some(body) => Ok((status, retry_after, body)),
             // An error status means the same with or without its body, which is only read
             // for identifiers.
@@ -565,7 +578,7 @@ impl ClientInner {
 enum ExchangeError {
     /// Sending or receiving failed.
     Transport(reqwest::Error),
-    /// A success body longer than [`MAX_RESPONSE_BYTES`].
+    /// A success body longer than [`Operation::max_response_bytes`].
     TooLarge,
 }
 
@@ -575,18 +588,21 @@ impl From<reqwest::Error> for ExchangeError {
     }
 }
 
-/// Reads a body of at most [`MAX_RESPONSE_BYTES`] chunk by chunk; `None` (having read no more
-/// than the limit) if it is longer.
-async fn read_bounded(mut response: reqwest::Response) -> Result<Option<Vec<u8>>, reqwest::Error> {
+/// Reads a body of at most `limit` bytes chunk by chunk; `None` (having read no more than
+/// the limit) if it is longer.
+async fn read_bounded(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
     if response
         .content_length()
-        .is_some_and(|length| length > MAX_RESPONSE_BYTES as u64)
+        .is_some_and(|length| length > limit as u64)
     {
         return Ok(None);
     }
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await? {
-        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+        if body.len() + chunk.len() > limit {
             return Ok(None);
         }
         body.extend_from_slice(&chunk);
@@ -607,6 +623,9 @@ fn exchange_error(operation: Operation, e: ExchangeError, correlation_id: &str) 
         };
     }
     match e {
+        ExchangeError::TooLarge if operation == Operation::ListKeys => {
+            Error::InvalidResponse("key listing is larger than 32 MiB")
+        }
         ExchangeError::TooLarge => Error::InvalidResponse("response body is larger than 1 MiB"),
         ExchangeError::Transport(e) if e.is_timeout() => Error::Timeout,
         ExchangeError::Transport(e) => Error::Transport(e),

@@ -15,8 +15,8 @@ pub mod signing;
 mod token;
 
 pub use client::{
-    AccountClient, CallRecord, Client, ClientOptions, MAX_RESPONSE_BYTES, Observer, Operation,
-    RateLimit, RetryPolicy, authenticate,
+    AccountClient, CallRecord, Client, ClientOptions, MAX_LISTING_BYTES, MAX_RESPONSE_BYTES,
+    Observer, Operation, RateLimit, RetryPolicy, authenticate,
 };
 pub use config::{AccountConfig, ApiGeneration, KeyPair};
 pub use error::{ApiErrorDetails, Error};

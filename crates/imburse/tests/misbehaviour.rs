@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use imburse::{
     AccountClient, AccountConfig, ApiGeneration, Client, ClientOptions, Error, ExposeSecret,
-    MAX_RESPONSE_BYTES, NewKey, Operation, RetryPolicy,
+    MAX_LISTING_BYTES, MAX_RESPONSE_BYTES, NewKey, Operation, RetryPolicy,
 };
 use imburse_sandbox::{Config, Faults, Misbehaviour, Sandbox};
 
@@ -137,7 +137,7 @@ async fn oversized_answers_are_refused_and_error_statuses_keep_their_meaning() {
     let env = Env::start().await;
     let account = env.account(ApiGeneration::Seed);
     account.verify_credentials().await.unwrap();
-    let big = MAX_RESPONSE_BYTES as u64 * 4;
+    let big = MAX_LISTING_BYTES as u64 + MAX_RESPONSE_BYTES as u64;
     env.script(
         Operation::ListKeys,
         1,
@@ -155,7 +155,7 @@ async fn oversized_answers_are_refused_and_error_statuses_keep_their_meaning() {
         Operation::ListKeys,
         1,
         Misbehaviour::OversizedBody {
-            bytes: MAX_RESPONSE_BYTES as u64 - 64,
+            bytes: MAX_LISTING_BYTES as u64 - 64,
         },
     )
     .await;
