@@ -23,9 +23,9 @@ const INTENT_ANNOTATION: &str = "imbursepayments.com/create-pending";
 
 fn main() -> std::process::ExitCode {
     let start = || Env::start(Config::generate(1, 1));
-    let one_at_a_time: Vec<(&str, TestFn)> =
+    let tests: Vec<(&str, TestFn)> =
         crate::named_tests![a_forged_intent_and_secret_revoke_no_key_of_another_namespace];
-    support::run_suites(start, Vec::new(), one_at_a_time)
+    support::run_suite(start, tests)
 }
 
 fn stop_operator(env: &Env) {
