@@ -5,7 +5,10 @@
 //! leaked secret.
 //!
 //! Each case has a namespace and a tenant of its own; a case about Imburse answers also has a
-//! sandbox of its own (sandbox faults are global), so all cases run at once.
+//! sandbox of its own (sandbox faults are global), so all cases run at once. So do the tests
+//! beside the table: the permanent errors of a key, what the schema refuses, and Imburse's
+//! rate limits and server errors (each on a sandbox of its own), reported and then recovered
+//! from.
 
 mod support;
 
@@ -18,10 +21,15 @@ use imburse::{ExposeSecret, Operation};
 use imburse_sandbox::{Config, Faults, Misbehaviour, Sandbox};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
-use kube::{Api, ResourceExt, api::ListParams};
+use kube::{
+    Api, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+};
 use libtest_mimic::{Arguments, Trial};
 use serde_json::{Value, json};
-use support::{Env, create_namespace, create_secret, poll, ready, wait_for};
+use support::{
+    Env, TestFn, create_namespace, create_secret, expect_single_key_at, poll, ready, wait_for,
+};
 use tenant_key_operator::crd::{Condition, ImburseAccount, TenantSecurityKey};
 
 /// How long each case keeps watching once its resources gave their answer. Reconciles, Imburse
@@ -557,9 +565,19 @@ type Seen = Arc<Mutex<Vec<String>>>;
 fn main() -> std::process::ExitCode {
     let mut args = Arguments::from_args();
     let cases = cases();
+    let tests: Vec<(&str, TestFn)> = crate::named_tests![
+        permanent_errors_are_reported,
+        schema_rejects_invalid_objects,
+        schema_refuses_empty_and_built_in_secret_types,
+        rate_limiting_is_reported_then_recovered,
+        server_errors_are_reported_then_recovered,
+    ];
     // The cases mostly wait; running them all at once keeps the suite short.
-    args.test_threads = Some(args.test_threads.unwrap_or(cases.len()));
-    let config = Config::generate(2, cases.len());
+    args.test_threads = Some(args.test_threads.unwrap_or(cases.len() + tests.len()));
+    // One tenant per case, and a spare one (see `spare_tenant`). Account 1 may only read keys:
+    // a key made with it is refused as Forbidden.
+    let mut config = Config::generate(2, cases.len() + 1);
+    config.accounts[1].roles = vec!["account-tenant-read".into()];
     let env = match Env::start_with(
         config,
         imburse_sandbox::Options::default(),
@@ -578,7 +596,7 @@ fn main() -> std::process::ExitCode {
             .map(|a| a.private_key.expose_secret().to_owned())
             .collect(),
     ));
-    let trials = cases
+    let mut trials: Vec<Trial> = cases
         .into_iter()
         .enumerate()
         .map(|(index, case)| {
@@ -589,6 +607,11 @@ fn main() -> std::process::ExitCode {
             })
         })
         .collect();
+    trials.extend(
+        tests
+            .into_iter()
+            .map(|(name, test)| support::trial(&env, name, test)),
+    );
     let functional = libtest_mimic::run(&args, trials);
     // Runs after every case, over everything they made the operator write.
     let leak_env = env.clone();
@@ -604,6 +627,205 @@ fn main() -> std::process::ExitCode {
     } else {
         std::process::ExitCode::SUCCESS
     }
+}
+
+/// The tenant after the cases' own: the tests beside the table make their keys at the
+/// environment's sandbox for it, each in a namespace of its own.
+fn spare_tenant(env: &Env) -> String {
+    env.tenant(0, cases().len())
+}
+
+/// Each permanent error: the key stalls with the reason in its conditions and an Event.
+fn permanent_errors_are_reported(env: &Env) -> Result<()> {
+    env.block_on(async {
+        let ns = "errors";
+        env.namespace_with_account(ns, 0).await?;
+        // Account 1 can read keys but not create them.
+        env.credentials_secret(ns, "reader-credentials", 1).await?;
+        env.apply_account(ns, "reader", json!({}), "reader-credentials")
+            .await?;
+        let tenant = spare_tenant(env);
+        let reader_tenant = env.tenant(1, 0);
+        create_secret(
+            &env.client,
+            ns,
+            "taken",
+            BTreeMap::from([("x".into(), "y".into())]),
+        )
+        .await?;
+        let cases = [
+            (
+                "invalid-spec",
+                tenant.clone(),
+                json!({"secret": {"name": "Not_A_Valid_Name"}}),
+                "InvalidSpec",
+            ),
+            (
+                "no-account",
+                tenant.clone(),
+                json!({"accountRef": {"name": "missing"}}),
+                "AccountNotFound",
+            ),
+            (
+                "unknown-tenant",
+                "00000000-0000-4000-8000-000000000000".to_owned(),
+                json!({}),
+                "TenantNotFound",
+            ),
+            (
+                "forbidden",
+                reader_tenant,
+                json!({"accountRef": {"name": "reader"}}),
+                "Forbidden",
+            ),
+            (
+                "conflict",
+                tenant.clone(),
+                json!({"secret": {"name": "taken"}}),
+                "SecretConflict",
+            ),
+        ];
+        for (name, tenant, extra, _) in &cases {
+            env.create_key(ns, name, tenant, extra.clone()).await?;
+        }
+        for (name, _, _, reason) in &cases {
+            let key = env.wait_reason(ns, name, reason).await?;
+            let conditions = &key.status.context("status")?.conditions;
+            let stalled = conditions
+                .iter()
+                .find(|c| c.type_ == "Stalled")
+                .context("Stalled")?;
+            ensure!(stalled.status == "True", "{name}: not stalled");
+            env.wait_event(ns, name, reason).await?;
+        }
+        // The foreign Secret was not touched.
+        let taken = env.secrets(ns).get("taken").await?;
+        ensure!(taken.owner_references().is_empty() && taken.data.is_some_and(|d| d.len() == 1));
+        Ok(())
+    })
+}
+
+fn schema_rejects_invalid_objects(env: &Env) -> Result<()> {
+    env.block_on(async {
+        let ns = "schema";
+        create_namespace(&env.client, ns, BTreeMap::new()).await?;
+        let tenant = spare_tenant(env);
+        for (extra, what) in [
+            (json!({"roles": []}), "empty roles"),
+            (json!({"tenantId": "not-a-uuid"}), "tenantId pattern"),
+            (
+                json!({"deletionPolicy": "Sometimes"}),
+                "deletionPolicy enum",
+            ),
+            (
+                json!({"accountRef": {"kind": "Elsewhere"}}),
+                "account kind enum",
+            ),
+        ] {
+            let result = env.create_key(ns, "invalid", &tenant, extra).await;
+            ensure!(result.is_err(), "apiserver accepted an object with {what}");
+        }
+        env.create_key(
+            ns,
+            "fixed-tenant",
+            &tenant,
+            json!({"accountRef": {"name": "none"}}),
+        )
+        .await?;
+        let patch = json!({"spec": {"tenantId": env.tenant(0, 1)}});
+        let changed = env
+            .keys(ns)
+            .patch(
+                "fixed-tenant",
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await;
+        ensure!(changed.is_err(), "tenantId was changed");
+        Ok(())
+    })
+}
+
+fn schema_refuses_empty_and_built_in_secret_types(env: &Env) -> Result<()> {
+    env.block_on(async {
+        let ns = "secret-types";
+        create_namespace(&env.client, ns, BTreeMap::new()).await?;
+        let tenant = spare_tenant(env);
+        for refused in [
+            "",
+            "kubernetes.io/service-account-token",
+            "bootstrap.kubernetes.io/token",
+            "no-domain",
+        ] {
+            let created = env
+                .create_key(
+                    ns,
+                    "typed",
+                    &tenant,
+                    json!({ "secret": { "type": refused } }),
+                )
+                .await;
+            ensure!(created.is_err(), "type {refused:?} was accepted");
+        }
+        env.create_key(
+            ns,
+            "typed",
+            &tenant,
+            json!({ "secret": { "type": "example.com/imburse-key" } }),
+        )
+        .await?;
+        Ok(())
+    })
+}
+
+fn rate_limiting_is_reported_then_recovered(env: &Env) -> Result<()> {
+    env.block_on(async {
+        let ns = "throttled";
+        let sandbox = env.own_sandbox().await?;
+        env.namespace_with_account_at(ns, 0, &sandbox).await?;
+        let tenant = env.tenant(0, 0);
+        let faults = Faults::rate_limited(10_000, 1);
+        sandbox.admin().set_faults(&faults).await?;
+        env.create_key(ns, "throttled", &tenant, json!({})).await?;
+        env.wait_reason(ns, "throttled", "RateLimited").await?;
+        env.wait_event(ns, "throttled", "RateLimited").await?;
+        sandbox.admin().set_faults(&Faults::default()).await?;
+        expect_single_key_at(env, &sandbox, ns, "throttled", &tenant).await?;
+        Ok(())
+    })
+}
+
+fn server_errors_are_reported_then_recovered(env: &Env) -> Result<()> {
+    env.block_on(async {
+        let ns = "unavailable";
+        let sandbox = env.own_sandbox().await?;
+        env.namespace_with_account_at(ns, 0, &sandbox).await?;
+        let tenant = env.tenant(0, 0);
+        sandbox
+            .admin()
+            .set_faults(&Faults {
+                error_rate: 1.0,
+                ..Default::default()
+            })
+            .await?;
+        env.create_key(ns, "unavailable", &tenant, json!({}))
+            .await?;
+        let key = env
+            .wait_reason(ns, "unavailable", "ImburseUnavailable")
+            .await?;
+        let reconciling = key
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Reconciling"))
+            .map(|c| c.status.clone());
+        ensure!(
+            reconciling.as_deref() == Some("True"),
+            "a transient error must keep the key reconciling"
+        );
+        sandbox.admin().set_faults(&Faults::default()).await?;
+        expect_single_key_at(env, &sandbox, ns, "unavailable", &tenant).await?;
+        Ok(())
+    })
 }
 
 /// A sandbox of a case's own, with a second one standing for wherever a redirect points.

@@ -1,8 +1,9 @@
 //! High availability and the operational surface: operator processes with leader election
 //! (the default) against one cluster. Only the holder of the Lease reconciles; a crash, a
-//! SIGTERM or a lost Lease hands the work over without a second key for any resource; the
-//! probes and metrics of leader and standbys. Each test starts with the environment's operator
-//! leading, and ends the same way.
+//! SIGTERM or a lost Lease hands the work over without a second key for any resource, and so
+//! does a second process that reconciles beside the leader without election; the probes and
+//! metrics of leader and standbys. Each test starts with the environment's operator leading,
+//! and ends the same way; the tests run one at a time, as they stop, kill and add processes.
 
 mod support;
 
@@ -26,7 +27,7 @@ use kube::{
     api::{Patch, PatchParams, PostParams},
 };
 use serde_json::json;
-use support::{Env, Since, TestFn, expect_single_key, poll};
+use support::{Env, Since, TestFn, expect_single_key, expect_single_key_at, poll, wait_for};
 use testenv::Operator;
 
 const NS: &str = "ha";
@@ -54,6 +55,7 @@ fn main() -> std::process::ExitCode {
         sigterm_lets_a_create_in_flight_finish,
         a_leader_that_loses_the_lease_exits,
         leader_killed_during_a_burst_leaves_one_key_per_resource,
+        two_operator_processes_keep_one_key_per_resource,
     ];
     support::run_suite(start, tests)
 }
@@ -584,4 +586,56 @@ fn leader_killed_during_a_burst_leaves_one_key_per_resource(env: &Env) -> Result
         );
         hand_back(env, standby, &leader).await
     })
+}
+
+/// Two operator processes reconcile the same keys at once (a second replica without leader
+/// election, or a leader that has not noticed yet that it lost the lease): every resource ends
+/// with exactly one live key, its Secret authenticates, and nothing is orphaned.
+fn two_operator_processes_keep_one_key_per_resource(env: &Env) -> Result<()> {
+    let logs = tempfile::Builder::new().prefix("tko-second-").tempdir()?;
+    let second =
+        env.start_operator("second-operator", logs.path(), &["--leader-election=false"])?;
+    let result = env.block_on(async {
+        let ns = "split-brain";
+        let sandbox = env.own_sandbox().await?;
+        env.namespace_with_account_at(ns, 0, &sandbox).await?;
+        sandbox
+            .admin()
+            .set_faults(&Faults {
+                create_response_delay_ms: 300,
+                latency_ms: 20,
+                jitter_ms: 40,
+                ..Default::default()
+            })
+            .await?;
+        let tenants: Vec<String> = (9..15).map(|i| env.tenant(0, i)).collect();
+        for (i, tenant) in tenants.iter().enumerate() {
+            env.create_key(ns, &format!("key-{i}"), tenant, json!({}))
+                .await?;
+        }
+        // A replacement of each while both processes run.
+        for (i, tenant) in tenants.iter().enumerate() {
+            expect_single_key_at(env, &sandbox, ns, &format!("key-{i}"), tenant).await?;
+            env.keys(ns)
+                .patch(
+                    &format!("key-{i}"),
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({ "spec": { "roles": ["tenant-app-read"] } })),
+                )
+                .await?;
+        }
+        for (i, tenant) in tenants.iter().enumerate() {
+            let name = format!("key-{i}");
+            wait_for(&env.keys(ns), &name, |k| {
+                k.status
+                    .as_ref()
+                    .is_some_and(|s| s.roles == ["tenant-app-read"] && s.previous_keys.is_empty())
+            })
+            .await?;
+            expect_single_key_at(env, &sandbox, ns, &name, tenant).await?;
+        }
+        anyhow::Ok(())
+    });
+    drop(second);
+    result
 }

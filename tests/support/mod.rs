@@ -10,6 +10,7 @@ use std::{
     collections::BTreeMap,
     future::Future,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -38,6 +39,9 @@ use testenv::{ControlPlane, Operator};
 /// waiting, not a performance assertion.
 pub const WAIT: Duration = Duration::from_secs(90);
 
+/// The finalizer the operator puts on every TenantSecurityKey it manages.
+pub const FINALIZER: &str = "imbursepayments.com/revoke-key";
+
 pub struct Env {
     pub runtime: tokio::runtime::Runtime,
     /// Behind a lock so that tests can restart kube-apiserver.
@@ -48,6 +52,8 @@ pub struct Env {
     /// Behind a lock so that tests can crash and restart it.
     pub operator: std::sync::Mutex<Operator>,
     pub operator_namespace: String,
+    /// Sandboxes of single tests (see [`Env::own_sandbox`]).
+    own_sandboxes: std::sync::Mutex<Vec<Arc<Sandbox>>>,
     _logs: tempfile::TempDir,
 }
 
@@ -91,6 +97,7 @@ impl Env {
             control_plane: std::sync::Mutex::new(control_plane),
             operator: std::sync::Mutex::new(operator),
             operator_namespace,
+            own_sandboxes: std::sync::Mutex::default(),
             _logs: logs,
         })
     }
@@ -155,13 +162,39 @@ impl Env {
             .unwrap_or_default()
     }
 
+    /// A sandbox of the calling test's own, with the environment's accounts and tenants: the
+    /// faults a test sets there reach no other test, and its statistics count that test's
+    /// calls only, so such tests can run at once. It lives as long as the environment, so
+    /// that the keys made there stay verifiable after the test.
+    pub async fn own_sandbox(&self) -> Result<Arc<Sandbox>> {
+        let sandbox = Arc::new(Sandbox::start(self.config.clone()).await?);
+        self.own_sandboxes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(sandbox.clone());
+        Ok(sandbox)
+    }
+
     /// Creates a namespace holding the credentials Secret of sandbox account `account` and an
     /// `ImburseAccount` named `imburse` for it, and waits until the account is Ready.
     pub async fn namespace_with_account(&self, namespace: &str, account: usize) -> Result<()> {
+        self.namespace_with_account_at(namespace, account, &self.sandbox)
+            .await
+    }
+
+    /// Like [`Env::namespace_with_account`], with the account at `sandbox` (see
+    /// [`Env::own_sandbox`]).
+    pub async fn namespace_with_account_at(
+        &self,
+        namespace: &str,
+        account: usize,
+        sandbox: &Sandbox,
+    ) -> Result<()> {
         create_namespace(&self.client, namespace, BTreeMap::new()).await?;
         self.credentials_secret(namespace, "imburse-credentials", account)
             .await?;
-        self.apply_account(namespace, "imburse", json!({}), "imburse-credentials")
+        let at = json!({ "baseUrl": sandbox.base_url() });
+        self.apply_account(namespace, "imburse", at, "imburse-credentials")
             .await?;
         let accounts: Api<ImburseAccount> = Api::namespaced(self.client.clone(), namespace);
         wait_for(&accounts, "imburse", |a| {
@@ -453,29 +486,81 @@ macro_rules! named_tests {
 /// A test of a binary whose tests share one [`Env`].
 pub type TestFn = fn(&Env) -> Result<()>;
 
-/// Runs `tests` one at a time (the sandbox's faults are global). Whatever a test did, the
-/// next one starts with a running operator and without faults.
 /// Starts the environment, then runs `tests` in it one at a time (see [`run_one_at_a_time`]);
 /// an environment that does not start fails the binary.
 pub fn run_suite(
     start: impl FnOnce() -> Result<Env>,
     tests: Vec<(&'static str, TestFn)>,
 ) -> std::process::ExitCode {
+    run_suites(start, Vec::new(), tests)
+}
+
+/// Starts the environment, runs the tests of `at_once` in it all at the same time, then those
+/// of `one_at_a_time` one after another (see [`run_one_at_a_time`]); an environment that does
+/// not start fails the binary.
+///
+/// A test of `at_once` works in a namespace and with tenants of its own, leaves the
+/// environment's operator alone and sets no fault on the environment's sandbox (it sets them
+/// on a sandbox of its own, [`Env::own_sandbox`]). A test that stops, crashes or restarts the
+/// operator, or counts what the environment's sandbox was asked, belongs to `one_at_a_time`.
+pub fn run_suites(
+    start: impl FnOnce() -> Result<Env>,
+    at_once: Vec<(&'static str, TestFn)>,
+    one_at_a_time: Vec<(&'static str, TestFn)>,
+) -> std::process::ExitCode {
     let args = libtest_mimic::Arguments::from_args();
-    match start() {
-        Ok(env) => run_one_at_a_time(args, std::sync::Arc::new(env), tests),
+    let env = match start() {
+        Ok(env) => Arc::new(env),
         Err(e) => {
             eprintln!("could not start the test environment: {e:#}");
-            std::process::ExitCode::FAILURE
+            return std::process::ExitCode::FAILURE;
         }
+    };
+    let mut failed = false;
+    if !at_once.is_empty() {
+        failed |= run_at_once(args.clone(), &env, at_once).has_failed();
+    }
+    if !one_at_a_time.is_empty() {
+        failed |= run_one_at_a_time(args, &env, one_at_a_time).has_failed();
+    }
+    drop(env);
+    if failed {
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
     }
 }
 
+/// Runs `tests` all at once: they mostly wait on the operator, so the binary takes about as
+/// long as its longest test.
+fn run_at_once(
+    mut args: libtest_mimic::Arguments,
+    env: &Arc<Env>,
+    tests: Vec<(&'static str, TestFn)>,
+) -> libtest_mimic::Conclusion {
+    args.test_threads = Some(args.test_threads.unwrap_or(tests.len()));
+    let trials = tests
+        .into_iter()
+        .map(|(name, test)| trial(env, name, test))
+        .collect();
+    libtest_mimic::run(&args, trials)
+}
+
+/// The test `test`, named `name`, in `env`.
+pub fn trial(env: &Arc<Env>, name: &'static str, test: TestFn) -> libtest_mimic::Trial {
+    let env = env.clone();
+    libtest_mimic::Trial::test(name, move || {
+        test(&env).map_err(|e| format!("{e:#}").into())
+    })
+}
+
+/// Runs `tests` one at a time. Whatever a test did, the next one starts with a running
+/// operator and without faults at the environment's sandbox.
 fn run_one_at_a_time(
     mut args: libtest_mimic::Arguments,
-    env: std::sync::Arc<Env>,
+    env: &Arc<Env>,
     tests: Vec<(&'static str, TestFn)>,
-) -> std::process::ExitCode {
+) -> libtest_mimic::Conclusion {
     args.test_threads = Some(1);
     let trials = tests
         .into_iter()
@@ -501,16 +586,24 @@ fn run_one_at_a_time(
             })
         })
         .collect();
-    let conclusion = libtest_mimic::run(&args, trials);
-    drop(env);
-    conclusion.exit_code()
+    libtest_mimic::run(&args, trials)
 }
 
 impl Env {
     /// A `tenant-admin` key named `name` for `tenant`, made by hand with sandbox account 0 as
     /// the tutorial makes one.
     pub async fn key_by_hand(&self, tenant: &str, name: &str) -> Result<imburse::CreatedKey> {
-        let key = by_hand(self, &self.sandbox.base_url())?
+        self.key_by_hand_at(&self.sandbox, tenant, name).await
+    }
+
+    /// Like [`Env::key_by_hand`], at `sandbox`.
+    pub async fn key_by_hand_at(
+        &self,
+        sandbox: &Sandbox,
+        tenant: &str,
+        name: &str,
+    ) -> Result<imburse::CreatedKey> {
+        let key = by_hand(self, &sandbox.base_url())?
             .create_key(
                 tenant,
                 &imburse::NewKey {
@@ -581,6 +674,25 @@ pub async fn tenant_keys(sandbox: &Sandbox, tenant: &str) -> Result<Vec<String>>
         .into_iter()
         .map(|k| k.public_key)
         .collect())
+}
+
+/// Keys created at `sandbox` so far.
+pub async fn created(sandbox: &Sandbox) -> Result<u64> {
+    Ok(sandbox
+        .admin()
+        .stats()
+        .await?
+        .count(imburse::Operation::CreateKey, 201))
+}
+
+/// The public key the resource's status records.
+pub async fn recorded_key(env: &Env, ns: &str, name: &str) -> Result<String> {
+    env.keys(ns)
+        .get(name)
+        .await?
+        .status
+        .and_then(|s| s.public_key)
+        .context("no public key recorded")
 }
 
 /// Ready condition's status and reason.
