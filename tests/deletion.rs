@@ -18,8 +18,8 @@ use kube::{
 };
 use serde_json::json;
 use support::{
-    Env, FINALIZER, TestFn, create_namespace, expect_single_key, expect_single_key_at, poll,
-    secret_key_pair, tenant_keys, wait_for,
+    Env, FINALIZER, TestFn, create_namespace, expect_single_key, expect_single_key_at,
+    no_secret_in_logs_events_or_status, poll, secret_key_pair, tenant_keys, wait_for,
 };
 use tenant_key_operator::crd::{ClusterImburseAccount, ImburseAccount, TenantSecurityKey};
 
@@ -38,7 +38,9 @@ fn main() -> std::process::ExitCode {
         deletion_while_a_create_is_in_flight_revokes_its_key,
         deletion_with_more_replaced_keys_than_steps_finishes,
     ];
-    support::run_suites(start, at_once, Vec::new())
+    // Last: scans what every test above made the operator write.
+    let last: Vec<(&str, TestFn)> = crate::named_tests![no_secret_in_logs_events_or_status];
+    support::run_suites(start, at_once, last)
 }
 
 fn delete_policy_revokes_the_key(env: &Env) -> Result<()> {

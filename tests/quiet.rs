@@ -14,7 +14,7 @@ use kube::{
     api::{Patch, PatchParams},
 };
 use serde_json::json;
-use support::{Env, TestFn, expect_single_key};
+use support::{Env, TestFn, expect_single_key, no_secret_in_logs_events_or_status};
 
 fn main() -> std::process::ExitCode {
     let start = || {
@@ -26,8 +26,11 @@ fn main() -> std::process::ExitCode {
     };
     let at_once: Vec<(&str, TestFn)> =
         crate::named_tests![steady_state_makes_no_calls_and_no_writes];
-    let one_at_a_time: Vec<(&str, TestFn)> =
-        crate::named_tests![restart_at_rest_creates_and_writes_nothing];
+    // Last: scans what every test above made the operator write.
+    let one_at_a_time: Vec<(&str, TestFn)> = crate::named_tests![
+        restart_at_rest_creates_and_writes_nothing,
+        no_secret_in_logs_events_or_status
+    ];
     support::run_suites(start, at_once, one_at_a_time)
 }
 

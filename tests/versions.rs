@@ -11,13 +11,15 @@ use kube::{
     api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
-use support::{Env, TestFn};
+use support::{Env, TestFn, no_secret_in_logs_events_or_status};
 use tenant_key_operator::crd::{self, DEFAULT_BASE_URL, ImburseAccount};
 
 fn main() -> std::process::ExitCode {
     let start = || Env::start(Config::generate(1, 1));
     let at_once: Vec<(&str, TestFn)> = crate::named_tests![both_versions_are_served];
-    support::run_suites(start, at_once, Vec::new())
+    // Last: scans what every test above made the operator write.
+    let last: Vec<(&str, TestFn)> = crate::named_tests![no_secret_in_logs_events_or_status];
+    support::run_suites(start, at_once, last)
 }
 
 /// Both versions are served with the same fields (conversion `None`): a key created at

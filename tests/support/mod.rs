@@ -908,9 +908,11 @@ pub fn no_secret_in_logs_events_or_status(env: &Env) -> Result<()> {
                 }
             }
         }
+        // The accounts' keys are always there; without a delivered key as well, the scan
+        // would prove nothing about the keys the operator handled.
         ensure!(
-            secrets.len() > 5,
-            "too few keys to make the scan meaningful"
+            secrets.len() > env.config.accounts.len(),
+            "no delivered key to look for: the scan would be meaningless"
         );
         let log = env.operator_log()?;
         let events: Vec<k8s_openapi::api::events::v1::Event> = Api::all(env.client.clone())
