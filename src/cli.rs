@@ -8,12 +8,12 @@ use std::{
 
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 use prometheus_client::registry::Registry;
+use tenant_key_api::crd;
 use tracing_subscriber::EnvFilter;
 
 use crate::{
     allowed_hosts::AllowedHosts,
     controller::{self, Context, KeyLimits, Settings},
-    crd,
     http::{self, BindAddress},
     kube_client, leader,
     liveness::Liveness,
@@ -272,7 +272,7 @@ fn limit_malloc_arenas() {
 fn limit_malloc_arenas() {}
 
 fn parse_interval(value: &str) -> Result<Duration, String> {
-    crate::crd::parse_duration(value)
+    tenant_key_api::crd::parse_duration(value)
         .ok_or_else(|| format!("{value:?} is not a duration such as 1h, 30m or 0s"))
 }
 

@@ -15,10 +15,9 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{
-    controller::inventory::{Tally, Where},
-    crd::{PreviousKey, TenantSecurityKey},
-};
+use tenant_key_api::crd::{PreviousKey, TenantSecurityKey};
+
+use crate::controller::inventory::{Tally, Where};
 
 /// Prefix of every metric name.
 const PREFIX: &str = "tenant_key_operator";
@@ -338,14 +337,16 @@ fn encode_keys(
         "Status of the key's Ready condition (true, false or unknown): 1 for the current one",
         keys.iter().flat_map(|([namespace, name], key)| {
             let conditions = key.status.as_ref().map(|s| s.conditions.as_slice());
-            let current =
-                match crate::crd::find_condition(conditions.unwrap_or_default(), crate::crd::READY)
-                    .map(|c| c.status.as_str())
-                {
-                    Some("True") => "true",
-                    Some("False") => "false",
-                    _ => "unknown",
-                };
+            let current = match tenant_key_api::crd::find_condition(
+                conditions.unwrap_or_default(),
+                tenant_key_api::crd::READY,
+            )
+            .map(|c| c.status.as_str())
+            {
+                Some("True") => "true",
+                Some("False") => "false",
+                _ => "unknown",
+            };
             ["true", "false", "unknown"].map(|condition| {
                 (
                     [*namespace, *name, ("condition", condition)],
@@ -526,7 +527,7 @@ mod tests {
 
     #[test]
     fn the_inventory_reports_every_class_of_each_account_and_tenant() {
-        use crate::crd::KeyClass;
+        use tenant_key_api::crd::KeyClass;
         let place = Where {
             kind: "ImburseAccount",
             namespace: "payments".into(),

@@ -20,7 +20,7 @@ use support::{
     Env, FINALIZER, TestFn, create_namespace, create_secret, expect_single_key,
     no_secret_in_logs_events_or_status, poll, ready, wait_for,
 };
-use tenant_key_operator::crd::{ClusterImburseAccount, ImburseAccount};
+use tenant_key_api::crd::{ClusterImburseAccount, ImburseAccount};
 
 fn main() -> std::process::ExitCode {
     // Two Imburse accounts, so credentials can be swapped for another account's; live keys

@@ -22,7 +22,7 @@ use serde_json::json;
 use support::{
     Env, FINALIZER, TestFn, create_secret, created, expect_single_key, expect_single_key_at,
 };
-use tenant_key_operator::crd::ImburseAccount;
+use tenant_key_api::crd::ImburseAccount;
 
 fn main() -> std::process::ExitCode {
     let start = || {

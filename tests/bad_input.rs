@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 use support::{
     Env, TestFn, create_namespace, create_secret, expect_single_key_at, poll, ready, wait_for,
 };
-use tenant_key_operator::crd::{Condition, ImburseAccount, TenantSecurityKey};
+use tenant_key_api::crd::{Condition, ImburseAccount, TenantSecurityKey};
 
 /// How long each case keeps watching once its resources gave their answer. Reconciles, Imburse
 /// calls and writes are counted over this window; nothing is asserted about durations.

@@ -40,7 +40,7 @@ use support::{
     chart::{Helm, Mode, RELEASE, RELEASE_NAMESPACE, chart_dir, container_env, documents, kinds},
     create_namespace, create_secret, poll, ready, wait_for,
 };
-use tenant_key_operator::crd::{ClusterImburseAccount, ImburseAccount, TenantSecurityKey};
+use tenant_key_api::crd::{ClusterImburseAccount, ImburseAccount, TenantSecurityKey};
 use testenv::{ControlPlane, Operator};
 
 /// A namespace that a namespaced install must leave alone.
@@ -195,7 +195,7 @@ fn helm_upgrade_updates_the_crds() -> Result<()> {
             kubeconfig.as_os_str(),
         ])?;
         let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
-        for crd in tenant_key_operator::crd::all() {
+        for crd in tenant_key_api::crd::all() {
             ensure!(
                 crds.get_opt(&crd.name_any()).await?.is_some(),
                 "uninstalling deleted {}",
@@ -235,13 +235,13 @@ fn chart_variant(
         chart.join("files/crds")
     };
     std::fs::create_dir_all(&crd_dir)?;
-    for mut crd in tenant_key_operator::crd::all() {
+    for mut crd in tenant_key_api::crd::all() {
         if crd.spec.names.kind == "TenantSecurityKey" {
             edit(&mut crd);
         }
         std::fs::write(
-            crd_dir.join(tenant_key_operator::crd::file_name(&crd)),
-            tenant_key_operator::crd::to_yaml(&crd)?,
+            crd_dir.join(tenant_key_api::crd::file_name(&crd)),
+            tenant_key_api::crd::to_yaml(&crd)?,
         )?;
     }
     Ok(chart)
@@ -441,7 +441,7 @@ async fn install(
     );
 
     let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
-    for crd in tenant_key_operator::crd::all() {
+    for crd in tenant_key_api::crd::all() {
         let name = crd.name_any();
         tokio::time::timeout(
             WAIT,
@@ -595,7 +595,7 @@ async fn denied(client: &Client) -> Result<()> {
     Ok(())
 }
 
-fn verified(conditions: Option<&Vec<tenant_key_operator::crd::Condition>>) -> bool {
+fn verified(conditions: Option<&Vec<tenant_key_api::crd::Condition>>) -> bool {
     ready(conditions) == Some(("True", "CredentialsVerified"))
 }
 

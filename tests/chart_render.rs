@@ -18,7 +18,7 @@ use support::chart::{
     Helm, Mode, RELEASE, RELEASE_NAMESPACE, WATCHED, chart_dir, check_rules, container_env,
     default_kinds, documents, kinds, repository,
 };
-use tenant_key_operator::crd::{ClusterImburseAccount, ImburseAccount, TenantSecurityKey};
+use tenant_key_api::crd::{ClusterImburseAccount, ImburseAccount, TenantSecurityKey};
 
 fn main() -> std::process::ExitCode {
     support::chart::run(crate::named_tests![
@@ -85,7 +85,7 @@ fn chart_crds_are_the_generated_ones() -> Result<()> {
             )
         })
         .collect();
-    let generated = tenant_key_operator::crd::all();
+    let generated = tenant_key_api::crd::all();
     ensure!(
         crds.keys().eq(generated
             .iter()
@@ -226,13 +226,13 @@ fn artifact_hub_annotations_describe_the_crds() -> Result<()> {
             )
         })
         .collect();
-    let generated: BTreeSet<(String, String, String)> = tenant_key_operator::crd::all()
+    let generated: BTreeSet<(String, String, String)> = tenant_key_api::crd::all()
         .iter()
         .map(|c| {
             (
                 c.name_any(),
                 c.spec.names.kind.clone(),
-                tenant_key_operator::crd::VERSION.to_owned(),
+                tenant_key_api::crd::VERSION.to_owned(),
             )
         })
         .collect();

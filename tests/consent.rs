@@ -23,7 +23,7 @@ use support::{
     Env, TestFn, create_secret, deployment, expect_single_key, poll, public_key, request_rotation,
     template_state, wait_for, wait_replaced,
 };
-use tenant_key_operator::crd::TenantSecurityKey;
+use tenant_key_api::crd::TenantSecurityKey;
 
 fn main() -> std::process::ExitCode {
     let start = || Env::start(Config::generate(1, 4));

@@ -199,11 +199,8 @@ fn every_key_is_classified_and_only_the_leaked_one_is_revoked(env: &Env) -> Resu
     // No private key in what the operator wrote or the plugin printed.
     let account: Value = serde_json::to_value(
         env.block_on(
-            Api::<tenant_key_operator::crd::ImburseAccount>::namespaced(
-                env.client.clone(),
-                NAMESPACE,
-            )
-            .get("imburse"),
+            Api::<tenant_key_api::crd::ImburseAccount>::namespaced(env.client.clone(), NAMESPACE)
+                .get("imburse"),
         )?,
     )?;
     let written = format!(
@@ -329,7 +326,7 @@ async fn account_events(env: &Env) -> Result<Vec<(String, String)>> {
 /// Writes a revocation request by hand, as anyone who may annotate the account could, naming
 /// keys that are not leaked; returns the refusals of the answer.
 async fn forge_revocation(env: &Env, public_keys: &[&str]) -> Result<Vec<String>> {
-    use tenant_key_operator::crd::{
+    use tenant_key_api::crd::{
         AUDIT_REQUESTED_AT_ANNOTATION, ImburseAccount, REVOKE_LEAKED_ANNOTATION,
     };
     let accounts: Api<ImburseAccount> = Api::namespaced(env.client.clone(), NAMESPACE);

@@ -25,7 +25,7 @@ use support::{
     no_secret_in_logs_events_or_status, poll, public_key, ready, recorded_key, request_rotation,
     secret_key_pair, template_state, tenant_keys, wait_for, wait_replaced,
 };
-use tenant_key_operator::crd::ImburseAccount;
+use tenant_key_api::crd::ImburseAccount;
 
 fn main() -> std::process::ExitCode {
     // Live keys are checked at Imburse every three seconds, and keys rotate within seconds.

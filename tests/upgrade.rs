@@ -38,11 +38,11 @@ use libtest_mimic::{Arguments, Trial};
 use secrecy::ExposeSecret as _;
 use serde_json::json;
 use support::{create_namespace, poll, wait_for};
-use tenant_key_operator::{
-    controller::{intent, secret},
+use tenant_key_api::{
     crd::{self, DEFAULT_BASE_URL, ImburseAccount, TenantSecurityKey},
-    migrate,
+    key_secret, migrate,
 };
+use tenant_key_operator::controller::intent;
 
 const OPERATOR_NAMESPACE: &str = "tenant-key-operator";
 /// Field manager of the objects' user, as `kubectl create` would write them.
@@ -548,7 +548,7 @@ async fn take_over(
                 let mut released = restored.clone();
                 released
                     .annotations_mut()
-                    .remove(secret::OWNER_UID_ANNOTATION);
+                    .remove(key_secret::OWNER_UID_ANNOTATION);
                 compare_content(&released, &live)?;
                 ensure!(
                     live.owner_references().is_empty(),

@@ -12,7 +12,7 @@ use kube::{
 };
 use serde_json::json;
 use support::{Env, TestFn, no_secret_in_logs_events_or_status};
-use tenant_key_operator::crd::{self, DEFAULT_BASE_URL, ImburseAccount};
+use tenant_key_api::crd::{self, DEFAULT_BASE_URL, ImburseAccount};
 
 fn main() -> std::process::ExitCode {
     let start = || Env::start(Config::generate(1, 1));

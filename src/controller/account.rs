@@ -17,16 +17,16 @@ use kube::{
     },
 };
 use serde::{Serialize, de::DeserializeOwned};
+use tenant_key_api::crd::{
+    AccountKind, AccountRef, AccountSpec, AccountStatus, ApiGeneration, Audit,
+    ClusterImburseAccount, Endpoint, ImburseAccount,
+};
 
 use super::{
     AccountStores, Context,
     error::{Error, Reason, Result},
     finalizer, inventory,
     status::{self, Outcome},
-};
-use crate::crd::{
-    AccountKind, AccountRef, AccountSpec, AccountStatus, ApiGeneration, Audit,
-    ClusterImburseAccount, Endpoint, ImburseAccount,
 };
 
 /// Behaviour shared by `ImburseAccount` and `ClusterImburseAccount`.
@@ -133,7 +133,7 @@ impl ResolvedAccount {
         let deleting = account.meta().deletion_timestamp.is_some();
         let ready = account.account_status().is_some_and(|s| {
             (deleting || s.observed_generation == account.meta().generation)
-                && crate::crd::is_true(&s.conditions, status::READY)
+                && tenant_key_api::crd::is_true(&s.conditions, status::READY)
         });
         Self {
             spec: spec.clone(),
@@ -410,10 +410,18 @@ async fn connect_to(
     let credentials = credentials(ctx, spec, secret_namespace).await?;
     Ok(ctx.imburse.account(imburse::AccountConfig {
         base_url: endpoint.base_url.clone(),
-        generation: endpoint.api_generation.into(),
+        generation: generation(endpoint),
         account_id: endpoint.account_id.clone(),
         credentials,
     })?)
+}
+
+/// The API generation an endpoint speaks, as the Imburse client names it.
+pub(crate) fn generation(endpoint: &Endpoint) -> imburse::ApiGeneration {
+    match endpoint.api_generation {
+        ApiGeneration::Seed => imburse::ApiGeneration::Seed,
+        ApiGeneration::Current => imburse::ApiGeneration::Current,
+    }
 }
 
 /// The account's key pair: kept from a recent read (see [`super::credentials`]), else read
@@ -504,7 +512,7 @@ pub async fn reconcile<A: AccountResource>(account: Arc<A>, ctx: Arc<Context>) -
                 let revoke = inventory::requested_revocations(
                     account
                         .annotations()
-                        .get(crate::crd::REVOKE_LEAKED_ANNOTATION)
+                        .get(tenant_key_api::crd::REVOKE_LEAKED_ANNOTATION)
                         .map(String::as_str),
                 );
                 next.audit = Some(inventory::audit(&ctx, account.as_ref(), request, &revoke).await);
@@ -596,7 +604,7 @@ fn audit_request<'a, A: AccountResource>(
 ) -> Option<&'a str> {
     let request = account
         .annotations()
-        .get(crate::crd::AUDIT_REQUESTED_AT_ANNOTATION)?;
+        .get(tenant_key_api::crd::AUDIT_REQUESTED_AT_ANNOTATION)?;
     let answered = status.audit.as_ref().map(|a| &a.request);
     (answered != Some(request) && !request.is_empty()).then_some(request.as_str())
 }
@@ -612,7 +620,7 @@ fn audit_wait(last: Option<&Audit>) -> Option<Duration> {
 }
 
 fn ready_reason(status: &AccountStatus) -> Option<(&str, &str)> {
-    crate::crd::find_condition(&status.conditions, status::READY)
+    tenant_key_api::crd::find_condition(&status.conditions, status::READY)
         .map(|c| (c.status.as_str(), c.reason.as_str()))
 }
 

@@ -13,6 +13,7 @@ use kube::{
     core::PartialObjectMeta,
     runtime::reflector::{ObjectRef, Store},
 };
+use tenant_key_api::crd::{self, ClusterImburseAccount, ImburseAccount, TenantSecurityKey};
 
 use super::{
     FIELD_MANAGER,
@@ -22,9 +23,9 @@ use super::{
     events::Recorder,
     retry::Retries,
 };
+
 use crate::{
     allowed_hosts::AllowedHosts,
-    crd::{self, ClusterImburseAccount, ImburseAccount, TenantSecurityKey},
     liveness::Liveness,
     metrics::{AccountReadiness, Metrics},
 };

@@ -33,7 +33,7 @@
 //! targets are restarted (an idempotent patch of their pod template) once per key change,
 //! before the change is recorded as rolled out.
 
-use crate::crd::{AccountRef, DeletionPolicy, Endpoint};
+use tenant_key_api::crd::{AccountRef, DeletionPolicy, Endpoint};
 
 /// Most replaced keys that may wait for revocation at once.
 pub const MAX_PREVIOUS_KEYS: usize = 10;
@@ -357,7 +357,7 @@ fn secret_from_attempt(secret: &SecretState, attempt: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{AccountKind, ApiGeneration};
+    use tenant_key_api::crd::{AccountKind, ApiGeneration};
 
     fn endpoint(base_url: &str) -> Endpoint {
         Endpoint {

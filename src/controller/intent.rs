@@ -24,7 +24,7 @@ pub const ANNOTATION: &str = "imbursepayments.com/create-pending";
 const MARKER: &str = " #tko:";
 
 /// What one creation attempt asked Imburse for, as the status records it.
-pub type Intent = crate::crd::CreateIntent;
+pub type Intent = tenant_key_api::crd::CreateIntent;
 
 /// An intent as found on a resource.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -136,7 +136,7 @@ pub fn made_for(name: &str, uid: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{AccountKind, AccountRef, ApiGeneration, Endpoint};
+    use tenant_key_api::crd::{AccountKind, AccountRef, ApiGeneration, Endpoint};
 
     fn to_annotation(intent: &Intent) -> String {
         serde_json::to_string(intent).unwrap()

@@ -27,17 +27,20 @@ use kube::{
     core::PartialObjectMeta,
     runtime::{events::EventType, reflector::ObjectRef},
 };
+use tenant_key_api::{
+    crd::{
+        AccountKind, AccountRef, Audit, AuditedKey, ClusterImburseAccount, Endpoint,
+        ImburseAccount, KeyClass, TenantSecurityKey,
+    },
+    key_secret,
+};
 
 use super::{
     Context,
     account::{self, AccountResource, Purpose},
     error::Result,
     intent::{self, Recorded},
-    scoped, secret, status,
-};
-use crate::crd::{
-    AccountKind, AccountRef, Audit, AuditedKey, ClusterImburseAccount, Endpoint, ImburseAccount,
-    KeyClass, TenantSecurityKey,
+    scoped, status,
 };
 
 /// What the cluster holds that makes a key at Imburse managed, and this cluster's id.
@@ -109,8 +112,8 @@ impl Known {
             let annotations = meta.annotations.as_ref();
             let get = |name: &str| annotations.and_then(|a| a.get(name)).cloned();
             if let (Some(uid), Some(attempt)) = (
-                get(secret::OWNER_UID_ANNOTATION),
-                get(secret::ATTEMPT_ANNOTATION),
+                get(key_secret::OWNER_UID_ANNOTATION),
+                get(key_secret::ATTEMPT_ANNOTATION),
             ) {
                 let owner = format!(
                     "Secret {}/{} (retained)",
@@ -221,8 +224,8 @@ fn sees_whole_cluster(ctx: &Context) -> bool {
 async fn operator_secrets(ctx: &Context) -> Result<Vec<ObjectMeta>> {
     let selector = ListParams::default().labels(&format!(
         "{}={}",
-        secret::MANAGED_BY_LABEL,
-        secret::MANAGED_BY_VALUE
+        key_secret::MANAGED_BY_LABEL,
+        key_secret::MANAGED_BY_VALUE
     ));
     let mut all = Vec::new();
     for scope in ctx.settings.scopes() {
@@ -525,7 +528,7 @@ async fn fresh(ctx: &Context) -> Result<Known> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{CreateIntent, PreviousKey, TenantSecurityKeyStatus};
+    use tenant_key_api::crd::{CreateIntent, PreviousKey, TenantSecurityKeyStatus};
 
     const HERE: &str = "0a1b2c3d4e5f";
     const THERE: &str = "f5e4d3c2b1a0";
@@ -625,8 +628,8 @@ mod tests {
                 name: Some("kept".into()),
                 annotations: Some(
                     [
-                        (secret::OWNER_UID_ANNOTATION.to_owned(), UID.to_owned()),
-                        (secret::ATTEMPT_ANNOTATION.to_owned(), "a1".to_owned()),
+                        (key_secret::OWNER_UID_ANNOTATION.to_owned(), UID.to_owned()),
+                        (key_secret::ATTEMPT_ANNOTATION.to_owned(), "a1".to_owned()),
                     ]
                     .into(),
                 ),

@@ -42,10 +42,13 @@ use kube::{
 pub use context::{AccountStores, Context, KeyLimits, Settings};
 pub use error::{Error, Result};
 
-use crate::crd::{AccountKind, ClusterImburseAccount, ImburseAccount, TenantSecurityKey};
 use account::AccountResource;
 use echo::SecretEvent;
 use retry::{error_policy, with_backoff_reset};
+use tenant_key_api::{
+    crd::{AccountKind, ClusterImburseAccount, ImburseAccount, TenantSecurityKey},
+    key_secret,
+};
 
 /// Field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "tenant-key-operator";
@@ -96,15 +99,15 @@ fn secret_triggers(secret: &PartialObjectMeta<Secret>) -> Vec<ObjectRef<TenantSe
     };
     let managed = secret
         .labels()
-        .get(secret::MANAGED_BY_LABEL)
+        .get(key_secret::MANAGED_BY_LABEL)
         .map(String::as_str)
-        == Some(secret::MANAGED_BY_VALUE);
+        == Some(key_secret::MANAGED_BY_VALUE);
     let owner = managed
-        .then(|| secret::owner_name(secret.labels(), secret.annotations()))
+        .then(|| key_secret::owner_name(secret.labels(), secret.annotations()))
         .flatten();
     let adopter = secret
         .annotations()
-        .get(secret::ADOPT_BY_ANNOTATION)
+        .get(key_secret::ADOPT_BY_ANNOTATION)
         .map(|name| name.trim().to_owned());
     owner
         .into_iter()
@@ -444,7 +447,7 @@ mod tests {
     fn the_cache_keeps_only_what_reconciles_read() {
         let read = [
             intent::ANNOTATION,
-            crate::crd::ROTATE_REQUESTED_AT_ANNOTATION,
+            tenant_key_api::crd::ROTATE_REQUESTED_AT_ANNOTATION,
         ];
         let mut annotations: BTreeMap<String, String> = read
             .iter()
@@ -498,17 +501,17 @@ mod tests {
         let key = |name: &str| ObjectRef::<TenantSecurityKey>::new(name).within("team-a");
         let owned = secret(
             &[
-                (secret::MANAGED_BY_LABEL, secret::MANAGED_BY_VALUE),
-                (secret::OWNER_LABEL, "pay"),
+                (key_secret::MANAGED_BY_LABEL, key_secret::MANAGED_BY_VALUE),
+                (key_secret::OWNER_LABEL, "pay"),
             ],
             &[],
         );
         assert_eq!(secret_triggers(&owned), [key("pay")]);
-        let consenting = secret(&[], &[(secret::ADOPT_BY_ANNOTATION, " pay ")]);
+        let consenting = secret(&[], &[(key_secret::ADOPT_BY_ANNOTATION, " pay ")]);
         assert_eq!(secret_triggers(&consenting), [key("pay")]);
         assert!(secret_triggers(&secret(&[], &[])).is_empty());
         // The owner label alone, without the operator's mark, is no Secret of the operator's.
-        let unmanaged = secret(&[(secret::OWNER_LABEL, "pay")], &[]);
+        let unmanaged = secret(&[(key_secret::OWNER_LABEL, "pay")], &[]);
         assert!(secret_triggers(&unmanaged).is_empty());
     }
 }

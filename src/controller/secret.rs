@@ -1,41 +1,23 @@
 //! The Secret that delivers a key: how it is built from the spec and how an existing one is read.
-//! Pure functions; the reconciler does the API calls.
+//! Pure functions; the reconciler does the API calls. What the Secret promises its readers (its
+//! labels, annotations, entry names and fingerprint) is in [`tenant_key_api::key_secret`].
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{Resource, ResourceExt, api::ObjectMeta};
 use secrecy::{ExposeSecret, SecretString};
-use sha2::{Digest, Sha256};
+use tenant_key_api::{
+    crd::{DeletionPolicy, TenantSecurityKey, is_allowed_secret_type},
+    key_secret::{
+        ADOPT_BY_ANNOTATION, ATTEMPT_ANNOTATION, ENTRIES_ANNOTATION, EntryNames,
+        FINGERPRINT_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, MAX_LABEL_VALUE, OWNER_LABEL,
+        OWNER_NAME_ANNOTATION, OWNER_UID_ANNOTATION, controlled_by, entry, is_owned_by,
+        owner_label_value, secret_name,
+    },
+};
 
 use super::decision::SecretState;
-use crate::crd::{DeletionPolicy, SecretKeyNames, TenantSecurityKey, is_allowed_secret_type};
-
-/// Label on every Secret the operator writes; the operator watches only Secrets carrying it.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY_VALUE: &str = "tenant-key-operator";
-/// Label naming the TenantSecurityKey a Secret belongs to.
-pub const OWNER_LABEL: &str = "imbursepayments.com/tenant-security-key";
-/// Annotation naming the TenantSecurityKey a Secret belongs to when the name is too long for a
-/// label value (63 characters; a resource name may have 253).
-pub const OWNER_NAME_ANNOTATION: &str = "imbursepayments.com/tenant-security-key";
-/// Longest label value the API server takes.
-const MAX_LABEL_VALUE: usize = 63;
-/// Annotation with the fingerprint of the key material, for reloaders.
-pub const FINGERPRINT_ANNOTATION: &str = "imbursepayments.com/key-fingerprint";
-/// Annotation with the creation attempt that wrote the key, to recover after a crash.
-pub const ATTEMPT_ANNOTATION: &str = "imbursepayments.com/create-attempt";
-/// Annotation naming (by uid) the TenantSecurityKey that owns a Secret kept with `Retain`, or
-/// one that holds entries the operator did not write. Such a Secret has no owner reference:
-/// the garbage collector must never race the operator for it (a foreground deletion of the
-/// resource deletes every dependent at once), nor delete what others keep in it.
-pub const OWNER_UID_ANNOTATION: &str = "imbursepayments.com/owner-uid";
-/// Annotation listing (comma-separated) the entries the operator wrote into the Secret: the
-/// entries of others are told apart by it, also after the spec renamed its entries.
-pub const ENTRIES_ANNOTATION: &str = "imbursepayments.com/entries";
-/// Annotation by which whoever may write a Secret consents to its adoption (`spec.adopt`) by
-/// the TenantSecurityKey it names. Set by people, never by the operator.
-pub const ADOPT_BY_ANNOTATION: &str = "imbursepayments.com/adopt-by";
 
 /// A key pair in memory. The private key is never logged or printed.
 pub struct KeyMaterial {
@@ -44,15 +26,9 @@ pub struct KeyMaterial {
 }
 
 impl KeyMaterial {
-    /// `sha256:<hex>` over both keys: identifies the material without revealing it.
+    /// See [`tenant_key_api::key_secret::fingerprint`].
     pub fn fingerprint(&self) -> String {
-        let mut hasher = Sha256::new();
-        hasher.update(self.public_key.as_bytes());
-        hasher.update(b"\n");
-        hasher.update(self.private_key.expose_secret().as_bytes());
-        let digest = hasher.finalize();
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        format!("sha256:{hex}")
+        tenant_key_api::key_secret::fingerprint(&self.public_key, self.private_key.expose_secret())
     }
 }
 
@@ -63,47 +39,9 @@ pub struct KeyContext<'a> {
     pub base_url: &'a str,
 }
 
-/// Effective entry names inside the Secret.
-struct EntryNames<'a> {
-    public_key: &'a str,
-    private_key: &'a str,
-    tenant_id: &'a str,
-    account_id: &'a str,
-    base_url: &'a str,
-}
-
-impl<'a> EntryNames<'a> {
-    fn of(names: Option<&'a SecretKeyNames>) -> Self {
-        let get = |f: fn(&'a SecretKeyNames) -> &'a Option<String>, default: &'a str| {
-            names.and_then(|n| f(n).as_deref()).unwrap_or(default)
-        };
-        Self {
-            public_key: get(|n| &n.public_key, "publicKey"),
-            private_key: get(|n| &n.private_key, "privateKey"),
-            tenant_id: get(|n| &n.tenant_id, "tenantId"),
-            account_id: get(|n| &n.account_id, "accountId"),
-            base_url: get(|n| &n.base_url, "baseUrl"),
-        }
-    }
-
-    fn all(&self) -> [&'a str; 5] {
-        [
-            self.public_key,
-            self.private_key,
-            self.tenant_id,
-            self.account_id,
-            self.base_url,
-        ]
-    }
-}
-
-fn entry_names(tsk: &TenantSecurityKey) -> EntryNames<'_> {
-    EntryNames::of(tsk.spec.secret.as_ref().and_then(|s| s.keys.as_ref()))
-}
-
 /// Problems with the Secret part of a spec, found before anything is written.
 pub fn validate(tsk: &TenantSecurityKey) -> Result<(), String> {
-    let names = entry_names(tsk).all();
+    let names = EntryNames::of_key(tsk).all();
     for name in names {
         let valid = !name.is_empty()
             && name.len() <= 253
@@ -150,7 +88,6 @@ pub fn validate(tsk: &TenantSecurityKey) -> Result<(), String> {
     Ok(())
 }
 
-/// Name of the target Secret.
 /// Whether the Secret carries anything the operator did not check itself: labels and
 /// annotations from the spec, whose values only the API server validates. Everything else (the
 /// name, the type, the entry names) is checked by [`validate`] and the CRD schema, so the
@@ -160,14 +97,6 @@ pub fn has_unchecked_metadata(tsk: &TenantSecurityKey) -> bool {
         .secret
         .as_ref()
         .is_some_and(|t| !t.labels.is_empty() || !t.annotations.is_empty())
-}
-
-pub fn secret_name(tsk: &TenantSecurityKey) -> String {
-    tsk.spec
-        .secret
-        .as_ref()
-        .and_then(|s| s.name.clone())
-        .unwrap_or_else(|| tsk.name_any())
 }
 
 /// The Secret type; an empty value (an unset Helm value) means the default, as the API server
@@ -202,37 +131,6 @@ fn desired_labels(tsk: &TenantSecurityKey) -> BTreeMap<String, String> {
     labels
 }
 
-/// The owner label's value: the resource's name where it fits a label value, else a prefix of
-/// it and a hash of the whole, joined by `_`, which no resource name contains (such a Secret
-/// also names its owner in [`OWNER_NAME_ANNOTATION`]).
-pub fn owner_label_value(name: &str) -> String {
-    if name.len() <= MAX_LABEL_VALUE {
-        return name.to_owned();
-    }
-    let digest = Sha256::digest(name.as_bytes());
-    let hash: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    let prefix: String = name
-        .chars()
-        .take(MAX_LABEL_VALUE - hash.len() - 1)
-        .collect();
-    format!("{}_{hash}", prefix.trim_end_matches(['-', '.']))
-}
-
-/// The name of the TenantSecurityKey a Secret's labels and annotations name as its owner.
-pub fn owner_name(
-    labels: &BTreeMap<String, String>,
-    annotations: &BTreeMap<String, String>,
-) -> Option<String> {
-    let label = labels.get(OWNER_LABEL)?;
-    if !label.contains('_') {
-        return Some(label.clone());
-    }
-    annotations
-        .get(OWNER_NAME_ANNOTATION)
-        .filter(|name| owner_label_value(name) == *label)
-        .cloned()
-}
-
 fn template_annotations(tsk: &TenantSecurityKey) -> BTreeMap<String, String> {
     tsk.spec
         .secret
@@ -262,7 +160,7 @@ pub fn build(
     attempt: &str,
     over: Option<&Secret>,
 ) -> Secret {
-    let names = entry_names(tsk);
+    let names = EntryNames::of_key(tsk);
     let mut data: BTreeMap<String, ByteString> = context_entries(&names, ctx)
         .into_iter()
         .map(|(k, v)| (k, ByteString(v.into_bytes())))
@@ -310,52 +208,13 @@ pub fn build(
     }
 }
 
-fn entry<'s>(secret: &'s Secret, name: &str) -> Option<&'s str> {
-    secret
-        .data
-        .as_ref()?
-        .get(name)
-        .and_then(|v| std::str::from_utf8(&v.0).ok())
-        .filter(|v| !v.is_empty())
-}
-
 /// The key pair stored in a Secret, if both entries are present.
 pub fn material(tsk: &TenantSecurityKey, secret: &Secret) -> Option<KeyMaterial> {
-    material_named(&entry_names(tsk), secret)
-}
-
-fn material_named(names: &EntryNames<'_>, secret: &Secret) -> Option<KeyMaterial> {
+    let names = EntryNames::of_key(tsk);
     Some(KeyMaterial {
         public_key: entry(secret, names.public_key)?.to_owned(),
         private_key: SecretString::from(entry(secret, names.private_key)?),
     })
-}
-
-/// What a key Secret holds, without the private key, which enters only the fingerprint: for
-/// tools that show a Secret to people.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StoredKey {
-    pub public_key: Option<String>,
-    /// Fingerprint of the stored pair, as [`KeyMaterial::fingerprint`] computes it; absent
-    /// unless both halves are present.
-    pub fingerprint: Option<String>,
-    pub tenant_id: Option<String>,
-    pub account_id: Option<String>,
-    pub base_url: Option<String>,
-}
-
-/// Reads a key Secret with the entry names of a spec's `secret.keys` (the defaults when
-/// `names` is absent, e.g. for a Secret whose resource is unknown).
-pub fn stored_key(names: Option<&SecretKeyNames>, secret: &Secret) -> StoredKey {
-    let names = EntryNames::of(names);
-    let get = |name: &str| entry(secret, name).map(str::to_owned);
-    StoredKey {
-        public_key: get(names.public_key),
-        fingerprint: material_named(&names, secret).map(|m| m.fingerprint()),
-        tenant_id: get(names.tenant_id),
-        account_id: get(names.account_id),
-        base_url: get(names.base_url),
-    }
 }
 
 /// Key material that satisfies every check the API server makes, for a dry run of the write
@@ -365,23 +224,6 @@ pub fn placeholder() -> KeyMaterial {
         public_key: "00000000-0000-0000-0000-000000000000".into(),
         private_key: SecretString::from("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
     }
-}
-
-fn controlled_by(secret: &Secret, tsk: &TenantSecurityKey) -> bool {
-    let uid = tsk.uid();
-    secret
-        .owner_references()
-        .iter()
-        .any(|r| r.controller == Some(true) && Some(&r.uid) == uid.as_ref())
-}
-
-/// Whether the Secret belongs to the TenantSecurityKey: it is the Secret's controller, or (for
-/// `Retain`) the Secret names its uid.
-pub fn is_owned_by(secret: &Secret, tsk: &TenantSecurityKey) -> bool {
-    controlled_by(secret, tsk)
-        || tsk
-            .uid()
-            .is_some_and(|uid| secret.annotations().get(OWNER_UID_ANNOTATION) == Some(&uid))
 }
 
 /// Reads what the reconciler needs to know about the target Secret. Without a context (while
@@ -397,7 +239,7 @@ pub fn observe(
     if !is_owned_by(secret, tsk) {
         return SecretState::NotOwned;
     }
-    let names = entry_names(tsk);
+    let names = EntryNames::of_key(tsk);
     let contains_all = |have: &BTreeMap<String, String>, want: BTreeMap<String, String>| {
         want.iter().all(|(k, v)| have.get(k) == Some(v))
     };
@@ -426,7 +268,7 @@ pub fn observe(
 /// operator has not written yet (or wrote before it kept that list), those the spec does not
 /// name. The operator never changes or removes them, and never deletes a Secret that holds any.
 pub fn foreign_entries<'s>(tsk: &TenantSecurityKey, secret: &'s Secret) -> Vec<&'s str> {
-    let names = entry_names(tsk).all();
+    let names = EntryNames::of_key(tsk).all();
     let written: Option<Vec<&str>> = secret
         .annotations()
         .get(ENTRIES_ANNOTATION)
@@ -511,7 +353,7 @@ pub fn adoption_refusal(
             "its owner has not consented; whoever may write the Secret consents by annotating it with {ADOPT_BY_ANNOTATION}={name}"
         ));
     }
-    let names = entry_names(tsk);
+    let names = EntryNames::of_key(tsk);
     if let Some(entry) = context_entries(&names, ctx).into_iter().find_map(|(k, v)| {
         entry(secret, &k)
             .filter(|have| *have != v)
@@ -573,8 +415,12 @@ pub fn strip_patch(tsk: &TenantSecurityKey, secret: &Secret) -> Option<serde_jso
 mod tests {
     use kube::api::ObjectMeta;
 
+    use tenant_key_api::{
+        crd::{AccountKind, AccountRef, SecretKeyNames, SecretTemplate, TenantSecurityKeySpec},
+        key_secret::{StoredKey, stored_key},
+    };
+
     use super::*;
-    use crate::crd::{AccountKind, AccountRef, SecretTemplate, TenantSecurityKeySpec};
 
     fn tsk(template: Option<SecretTemplate>) -> TenantSecurityKey {
         let mut tsk = TenantSecurityKey::new(
@@ -961,29 +807,5 @@ mod tests {
         assert!(!annotations.contains_key(ADOPT_BY_ANNOTATION));
         assert!(patch["metadata"]["labels"][MANAGED_BY_LABEL].is_null());
         assert_eq!(strip_patch(&t, &build(&t, &key(), &CTX, "a1", None)), None);
-    }
-
-    #[test]
-    fn owner_labels_fit_any_resource_name() {
-        let long = "a".repeat(250);
-        let value = owner_label_value(&long);
-        assert!(value.len() <= MAX_LABEL_VALUE, "{value}");
-        assert_ne!(value, owner_label_value(&format!("{}b", "a".repeat(249))));
-        let labels = BTreeMap::from([(OWNER_LABEL.to_owned(), value)]);
-        let annotations = BTreeMap::from([(OWNER_NAME_ANNOTATION.to_owned(), long.clone())]);
-        assert_eq!(owner_name(&labels, &annotations), Some(long));
-        // An annotation that does not hash to the label names nobody.
-        let forged = BTreeMap::from([(OWNER_NAME_ANNOTATION.to_owned(), "other".to_owned())]);
-        assert_eq!(owner_name(&labels, &forged), None);
-        assert_eq!(owner_label_value("pay"), "pay");
-        let short = BTreeMap::from([(OWNER_LABEL.to_owned(), "pay".to_owned())]);
-        assert_eq!(owner_name(&short, &BTreeMap::new()), Some("pay".into()));
-    }
-
-    #[test]
-    fn fingerprint_hides_the_private_key() {
-        let fp = key().fingerprint();
-        assert!(fp.starts_with("sha256:"));
-        assert!(!fp.contains("AGHYR1"));
     }
 }

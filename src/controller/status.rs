@@ -8,11 +8,11 @@ use kube::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 use std::fmt::Debug;
+use tenant_key_api::crd::{Condition, ConditionStatus, set_condition};
 
 use super::{Context, FIELD_MANAGER, error::Error};
-use crate::crd::{Condition, ConditionStatus, set_condition};
 
-pub use crate::crd::READY;
+pub use tenant_key_api::crd::READY;
 pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
 

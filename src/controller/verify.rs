@@ -21,9 +21,9 @@ use kube::{
     ResourceExt,
     runtime::reflector::{ObjectRef, Store},
 };
+use tenant_key_api::crd::{AccountKind, AccountRef, Endpoint, TenantSecurityKey};
 
 use super::{Context, account, inventory, status};
-use crate::crd::{AccountKind, AccountRef, Endpoint, TenantSecurityKey};
 
 /// Keys that live in the same place: one listing answers for all of them.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -161,7 +161,7 @@ async fn confirmed_gone(
 /// reason.
 fn place_of(key: &TenantSecurityKey, listed_from: Timestamp) -> Option<(Place, Recorded)> {
     let s = key.status.as_ref()?;
-    let ready = crate::crd::is_true(&s.conditions, status::READY);
+    let ready = tenant_key_api::crd::is_true(&s.conditions, status::READY);
     if !ready
         || key.metadata.deletion_timestamp.is_some()
         || s.created_at.as_ref()?.0 >= listed_from

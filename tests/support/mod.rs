@@ -30,9 +30,7 @@ use kube::{
     runtime::reflector::ObjectRef,
 };
 use serde_json::json;
-use tenant_key_operator::crd::{
-    ClusterImburseAccount, Condition, ImburseAccount, TenantSecurityKey,
-};
+use tenant_key_api::crd::{ClusterImburseAccount, Condition, ImburseAccount, TenantSecurityKey};
 use testenv::{ControlPlane, Operator};
 
 /// How long a test waits for the operator to reach a state before it fails. A bound on
@@ -786,7 +784,7 @@ pub async fn request_rotation(env: &Env, ns: &str, name: &str, value: &str) -> R
             name,
             &kube::api::PatchParams::default(),
             &kube::api::Patch::Merge(json!({ "metadata": { "annotations": {
-                tenant_key_operator::crd::ROTATE_REQUESTED_AT_ANNOTATION: value,
+                tenant_key_api::crd::ROTATE_REQUESTED_AT_ANNOTATION: value,
             } } })),
         )
         .await?;

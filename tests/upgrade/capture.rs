@@ -14,10 +14,8 @@ use kube::{
     api::{ApiResource, DeleteParams, DynamicObject},
 };
 use serde_json::json;
-use tenant_key_operator::{
-    controller::FIELD_MANAGER,
-    crd::{ImburseAccount, TenantSecurityKey},
-};
+use tenant_key_api::crd::{ImburseAccount, TenantSecurityKey};
+use tenant_key_operator::controller::FIELD_MANAGER;
 
 use crate::fixture::{self, Expect, Fixture, ResourceOutcome, SecretOutcome};
 use crate::support::{Env, poll, wait_for};
@@ -417,7 +415,7 @@ impl Capture<'_> {
             name,
             &kube::api::PatchParams::default(),
             &kube::api::Patch::Merge(json!({ "metadata": { "annotations": {
-                tenant_key_operator::crd::ROTATE_REQUESTED_AT_ANNOTATION: "2026-11-27T12:00:00Z",
+                tenant_key_api::crd::ROTATE_REQUESTED_AT_ANNOTATION: "2026-11-27T12:00:00Z",
             } } })),
         )
         .await?;

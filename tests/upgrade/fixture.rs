@@ -13,7 +13,7 @@ use kube::{
     api::{DynamicObject, ObjectMeta},
 };
 use serde::{Deserialize, Serialize};
-use tenant_key_operator::crd::TenantSecurityKey;
+use tenant_key_api::crd::TenantSecurityKey;
 
 /// Where the fixtures live: one folder per operator version (`v0.1.0`), one file per state.
 pub fn root() -> PathBuf {

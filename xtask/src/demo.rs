@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use imburse_sandbox::{Config, Sandbox};
 use kube::{Api, api::ListParams};
-use tenant_key_operator::crd::{READY, TenantSecurityKey};
+use tenant_key_api::crd::{READY, TenantSecurityKey};
 use testenv::{ControlPlane, Operator};
 
 use crate::workspace::{self, step};
@@ -182,7 +182,7 @@ async fn wait_ready(keys: &Api<TenantSecurityKey>, log: &Path) -> Result<()> {
 fn is_ready(key: &TenantSecurityKey) -> bool {
     key.status
         .as_ref()
-        .is_some_and(|s| tenant_key_operator::crd::is_true(&s.conditions, READY))
+        .is_some_and(|s| tenant_key_api::crd::is_true(&s.conditions, READY))
 }
 
 fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Result<()> {

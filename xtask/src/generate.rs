@@ -32,9 +32,9 @@ const ARGOCD_KINDS: [(&str, &[&str]); 3] = [
 /// Every generated file: its path in the repository and its content.
 pub fn files(root: &Path) -> Result<Vec<(PathBuf, String)>> {
     let mut files = Vec::new();
-    for crd in tenant_key_operator::crd::all() {
-        let yaml = tenant_key_operator::crd::to_yaml(&crd)?;
-        let name = tenant_key_operator::crd::file_name(&crd);
+    for crd in tenant_key_api::crd::all() {
+        let yaml = tenant_key_api::crd::to_yaml(&crd)?;
+        let name = tenant_key_api::crd::file_name(&crd);
         files.push((Path::new("crds").join(&name), yaml.clone()));
         files.push((Path::new(CHART).join("files/crds").join(&name), yaml));
     }

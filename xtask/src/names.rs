@@ -80,7 +80,7 @@ impl Known {
             serde_yaml::from_str(&read(&root.join("charts/tenant-key-operator/values.yaml")))
                 .expect("values.yaml parses");
         value_paths(&values, "", &mut known.paths);
-        for crd in tenant_key_operator::crd::all() {
+        for crd in tenant_key_api::crd::all() {
             let crd = serde_json::to_value(&crd).expect("a CRD serializes");
             for version in crd["spec"]["versions"].as_array().into_iter().flatten() {
                 let schema = &version["schema"]["openAPIV3Schema"];

@@ -560,6 +560,7 @@ mod tests {
         for shipped in [
             "tenant-key-operator",
             "kubectl-tsk",
+            "tenant-key-api",
             "kube-client",
             "aws-lc-sys",
         ] {

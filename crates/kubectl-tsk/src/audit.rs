@@ -20,7 +20,7 @@ use kube::{
 };
 use serde::Serialize;
 use serde_json::json;
-use tenant_key_operator::crd::{
+use tenant_key_api::crd::{
     AUDIT_REQUESTED_AT_ANNOTATION, Audit, ClusterImburseAccount, ImburseAccount, KeyClass,
     REVOKE_LEAKED_ANNOTATION,
 };

@@ -117,7 +117,7 @@ pub enum Inspect {
 }
 
 fn parse_timeout(value: &str) -> Result<Duration, String> {
-    tenant_key_operator::crd::parse_duration(value)
+    tenant_key_api::crd::parse_duration(value)
         .ok_or_else(|| format!("{value:?} is not a duration such as 90s, 5m or 1h"))
 }
 

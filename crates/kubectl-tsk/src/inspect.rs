@@ -5,9 +5,9 @@ use anyhow::Result;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, ResourceExt, api::ListParams};
 use serde::Serialize;
-use tenant_key_operator::{
-    controller::secret::{FINGERPRINT_ANNOTATION, is_owned_by, stored_key},
+use tenant_key_api::{
     crd::TenantSecurityKey,
+    key_secret::{FINGERPRINT_ANNOTATION, is_owned_by, stored_key},
 };
 
 use crate::{

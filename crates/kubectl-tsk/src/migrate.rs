@@ -1,14 +1,14 @@
 //! `kubectl tsk migrate`: the stored-version migration of
-//! [`tenant_key_operator::migrate`], with what it did per CRD.
+//! [`tenant_key_api::migrate`], with what it did per CRD.
 
 use anyhow::{Result, bail};
 use kube::Client;
-use tenant_key_operator::{crd::VERSION, migrate::KindReport};
+use tenant_key_api::{crd::VERSION, migrate::KindReport};
 
 use crate::output::{self, Format};
 
 pub async fn run(client: &Client, format: Option<Format>) -> Result<()> {
-    let reports = tenant_key_operator::migrate::run(client).await?;
+    let reports = tenant_key_api::migrate::run(client).await?;
     let text = match format {
         Some(format) => output::render(format, &reports)?,
         None => reports.iter().map(describe).collect(),

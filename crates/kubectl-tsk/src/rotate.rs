@@ -12,7 +12,7 @@ use kube::{
 };
 use serde::Serialize;
 use serde_json::json;
-use tenant_key_operator::crd::{ROTATE_REQUESTED_AT_ANNOTATION, TenantSecurityKey};
+use tenant_key_api::crd::{ROTATE_REQUESTED_AT_ANNOTATION, TenantSecurityKey};
 use tokio::task::JoinSet;
 
 use crate::{
@@ -43,7 +43,7 @@ pub struct Rotation {
 pub fn handled(tsk: &TenantSecurityKey, requested_at: &str) -> bool {
     tsk.status.as_ref().is_some_and(|s| {
         s.last_handled_rotate_request.as_deref() == Some(requested_at)
-            && tenant_key_operator::crd::is_true(&s.conditions, tenant_key_operator::crd::READY)
+            && tenant_key_api::crd::is_true(&s.conditions, tenant_key_api::crd::READY)
     })
 }
 
@@ -226,7 +226,7 @@ async fn wait(
 #[cfg(test)]
 mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-    use tenant_key_operator::crd::TenantSecurityKeyStatus;
+    use tenant_key_api::crd::TenantSecurityKeyStatus;
 
     use super::*;
 

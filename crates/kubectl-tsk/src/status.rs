@@ -8,12 +8,12 @@ use k8s_openapi::{
 };
 use kube::{Api, Client, ResourceExt, api::ListParams};
 use serde::Serialize;
-use tenant_key_operator::{
-    controller::secret::{FINGERPRINT_ANNOTATION, secret_name, stored_key},
+use tenant_key_api::{
     crd::{
         AccountKind, ClusterImburseAccount, ImburseAccount, PreviousKey, READY,
         ROTATE_REQUESTED_AT_ANNOTATION, TenantSecurityKey, find_condition,
     },
+    key_secret::{FINGERPRINT_ANNOTATION, secret_name, stored_key},
 };
 
 use crate::{
@@ -517,7 +517,7 @@ fn summary_table(summaries: &[KeySummary], with_namespace: bool, now: Timestamp)
 mod tests {
     use k8s_openapi::api::events::v1::EventSeries;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-    use tenant_key_operator::crd::AccountRef;
+    use tenant_key_api::crd::AccountRef;
 
     use super::*;
 

@@ -13,6 +13,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use k8s_openapi::{
+    ByteString,
     api::{
         apps::v1::Deployment,
         core::v1::{Namespace, Secret},
@@ -27,12 +28,14 @@ use kube::{
     runtime::events::{Event, EventType, Recorder, Reporter},
 };
 use libtest_mimic::{Arguments, Trial};
-use secrecy::SecretString;
 use serde_json::{Value, json};
-use tenant_key_operator::{
-    controller::secret::{self, KeyContext, KeyMaterial},
+use tenant_key_api::{
     crd::{
         ClusterImburseAccount, ImburseAccount, ROTATE_REQUESTED_AT_ANNOTATION, TenantSecurityKey,
+    },
+    key_secret::{
+        EntryNames, FINGERPRINT_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, OWNER_LABEL,
+        fingerprint, owner_label_value, secret_name,
     },
 };
 use testenv::ControlPlane;
@@ -292,19 +295,12 @@ impl World {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(private_key.clone());
-        let key = KeyMaterial {
-            public_key: format!("public-key-of-{name}"),
-            private_key: SecretString::from(private_key),
-        };
-        let context = KeyContext {
-            tenant_id: TENANT,
-            account_id: Some(ACCOUNT_ID),
-            base_url: BASE_URL,
-        };
+        let public_key = format!("public-key-of-{name}");
+        let fingerprint = fingerprint(&public_key, &private_key);
         Api::<Secret>::namespaced(self.client.clone(), namespace)
             .create(
                 &PostParams::default(),
-                &secret::build(&tsk, &key, &context, "attempt-1", None),
+                &key_secret(&tsk, &public_key, &private_key, &fingerprint),
             )
             .await?;
         let now = Timestamp::now();
@@ -316,11 +312,11 @@ impl World {
                 condition("Reconciling", "False", "KeyReady", "the key is in the Secret"),
                 condition("Stalled", "False", "KeyReady", "the key is in the Secret"),
             ],
-            "publicKey": key.public_key,
+            "publicKey": public_key,
             "keyName": format!("{namespace}/{name}"),
             "secretName": name,
             "createdAt": created.to_string(),
-            "fingerprint": key.fingerprint(),
+            "fingerprint": fingerprint,
             "tenantId": TENANT,
             "accountRef": {"kind": "ImburseAccount", "name": "imburse"},
             "endpoint": {"baseUrl": BASE_URL, "apiGeneration": "seed", "accountId": ACCOUNT_ID},
@@ -357,7 +353,48 @@ impl World {
                 &tsk.object_ref(&()),
             )
             .await?;
-        Ok(key.fingerprint())
+        Ok(fingerprint)
+    }
+}
+
+/// The Secret of a key as the operator writes it (the key Secret's contract of
+/// `tenant_key_api::key_secret`): owned by the resource, labelled, annotated with the key's
+/// fingerprint, with the default entries.
+fn key_secret(
+    tsk: &TenantSecurityKey,
+    public_key: &str,
+    private_key: &str,
+    fingerprint: &str,
+) -> Secret {
+    let names = EntryNames::of_key(tsk);
+    let data = [
+        (names.public_key, public_key),
+        (names.private_key, private_key),
+        (names.tenant_id, TENANT),
+        (names.account_id, ACCOUNT_ID),
+        (names.base_url, BASE_URL),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_owned(), ByteString(value.as_bytes().to_vec())))
+    .collect();
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(secret_name(tsk)),
+            namespace: tsk.namespace(),
+            labels: Some(BTreeMap::from([
+                (MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned()),
+                (OWNER_LABEL.to_owned(), owner_label_value(&tsk.name_any())),
+            ])),
+            annotations: Some(BTreeMap::from([(
+                FINGERPRINT_ANNOTATION.to_owned(),
+                fingerprint.to_owned(),
+            )])),
+            owner_references: tsk.controller_owner_ref(&()).map(|r| vec![r]),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".to_owned()),
+        data: Some(data),
+        ..Secret::default()
     }
 }
 

@@ -5,15 +5,15 @@ use kube::{
     api::{Patch, PatchParams},
     runtime::events::EventType,
 };
+use tenant_key_api::crd::Endpoint;
 
 use super::Run;
 use crate::controller::{
-    FIELD_MANAGER,
+    FIELD_MANAGER, account,
     error::{Error, Result},
     intent::{self, Intent, Recorded},
     secret::{self, KeyMaterial},
 };
-use crate::crd::Endpoint;
 
 impl Run<'_> {
     /// Whether the pair found in a Secret gets a token at `endpoint`: proof that whoever wrote
@@ -30,7 +30,7 @@ impl Run<'_> {
         imburse::authenticate(
             &self.ctx.imburse,
             &endpoint.base_url,
-            endpoint.api_generation.into(),
+            account::generation(endpoint),
             &pair,
         )
         .await?;

@@ -8,6 +8,10 @@ use kube::{
     runtime::events::EventType,
 };
 use serde_json::json;
+use tenant_key_api::{
+    crd::{AccountRef, DeletionPolicy, Endpoint, PreviousKey, TenantSecurityKey},
+    key_secret,
+};
 
 use super::{FINALIZER, KIND, Run, human_name, revoke::revoke};
 use crate::controller::{
@@ -19,7 +23,6 @@ use crate::controller::{
     secret::{self, KeyMaterial},
     status,
 };
-use crate::crd::{AccountRef, DeletionPolicy, Endpoint, PreviousKey, TenantSecurityKey};
 
 impl Run<'_> {
     /// The account's client, connected once per reconcile.
@@ -262,7 +265,7 @@ impl Run<'_> {
             .secret
             .as_ref()
             .filter(|_| secret_kept)
-            .filter(|s| secret::is_owned_by(s, self.tsk))
+            .filter(|s| key_secret::is_owned_by(s, self.tsk))
             .and_then(|s| secret::material(self.tsk, s))
             .map(|m| m.public_key);
         let known: Vec<&str> = self

@@ -10,6 +10,7 @@ use kube::{
     runtime::events::EventType,
 };
 use serde_json::json;
+use tenant_key_api::key_secret;
 
 use super::Run;
 use crate::controller::{
@@ -33,7 +34,7 @@ impl Run<'_> {
         let owned = self
             .secret
             .as_ref()
-            .filter(|s| secret::is_owned_by(s, self.tsk));
+            .filter(|s| key_secret::is_owned_by(s, self.tsk));
         let placeholder = secret::build(self.tsk, &secret::placeholder(), &ctx, "dry-run", owned);
         if let Some(found) = owned {
             self.keeps_foreign_entries(found, &placeholder)?;
@@ -145,7 +146,7 @@ impl Run<'_> {
         let mut desired = secret::build(self.tsk, material, &ctx, attempt, self.secret.as_ref());
         let mut existing = self.secret.clone();
         if let Some(found) = &existing {
-            if !secret::is_owned_by(found, self.tsk) {
+            if !key_secret::is_owned_by(found, self.tsk) {
                 return Err(Error::SecretConflict(self.desired.secret_name.clone()));
             }
             self.keeps_foreign_entries(found, &desired)?;
@@ -293,7 +294,7 @@ impl Run<'_> {
             "metadata": {
                 "resourceVersion": existing.resource_version(),
                 "ownerReferences": owners,
-                "annotations": { secret::OWNER_UID_ANNOTATION: null },
+                "annotations": { key_secret::OWNER_UID_ANNOTATION: null },
             }
         });
         self.ctx.metrics.kube_write("secrets", "patch");

@@ -21,6 +21,10 @@ use std::{
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt, runtime::controller::Action};
+use tenant_key_api::{
+    crd::{TenantSecurityKey, TenantSecurityKeyStatus},
+    key_secret,
+};
 
 use super::{
     Context, KeyLimits,
@@ -31,7 +35,6 @@ use super::{
     intent::Recorded,
     secret,
 };
-use crate::crd::{TenantSecurityKey, TenantSecurityKeyStatus};
 
 /// Finalizer that keeps a resource until its key is revoked (or released with `Retain`).
 pub const FINALIZER: &str = "imbursepayments.com/revoke-key";
@@ -49,7 +52,7 @@ pub fn desired(tsk: &TenantSecurityKey) -> Desired {
         tenant_id: tsk.spec.tenant_id.clone(),
         account: tsk.spec.account_ref.clone(),
         roles,
-        secret_name: secret::secret_name(tsk),
+        secret_name: key_secret::secret_name(tsk),
         endpoint: None,
     }
 }
@@ -78,7 +81,7 @@ pub fn validate(tsk: &TenantSecurityKey, limits: &KeyLimits) -> std::result::Res
     if spec.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
         return Err("name must not be empty when set".into());
     }
-    let secret_name = secret::secret_name(tsk);
+    let secret_name = key_secret::secret_name(tsk);
     let dns_label = secret_name.len() <= 253
         && !secret_name.is_empty()
         && secret_name.split('.').all(|p| {
@@ -99,7 +102,7 @@ pub fn validate(tsk: &TenantSecurityKey, limits: &KeyLimits) -> std::result::Res
         ("gracePeriod", &rotation.grace_period),
     ] {
         if let Some(value) = value
-            && crate::crd::parse_duration(value).is_none()
+            && tenant_key_api::crd::parse_duration(value).is_none()
         {
             return Err(format!(
                 "rotation.{field} {value:?} is not a duration such as 720h or 5m"
@@ -333,7 +336,7 @@ impl Run<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{AccountKind, AccountRef, SecretTemplate, TenantSecurityKeySpec};
+    use tenant_key_api::crd::{AccountKind, AccountRef, SecretTemplate, TenantSecurityKeySpec};
 
     fn tsk(spec: impl FnOnce(&mut TenantSecurityKeySpec)) -> TenantSecurityKey {
         let mut s = TenantSecurityKeySpec {
@@ -365,7 +368,7 @@ mod tests {
         let limits = KeyLimits::default();
         let rotation = |interval: &str, grace: &str| {
             tsk(|s| {
-                s.rotation = Some(crate::crd::RotationPolicy {
+                s.rotation = Some(tenant_key_api::crd::RotationPolicy {
                     interval: Some(interval.into()),
                     grace_period: Some(grace.into()),
                 })

@@ -2,6 +2,7 @@
 
 use k8s_openapi::jiff::Timestamp;
 use kube::{Api, Resource, ResourceExt};
+use tenant_key_api::{crd::TenantSecurityKey, key_secret};
 
 use super::{FINALIZER, Run, desired, validate};
 use crate::controller::{
@@ -13,7 +14,6 @@ use crate::controller::{
     schedule,
     secret::{self, KeyContext},
 };
-use crate::crd::TenantSecurityKey;
 
 impl<'a> Run<'a> {
     pub(super) fn new(tsk: &'a TenantSecurityKey, ctx: &'a Context) -> Self {
@@ -99,7 +99,7 @@ impl<'a> Run<'a> {
                 .secrets
                 .get_opt(recorded)
                 .await?
-                .filter(|s| secret::is_owned_by(s, self.tsk));
+                .filter(|s| key_secret::is_owned_by(s, self.tsk));
         }
         Ok(())
     }
@@ -192,7 +192,7 @@ impl<'a> Run<'a> {
     pub(super) fn rotate_request(&self) -> Option<String> {
         self.tsk
             .annotations()
-            .get(crate::crd::ROTATE_REQUESTED_AT_ANNOTATION)
+            .get(tenant_key_api::crd::ROTATE_REQUESTED_AT_ANNOTATION)
             .filter(|v| !v.is_empty())
             .cloned()
     }

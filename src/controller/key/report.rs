@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{Resource, ResourceExt, runtime::controller::Action, runtime::events::EventType};
+use tenant_key_api::crd::TenantSecurityKeyStatus;
 
 use super::{Run, Stop};
 use crate::controller::{
@@ -11,7 +12,6 @@ use crate::controller::{
     schedule,
     status::{self, Outcome},
 };
-use crate::crd::TenantSecurityKeyStatus;
 
 impl Run<'_> {
     /// Reports the result and decides when to look again.
@@ -227,5 +227,6 @@ fn changed_meanwhile() -> Action {
 }
 
 fn ready_reason(status: &TenantSecurityKeyStatus) -> Option<&str> {
-    crate::crd::find_condition(&status.conditions, crate::crd::READY).map(|c| c.reason.as_str())
+    tenant_key_api::crd::find_condition(&status.conditions, tenant_key_api::crd::READY)
+        .map(|c| c.reason.as_str())
 }

@@ -2,6 +2,7 @@
 //! they live and with the credentials they were made with; and letting the resource go.
 
 use kube::{ResourceExt, runtime::events::EventType};
+use tenant_key_api::crd::{AccountRef, Endpoint};
 
 use super::{FINALIZER, Run};
 use crate::controller::{
@@ -10,7 +11,6 @@ use crate::controller::{
     error::{Error, Result},
     finalizer,
 };
-use crate::crd::{AccountRef, Endpoint};
 
 /// What became of a revocation.
 pub(super) enum Revoked {

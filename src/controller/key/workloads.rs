@@ -10,10 +10,13 @@ use kube::{
     runtime::events::EventType,
 };
 use serde_json::json;
+use tenant_key_api::{
+    crd::{ConditionStatus, RolloutRestartTarget, WorkloadKind, set_condition},
+    key_secret::FINGERPRINT_ANNOTATION,
+};
 
 use super::Run;
-use crate::controller::{error::Result, secret::FINGERPRINT_ANNOTATION, status};
-use crate::crd::{ConditionStatus, RolloutRestartTarget, WorkloadKind, set_condition};
+use crate::controller::{error::Result, status};
 
 /// Condition reporting the last rollout restart: `True` when every target was restarted,
 /// `False` when some were skipped (missing, without consent, or refused by the API server) or

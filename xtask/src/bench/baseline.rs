@@ -25,10 +25,8 @@ use kube::{
     api::{ObjectMeta, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
-use tenant_key_operator::{
-    controller::key::FINALIZER,
-    crd::{ImburseAccount, TenantSecurityKey},
-};
+use tenant_key_api::crd::{ImburseAccount, TenantSecurityKey};
+use tenant_key_operator::controller::key::FINALIZER;
 
 use super::{CREATING_CLIENTS, NAMESPACE, create_key, key_pair_secret};
 

@@ -45,7 +45,7 @@ use kube::{
     runtime::{WatchStreamExt, watcher},
 };
 use serde_json::{Value, json};
-use tenant_key_operator::crd::{ImburseAccount, READY, TenantSecurityKey};
+use tenant_key_api::crd::{ImburseAccount, READY, TenantSecurityKey};
 use testenv::{ControlPlane, Operator};
 
 use crate::workspace::{self, step};
@@ -531,7 +531,7 @@ pub(crate) async fn setup_account(
             .get("imburse")
             .await?
             .status
-            .is_some_and(|s| tenant_key_operator::crd::is_true(&s.conditions, READY));
+            .is_some_and(|s| tenant_key_api::crd::is_true(&s.conditions, READY));
         if ready {
             return Ok(());
         }
@@ -603,7 +603,7 @@ pub(crate) async fn wait_all_ready(keys: &Api<TenantSecurityKey>, expected: usiz
 fn is_ready(key: &TenantSecurityKey) -> bool {
     key.status
         .as_ref()
-        .is_some_and(|s| tenant_key_operator::crd::is_true(&s.conditions, READY))
+        .is_some_and(|s| tenant_key_api::crd::is_true(&s.conditions, READY))
 }
 
 /// The API server's own count of the requests it served (`apiserver_request_total`), by verb

@@ -27,12 +27,13 @@ use kube::{
     api::{ObjectMeta, Patch, PatchParams, PostParams},
 };
 use serde_json::{Value, json};
-use tenant_key_operator::{
-    controller::{
-        FIELD_MANAGER, intent,
-        secret::{self, KeyContext, KeyMaterial},
-    },
+use tenant_key_api::{
     crd::{TenantSecurityKey, TenantSecurityKeyStatus},
+    key_secret,
+};
+use tenant_key_operator::controller::{
+    FIELD_MANAGER, intent,
+    secret::{self, KeyContext, KeyMaterial},
 };
 use testenv::ControlPlane;
 
@@ -61,7 +62,7 @@ impl Template {
             .await?;
         let status = key.status.clone().context("a Ready key without status")?;
         let stored = Api::<Secret>::namespaced(client.clone(), NAMESPACE)
-            .get(&secret::secret_name(&key))
+            .get(&key_secret::secret_name(&key))
             .await?;
         let material = secret::material(&key, &stored).context("the key's Secret has no pair")?;
         let entry = |name: &str| {
@@ -182,7 +183,7 @@ impl Template {
         let key_name = own(&status.key_name);
         ensure!(
             intent::names_attempt(&key_name, uid, attempt)
-                && status.secret_name.as_deref() == Some(secret::secret_name(clone).as_str())
+                && status.secret_name.as_deref() == Some(key_secret::secret_name(clone).as_str())
                 && status.public_key.as_deref() == Some(material.public_key.as_str()),
             "the cloned status does not name the clone's key"
         );

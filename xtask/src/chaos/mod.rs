@@ -29,7 +29,7 @@ use imburse_sandbox::{Config, Faults, Options, RateLimitedFault, Sandbox};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, api::ListParams};
 use serde_json::json;
-use tenant_key_operator::crd::TenantSecurityKey;
+use tenant_key_api::crd::TenantSecurityKey;
 use testenv::{ControlPlane, Operator};
 
 use crate::{

@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::{cell, header};
 
 pub fn page() -> Result<String> {
-    let crds = tenant_key_operator::crd::all()
+    let crds = tenant_key_api::crd::all()
         .iter()
         .map(serde_json::to_value)
         .collect::<Result<Vec<_>, _>>()?;

@@ -5,9 +5,9 @@ use std::{collections::BTreeSet, fmt::Write as _, sync::Arc, time::Duration};
 use anyhow::{Context, Result};
 use prometheus_client::registry::Registry;
 use serde_json::json;
+use tenant_key_api::crd::{KeyClass, TenantSecurityKey};
 use tenant_key_operator::{
     controller::inventory::Where,
-    crd::{KeyClass, TenantSecurityKey},
     metrics::{AccountReadiness, Caches, Metrics, register_cache_metrics},
 };
 

@@ -189,7 +189,7 @@ mod tests {
     /// `cargo run -- crd --output-dir crds`.
     #[test]
     fn checked_in_crds_match_the_types() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds");
         let mut expected: Vec<String> = all().iter().map(file_name).collect();
         expected.sort();
         let mut present: Vec<String> = std::fs::read_dir(&dir)

@@ -26,15 +26,6 @@ pub enum ApiGeneration {
     Current,
 }
 
-impl From<ApiGeneration> for imburse::ApiGeneration {
-    fn from(value: ApiGeneration) -> Self {
-        match value {
-            ApiGeneration::Seed => Self::Seed,
-            ApiGeneration::Current => Self::Current,
-        }
-    }
-}
-
 /// Where the account key pair is stored.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
