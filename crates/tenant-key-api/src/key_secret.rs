@@ -80,6 +80,7 @@ impl<'a> EntryNames<'a> {
         Self::of(tsk.spec.secret.as_ref().and_then(|s| s.keys.as_ref()))
     }
 
+    /// Every name, for the checks that span them (valid, distinct, which entries are whose).
     pub fn all(&self) -> [&'a str; 5] {
         [
             self.public_key,
