@@ -93,10 +93,11 @@ impl Known {
             .extend(Reason::ALL.map(|reason| reason.as_str().to_owned()));
         known.names.extend(OTHER_NAMES.map(String::from));
         known.paths.extend(OTHER_PATHS.map(String::from));
-        for file in files(&root.join("src"), "rs") {
+        let sources = ["src", "crates/tenant-key-api/src"].map(|dir| files(&root.join(dir), "rs"));
+        for file in sources.iter().flatten() {
             // Event and condition reasons are string literals where they are published.
             known.names.extend(
-                read(&file)
+                read(file)
                     .split('"')
                     .skip(1)
                     .step_by(2)
