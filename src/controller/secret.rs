@@ -433,7 +433,7 @@ mod tests {
                 tenant_id: "88fdb12a-14dc-419c-b74c-422e2c25cfe7".into(),
                 roles: vec!["tenant-admin".into()],
                 name: None,
-                secret: template,
+                secret: template.map(Box::new),
                 deletion_policy: None,
                 rotation: None,
                 rollout_restart_targets: Vec::new(),

@@ -403,28 +403,28 @@ mod tests {
             |s| s.tenant_id = "not-a-uuid".into(),
             |s| s.name = Some(String::new()),
             |s| {
-                s.secret = Some(SecretTemplate {
+                s.secret = Some(Box::new(SecretTemplate {
                     name: Some("Bad_Name".into()),
                     ..Default::default()
-                })
+                }))
             },
             |s| {
-                s.secret = Some(SecretTemplate {
+                s.secret = Some(Box::new(SecretTemplate {
                     type_: Some("kubernetes.io/service-account-token".into()),
                     ..Default::default()
-                })
+                }))
             },
             |s| {
-                s.secret = Some(SecretTemplate {
+                s.secret = Some(Box::new(SecretTemplate {
                     type_: Some("bootstrap.kubernetes.io/token".into()),
                     ..Default::default()
-                })
+                }))
             },
             |s| {
-                s.secret = Some(SecretTemplate {
+                s.secret = Some(Box::new(SecretTemplate {
                     type_: Some("no-domain".into()),
                     ..Default::default()
-                })
+                }))
             },
         ];
         for case in cases {
@@ -433,17 +433,17 @@ mod tests {
         assert!(validate(&tsk(|_| {}), &KeyLimits::default()).is_ok());
         // An empty type (an unset Helm value stored by an older schema) means the default.
         let empty_type = tsk(|s| {
-            s.secret = Some(SecretTemplate {
+            s.secret = Some(Box::new(SecretTemplate {
                 type_: Some(String::new()),
                 ..Default::default()
-            })
+            }))
         });
         assert!(validate(&empty_type, &KeyLimits::default()).is_ok());
         let custom = tsk(|s| {
-            s.secret = Some(SecretTemplate {
+            s.secret = Some(Box::new(SecretTemplate {
                 type_: Some("example.com/imburse-key".into()),
                 ..Default::default()
-            })
+            }))
         });
         assert!(validate(&custom, &KeyLimits::default()).is_ok());
     }

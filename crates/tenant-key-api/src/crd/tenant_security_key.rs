@@ -252,8 +252,10 @@ pub struct TenantSecurityKeySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// The Secret the key is written to.
+    // Boxed, as is the status's pending create: the operator's cache holds every key, and most
+    // leave this out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret: Option<SecretTemplate>,
+    pub secret: Option<Box<SecretTemplate>>,
     /// `Delete` (default) revokes the key at Imburse and deletes the Secret when this resource
     /// is deleted (or only the key's entries, when the Secret holds entries of others);
     /// `Retain` leaves both.
@@ -422,7 +424,7 @@ pub struct TenantSecurityKeyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_fingerprint: Option<String>,
     /// The creation in progress, until its key is recorded (or it is closed as failed).
-    // Boxed: absent at rest, and the operator's cache holds a status per key.
+    // Boxed: absent at rest, and the operator's cache holds every key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_create: Option<Box<CreateIntent>>,
     /// Replaced keys that still have to be revoked.
