@@ -111,9 +111,25 @@ pub struct Args {
     /// Also write the plots and a summary to docs/benchmark/, which the README shows.
     #[arg(long)]
     publish: bool,
+    /// Instead of measuring: publish to docs/benchmark/ the figures an earlier run wrote to
+    /// this folder (its `--out`), merged as `--publish` merges them. A run of 100,000 seeded
+    /// keys takes most of an hour; it need not be measured twice to be published.
+    #[arg(long, conflicts_with_all = ["publish", "seed_ready"])]
+    publish_from: Option<PathBuf>,
 }
 
 pub async fn run(args: Args) -> Result<()> {
+    if let Some(dir) = &args.publish_from {
+        let path = dir.join("results.json");
+        let figures: Value = serde_json::from_slice(
+            &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+        )
+        .with_context(|| format!("parsing {}", path.display()))?;
+        let docs = workspace::root().join("docs/benchmark");
+        report::update(&docs, &figures)?;
+        println!("published {} to {}", path.display(), docs.display());
+        return Ok(());
+    }
     let binary = operator_binary(args.operator.as_deref())?;
     if args.seed_ready.is_empty() {
         let mut runs = Vec::new();
