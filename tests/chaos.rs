@@ -19,7 +19,10 @@ use kube::Api;
 use rand::Rng as _;
 use serde_json::json;
 use support::{Env, TestFn, WAIT};
-use testenv::{Replicas, chaos};
+use testenv::{
+    Replicas,
+    chaos::{self, is_deleted},
+};
 
 /// The keys of one test: a namespace and a range of tenants of their own, one per key.
 struct Keys {
@@ -199,15 +202,10 @@ fn leader_loss_ends_with_one_working_key_each(env: &Env) -> Result<()> {
             logs.path(),
             &[("POD_NAME", pod_name)],
             &[
-                "--leader-election-lease-name",
-                LEASE,
-                "--leader-election-lease-duration",
-                "4s",
-                "--leader-election-renew-deadline",
-                "3s",
-                "--leader-election-retry-period",
-                "1s",
-            ],
+                ["--leader-election-lease-name", LEASE].as_slice(),
+                &chaos::SHORT_LEASE_ARGS,
+            ]
+            .concat(),
         )
         .map(|operator| (pod_name.to_owned(), operator))
     };
@@ -248,10 +246,6 @@ fn apiserver_restarts_end_with_one_working_key_each(env: &Env) -> Result<()> {
     }
     drop(operator);
     env.block_on(APISERVER_RESTART.expect_end(env, |_| false))
-}
-
-fn is_deleted(i: usize) -> bool {
-    i % 2 == 1
 }
 
 /// Every other key is deleted at a random moment after its creation: some before the

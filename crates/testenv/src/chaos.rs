@@ -15,6 +15,24 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, api::ListParams};
 use tenant_key_api::crd::TenantSecurityKey;
 
+/// The leader election settings of the leader loss scenario: short enough that the takeovers
+/// do not dominate the run, long enough for a renewal on a busy machine: a leader that cannot
+/// renew for the deadline steps down (and is restarted).
+pub const SHORT_LEASE_ARGS: [&str; 6] = [
+    "--leader-election-lease-duration",
+    "4s",
+    "--leader-election-renew-deadline",
+    "3s",
+    "--leader-election-retry-period",
+    "1s",
+];
+
+/// Whether the deletion storm deletes the `i`th key: every other one, so that as many are
+/// kept as are deleted.
+pub fn is_deleted(i: usize) -> bool {
+    i % 2 == 1
+}
+
 /// Counts the sandbox's calls from zero and turns `faults` on.
 pub async fn start_storm(sandbox: &Sandbox, faults: &Faults) -> Result<()> {
     let admin = sandbox.admin();
