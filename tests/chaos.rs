@@ -13,14 +13,16 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use futures::{StreamExt, TryStreamExt, stream};
-use imburse::Operation;
 use imburse_sandbox::{Config, Faults, RateLimitedFault};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use rand::Rng as _;
 use serde_json::json;
 use support::{Env, TestFn, WAIT};
-use testenv::Replicas;
+use testenv::{
+    Replicas,
+    chaos::{self, is_deleted},
+};
 
 /// The keys of one test: a namespace and a range of tenants of their own, one per key.
 struct Keys {
@@ -113,40 +115,36 @@ impl Keys {
     /// and the creates since [`start_storm`] stay within 5 % of one per key beyond the
     /// interrupted ones that were found and revoked.
     async fn expect_end(&self, env: &Env, deleted: impl Fn(usize) -> bool) -> Result<()> {
-        let admin = env.sandbox.admin();
-        admin.set_faults(&Faults::default()).await?;
+        env.sandbox.admin().set_faults(&Faults::default()).await?;
+        let mut gone = Vec::new();
         for i in 0..self.count {
-            let (name, tenant) = (self.name(i), self.tenant(env, i));
+            let name = self.name(i);
             if deleted(i) {
                 env.wait_gone(self.namespace, &name).await?;
-                let live = env.sandbox_keys(&tenant).await?;
-                ensure!(live.is_empty(), "{name} is gone, its keys {live:?} live on");
+                gone.push(self.tenant(env, i));
             } else {
-                support::expect_single_key(env, self.namespace, &name, &tenant).await?;
+                env.wait_ready(self.namespace, &name).await?;
             }
         }
-        let stats = admin.stats().await?;
-        let creates = stats.count(Operation::CreateKey, 201);
-        let revoked = stats.count(Operation::DeleteKey, 204);
-        let what = format!(
-            "{creates} keys created and {revoked} revoked for {} resources",
-            self.count
-        );
-        println!("{what}");
-        ensure!(
-            creates as f64 <= self.count as f64 * 1.05 + revoked as f64,
-            "{what}"
-        );
+        let gone: Vec<&str> = gone.iter().map(String::as_str).collect();
+        let expected = chaos::Expected {
+            namespace: self.namespace,
+            created: self.count,
+            gone: &gone,
+            wait: WAIT,
+        };
+        let end = chaos::check_end(&env.client, &env.sandbox, &expected).await?;
+        println!("{}", end.summary());
+        ensure!(end.creates_within_bound(), "{}", end.summary());
         Ok(())
     }
 }
 
 /// Counts the sandbox's calls from zero and turns its faults on.
 async fn start_storm(env: &Env) -> Result<()> {
-    let admin = env.sandbox.admin();
-    admin.reset_stats().await?;
-    admin
-        .set_faults(&Faults {
+    chaos::start_storm(
+        &env.sandbox,
+        &Faults {
             latency_ms: 20,
             jitter_ms: 80,
             error_rate: 0.1,
@@ -156,9 +154,9 @@ async fn start_storm(env: &Env) -> Result<()> {
             }),
             lose_create_responses: 5,
             ..Faults::default()
-        })
-        .await?;
-    Ok(())
+        },
+    )
+    .await
 }
 
 fn random_pause() -> Duration {
@@ -204,15 +202,10 @@ fn leader_loss_ends_with_one_working_key_each(env: &Env) -> Result<()> {
             logs.path(),
             &[("POD_NAME", pod_name)],
             &[
-                "--leader-election-lease-name",
-                LEASE,
-                "--leader-election-lease-duration",
-                "4s",
-                "--leader-election-renew-deadline",
-                "3s",
-                "--leader-election-retry-period",
-                "1s",
-            ],
+                ["--leader-election-lease-name", LEASE].as_slice(),
+                &chaos::SHORT_LEASE_ARGS,
+            ]
+            .concat(),
         )
         .map(|operator| (pod_name.to_owned(), operator))
     };
@@ -253,10 +246,6 @@ fn apiserver_restarts_end_with_one_working_key_each(env: &Env) -> Result<()> {
     }
     drop(operator);
     env.block_on(APISERVER_RESTART.expect_end(env, |_| false))
-}
-
-fn is_deleted(i: usize) -> bool {
-    i % 2 == 1
 }
 
 /// Every other key is deleted at a random moment after its creation: some before the

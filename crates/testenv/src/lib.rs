@@ -8,8 +8,10 @@
 //! - [`install_crds`], [`apply_crds`], [`Operator`] and [`Replicas`]: the operator's CRDs and binary on that
 //!   control plane, one process or several contesting the leader election Lease.
 //! - [`Registry`]: a local OCI registry for installs from `oci://`.
+//! - [`chaos`]: what the chaos scenarios of the tests and of `cargo xtask chaos` share.
 
 pub mod build;
+pub mod chaos;
 mod controlplane;
 pub mod detached;
 mod operator;

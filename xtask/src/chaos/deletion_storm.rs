@@ -6,6 +6,7 @@ use anyhow::Result;
 use futures::{StreamExt, TryStreamExt, channel::mpsc};
 use kube::api::DeleteParams;
 use serde_json::json;
+use testenv::chaos::is_deleted;
 
 use super::{Args, Storm, key_name, pause};
 use crate::workspace::step;
@@ -43,8 +44,4 @@ pub(super) async fn run(storm: Storm, args: &Args) -> Result<serde_json::Value> 
     figures["stormSeconds"] = json!(storm_seconds);
     figures["maxDeleteDelayMs"] = json!(args.max_delete_delay_ms);
     Ok(figures)
-}
-
-fn is_deleted(i: usize) -> bool {
-    i % 2 == 1
 }

@@ -8,28 +8,18 @@ use anyhow::Result;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use serde_json::json;
-use testenv::Replicas;
+use testenv::{Replicas, chaos};
 
 use super::{Args, Storm, pause};
 use crate::workspace::step;
 
 const LEASE: &str = "tenant-key-operator";
-/// Short enough that the takeovers do not dominate the run, long enough for a renewal on a
-/// busy machine: a leader that cannot renew for the deadline steps down (and is restarted).
-const LEASE_ARGS: [&str; 6] = [
-    "--leader-election-lease-duration",
-    "4s",
-    "--leader-election-renew-deadline",
-    "3s",
-    "--leader-election-retry-period",
-    "1s",
-];
 /// Longest wait for a leader: a lease duration, plus start-up and a loaded machine.
 const TAKEOVER_LIMIT: Duration = Duration::from_secs(60);
 
 pub(super) async fn run(storm: Storm, args: &Args) -> Result<serde_json::Value> {
     let mut operator_args = vec!["--namespace", "default"];
-    operator_args.extend(LEASE_ARGS);
+    operator_args.extend(chaos::SHORT_LEASE_ARGS);
     let mut replicas = Replicas::new(
         vec![
             (

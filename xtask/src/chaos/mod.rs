@@ -17,20 +17,17 @@ mod kill_storm;
 mod leader_loss;
 
 use std::{
-    collections::BTreeMap,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Result, bail};
 use futures::{StreamExt, TryStreamExt, stream};
-use imburse::Operation;
 use imburse_sandbox::{Config, Faults, Options, RateLimitedFault, Sandbox};
-use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, api::ListParams};
 use serde_json::json;
 use tenant_key_api::crd::TenantSecurityKey;
-use testenv::{ControlPlane, Operator};
+use testenv::{ControlPlane, Operator, chaos};
 
 use crate::{
     bench::{NAMESPACE, create_key, key_name, prepare, setup_account, wait_all_ready},
@@ -298,10 +295,9 @@ impl Storm {
     /// sandbox's faults on and counts its calls from zero.
     async fn begin(&self, args: &Args) -> Result<Instant> {
         setup_account(&self.client, &self.config, &self.sandbox).await?;
-        let admin = self.sandbox.admin();
-        admin.reset_stats().await?;
-        admin
-            .set_faults(&Faults {
+        chaos::start_storm(
+            &self.sandbox,
+            &Faults {
                 jitter_ms: 100,
                 error_rate: args.error_rate,
                 rate_limited: Some(RateLimitedFault {
@@ -310,8 +306,9 @@ impl Storm {
                 }),
                 lose_create_responses: args.lost_creates,
                 ..Faults::default()
-            })
-            .await?;
+            },
+        )
+        .await?;
         Ok(Instant::now())
     }
 
@@ -332,16 +329,20 @@ impl Storm {
         step("waiting for every key to be Ready");
         wait_all_ready(keys, remaining).await?;
         let settled = started.elapsed();
-        let admin = self.sandbox.admin();
-        admin.set_faults(&Faults::default()).await?;
         let gone: Vec<&str> = deleted
             .iter()
             .map(|&i| self.burst.tenants[i].as_str())
             .collect();
-        let end = check(&self.client, keys, &self.sandbox, remaining, &gone).await?;
-        let stats = admin.stats().await?;
-        let creates = stats.count(Operation::CreateKey, 201);
-        let revoked = stats.count(Operation::DeleteKey, 204);
+        step("checking keys at Imburse and in the Secrets");
+        let expected = chaos::Expected {
+            namespace: NAMESPACE,
+            created: count,
+            gone: &gone,
+            // Every key is checked at once: a key Ready beside another live key of its
+            // tenant is a failure here.
+            wait: Duration::ZERO,
+        };
+        let end = chaos::check_end(&self.client, &self.sandbox, &expected).await?;
         Ok(json!({
             "keys": count,
             "deleted": deleted.len(),
@@ -349,14 +350,14 @@ impl Storm {
             "rateLimited": args.rate_limited,
             "lostCreates": args.lost_creates,
             "secondsToSettled": settled.as_secs_f64(),
-            "creates": creates,
-            "revoked": revoked,
-            "createsPerKey": creates as f64 / count as f64,
-            "createsPerKeyBeyondRevoked": creates.saturating_sub(revoked) as f64 / count as f64,
-            "createsWithinBound": creates as f64 <= count as f64 * 1.05 + revoked as f64,
+            "creates": end.creates,
+            "revoked": end.revoked,
+            "createsPerKey": end.creates as f64 / count as f64,
+            "createsPerKeyBeyondRevoked": end.creates.saturating_sub(end.revoked) as f64 / count as f64,
+            "createsWithinBound": end.creates_within_bound(),
             "liveKeysAtImburse": end.live,
             "secretsAuthenticated": end.authenticated,
-            "sandboxCalls": stats.calls,
+            "sandboxCalls": end.calls,
         }))
     }
 }
@@ -407,88 +408,4 @@ async fn wait_gone(keys: &Api<TenantSecurityKey>, remaining: usize) -> Result<()
 async fn pause(max_ms: u64) {
     let ms = rand::Rng::random_range(&mut rand::rng(), 0..=max_ms);
     tokio::time::sleep(Duration::from_millis(ms)).await;
-}
-
-struct EndState {
-    live: usize,
-    authenticated: usize,
-}
-
-/// There are `remaining` resources, none Terminating; each has exactly the one live key its
-/// status names, and its Secret's key authenticates; the `gone` tenants have no live key.
-async fn check(
-    client: &Client,
-    keys: &Api<TenantSecurityKey>,
-    sandbox: &Sandbox,
-    remaining: usize,
-    gone: &[&str],
-) -> Result<EndState> {
-    step("checking keys at Imburse and in the Secrets");
-    let mut live: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for key in sandbox.admin().keys(None).await? {
-        live.entry(key.tenant_id).or_default().push(key.public_key);
-    }
-    let leaked: Vec<_> = gone.iter().filter_map(|&t| live.get_key_value(t)).collect();
-    ensure!(
-        leaked.is_empty(),
-        "deleted resources' tenants still have live keys: {leaked:?}"
-    );
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
-    let http = imburse::Client::new(Default::default())?;
-    let resources = keys.list(&ListParams::default()).await?.items;
-    ensure!(
-        resources.len() == remaining,
-        "{} resources, expected {remaining}",
-        resources.len()
-    );
-    let authenticated = stream::iter(resources)
-        .map(|resource| {
-            let (secrets, http, live) = (&secrets, &http, &live);
-            async move {
-                let name = resource.metadata.name.clone().unwrap_or_default();
-                ensure!(
-                    resource.metadata.deletion_timestamp.is_none(),
-                    "{name} is Terminating"
-                );
-                let status = resource.status.context("status")?;
-                let public_key = status.public_key.context("publicKey")?;
-                let tenant_keys = live.get(&resource.spec.tenant_id);
-                ensure!(
-                    tenant_keys.is_some_and(|k| k == std::slice::from_ref(&public_key)),
-                    "{name}: Imburse holds {tenant_keys:?}, the status names {public_key}"
-                );
-                let secret = secrets
-                    .get(&status.secret_name.context("secretName")?)
-                    .await?;
-                let entry = |entry: &str| {
-                    secret
-                        .data
-                        .as_ref()
-                        .and_then(|d| d.get(entry))
-                        .and_then(|v| String::from_utf8(v.0.clone()).ok())
-                        .with_context(|| format!("{name}: the Secret has no {entry}"))
-                };
-                let pair = imburse::KeyPair::new(entry("publicKey")?, entry("privateKey")?);
-                ensure!(
-                    pair.public_key == public_key,
-                    "{name}: the Secret holds another key"
-                );
-                imburse::authenticate(
-                    http,
-                    &sandbox.base_url(),
-                    imburse::ApiGeneration::Seed,
-                    &pair,
-                )
-                .await
-                .with_context(|| format!("{name}: the Secret's key does not authenticate"))?;
-                anyhow::Ok(())
-            }
-        })
-        .buffer_unordered(16)
-        .try_fold(0, |n, ()| async move { Ok(n + 1) })
-        .await?;
-    Ok(EndState {
-        live: live.values().map(Vec::len).sum(),
-        authenticated,
-    })
 }
