@@ -19,10 +19,11 @@ use kube::{
 use serde_json::json;
 use support::{
     Env, TestFn, create_namespace, expect_single_key, no_secret_in_logs_events_or_status, poll,
-    recorded_key, secret_key_pair, tenant_keys, wait_for,
+    recorded_key, tenant_keys, wait_for,
 };
 use tenant_key_api::crd::TenantSecurityKey;
 use tenant_key_operator::controller::intent;
+use testenv::keys::secret_key_pair;
 
 fn main() -> std::process::ExitCode {
     // Two accounts, whose private keys the final scan looks for too.

@@ -19,9 +19,10 @@ use kube::{
 use serde_json::json;
 use support::{
     Env, FINALIZER, TestFn, create_namespace, expect_single_key, expect_single_key_at,
-    no_secret_in_logs_events_or_status, poll, secret_key_pair, tenant_keys, wait_for,
+    no_secret_in_logs_events_or_status, poll, tenant_keys, wait_for,
 };
 use tenant_key_api::crd::{ClusterImburseAccount, ImburseAccount, TenantSecurityKey};
+use testenv::keys::secret_key_pair;
 
 fn main() -> std::process::ExitCode {
     let start = || Env::start(Config::generate(1, 11));

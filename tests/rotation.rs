@@ -23,9 +23,10 @@ use serde_json::json;
 use support::{
     Env, TestFn, by_hand, created, deployment, expect_single_key, expect_single_key_at,
     no_secret_in_logs_events_or_status, poll, public_key, ready, recorded_key, request_rotation,
-    secret_key_pair, template_state, tenant_keys, wait_for, wait_replaced,
+    template_state, tenant_keys, wait_for, wait_replaced,
 };
 use tenant_key_api::crd::ImburseAccount;
+use testenv::keys::secret_key_pair;
 
 fn main() -> std::process::ExitCode {
     // Live keys are checked at Imburse every three seconds, and keys rotate within seconds.

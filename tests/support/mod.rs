@@ -25,7 +25,7 @@ use k8s_openapi::{
     },
 };
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client,
     api::{DeleteParams, ListParams, ObjectMeta, PostParams},
     runtime::reflector::ObjectRef,
 };
@@ -643,19 +643,9 @@ pub async fn expect_single_key_at(
         &format!("{ns}/{name} to be the tenant's only key"),
     )
     .await?;
-    let pair = secret_key_pair(&env.secrets(ns).get(&secret_name).await?)?;
-    ensure!(
-        pair.public_key == public_key,
-        "the Secret holds another key"
-    );
+    let secret = env.secrets(ns).get(&secret_name).await?;
     let http = imburse::Client::new(Default::default())?;
-    imburse::authenticate(
-        &http,
-        &sandbox.base_url(),
-        imburse::ApiGeneration::Seed,
-        &pair,
-    )
-    .await?;
+    testenv::keys::holds_working_key(&secret, &public_key, &http, sandbox).await?;
     Ok(public_key)
 }
 
@@ -866,22 +856,6 @@ fn describe<K: serde::Serialize>(obj: Option<&K>) -> String {
     obj.and_then(|o| serde_json::to_value(o).ok())
         .map(|v| v.get("status").cloned().unwrap_or_default().to_string())
         .unwrap_or_else(|| "nothing".into())
-}
-
-/// The key pair stored in a Secret.
-pub fn secret_key_pair(secret: &Secret) -> Result<imburse::KeyPair> {
-    let entry = |k: &str| -> Result<String> {
-        let bytes = secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(k))
-            .with_context(|| format!("Secret {} has no {k}", secret.name_any()))?;
-        Ok(String::from_utf8(bytes.0.clone())?)
-    };
-    Ok(imburse::KeyPair::new(
-        entry("publicKey")?,
-        imburse::SecretString::from(entry("privateKey")?),
-    ))
 }
 
 /// No private key, bearer token or signature in the operator's log, in Events, or in any

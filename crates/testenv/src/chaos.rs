@@ -190,26 +190,7 @@ async fn authenticates(
     let secret = secrets
         .get(&status.secret_name.context("secretName")?)
         .await?;
-    let entry = |entry: &str| {
-        secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(entry))
-            .and_then(|v| String::from_utf8(v.0.clone()).ok())
-            .with_context(|| format!("{name}: the Secret has no {entry}"))
-    };
-    let pair = imburse::KeyPair::new(entry("publicKey")?, entry("privateKey")?);
-    ensure!(
-        pair.public_key == public_key,
-        "{name}: the Secret holds another key"
-    );
-    imburse::authenticate(
-        http,
-        &sandbox.base_url(),
-        imburse::ApiGeneration::Seed,
-        &pair,
-    )
-    .await
-    .with_context(|| format!("{name}: the Secret's key does not authenticate"))?;
-    Ok(())
+    crate::keys::holds_working_key(&secret, &public_key, http, sandbox)
+        .await
+        .with_context(|| name)
 }

@@ -9,11 +9,13 @@
 //!   control plane, one process or several contesting the leader election Lease.
 //! - [`Registry`]: a local OCI registry for installs from `oci://`.
 //! - [`chaos`]: what the chaos scenarios of the tests and of `cargo xtask chaos` share.
+//! - [`keys`]: the checks of a delivered key both use.
 
 pub mod build;
 pub mod chaos;
 mod controlplane;
 pub mod detached;
+pub mod keys;
 mod operator;
 mod pki;
 mod process;
