@@ -4,21 +4,16 @@
 use anyhow::{Context as _, Result, ensure};
 use imburse_sandbox::Sandbox;
 use k8s_openapi::api::core::v1::Secret;
-use tenant_key_api::key_secret::EntryNames;
+use tenant_key_api::key_secret::{self, EntryNames};
 
 /// The key pair stored in a Secret.
 pub fn secret_key_pair(secret: &Secret) -> Result<imburse::KeyPair> {
     let names = EntryNames::of(None);
-    let entry = |entry: &str| -> Result<String> {
-        let bytes = secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(entry))
-            .with_context(|| {
-                let name = secret.metadata.name.as_deref().unwrap_or_default();
-                format!("Secret {name} has no {entry}")
-            })?;
-        Ok(String::from_utf8(bytes.0.clone())?)
+    let entry = |entry: &str| {
+        key_secret::entry(secret, entry).with_context(|| {
+            let name = secret.metadata.name.as_deref().unwrap_or_default();
+            format!("Secret {name} has no {entry}")
+        })
     };
     Ok(imburse::KeyPair::new(
         entry(names.public_key)?,

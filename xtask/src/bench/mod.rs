@@ -125,9 +125,8 @@ pub async fn run(args: Args) -> Result<()> {
             &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
         )
         .with_context(|| format!("parsing {}", path.display()))?;
-        let docs = workspace::root().join("docs/benchmark");
-        report::update(&docs, &figures)?;
-        println!("published {} to {}", path.display(), docs.display());
+        report::update(&published(), &figures)?;
+        println!("published {} to {}", path.display(), published().display());
         return Ok(());
     }
     let binary = operator_binary(args.operator.as_deref())?;
@@ -165,6 +164,11 @@ pub async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// Where published figures go: the README and docs/scale.md show them.
+fn published() -> PathBuf {
+    workspace::root().join("docs/benchmark")
+}
+
 /// Merges `figures` into those in `--out`, and in docs/benchmark/ with `--publish`: the
 /// creation runs and the seeded runs are measured apart, and each keeps the other's figures.
 fn write(args: &Args, figures: &Value) -> Result<()> {
@@ -176,9 +180,8 @@ fn write(args: &Args, figures: &Value) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(figures)?);
     println!("figures and plots written to {}", out.display());
     if args.publish {
-        let docs = workspace::root().join("docs/benchmark");
-        report::update(&docs, figures)?;
-        println!("published to {}", docs.display());
+        report::update(&published(), figures)?;
+        println!("published to {}", published().display());
     }
     Ok(())
 }
