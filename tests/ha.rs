@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Result, ensure};
 use imburse_sandbox::{Config, Faults, Options};
 use k8s_openapi::{
     api::{
@@ -27,7 +27,10 @@ use kube::{
     api::{Patch, PatchParams, PostParams},
 };
 use serde_json::json;
-use support::{Env, Since, TestFn, expect_single_key, expect_single_key_at, poll, wait_for};
+use support::{
+    Env, Since, TestFn, expect_single_key, expect_single_key_at, log_lines, logged,
+    metrics_address, poll, wait_for,
+};
 use testenv::Operator;
 
 const NS: &str = "ha";
@@ -60,40 +63,6 @@ fn main() -> std::process::ExitCode {
     support::run_suite(start, tests)
 }
 
-/// The JSON log lines of a process whose message is `message`, oldest first.
-fn log_lines(log: &Path, message: &str) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|l| l["fields"]["message"] == message)
-        .collect()
-}
-
-/// A field of the last log line with `message`, once there is one that `accept`s.
-async fn logged(
-    log: &Path,
-    message: &str,
-    field: &str,
-    accept: impl Fn(&str) -> bool,
-) -> Result<String> {
-    let mut value = None;
-    poll(
-        || {
-            value = log_lines(log, message)
-                .last()
-                .and_then(|l| l["fields"][field].as_str().map(str::to_owned))
-                .filter(|v| accept(v));
-            let found = value.is_some();
-            async move { Ok(found) }
-        },
-        &format!("{} to log {message:?}", log.display()),
-    )
-    .await
-    .with_context(|| testenv::log_tail(log, 20))?;
-    value.context("logged")
-}
-
 /// The Lease identity of the process writing `log`, once it waits for the Lease; `except` is
 /// an identity of an earlier incarnation of the process.
 async fn identity(log: &Path, except: Option<&str>) -> Result<String> {
@@ -101,10 +70,6 @@ async fn identity(log: &Path, except: Option<&str>) -> Result<String> {
         Some(id) != except
     })
     .await
-}
-
-async fn metrics_address(log: &Path) -> Result<String> {
-    logged(log, "serving metrics", "address", |_| true).await
 }
 
 async fn probes_address(log: &Path) -> Result<String> {

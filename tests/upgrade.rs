@@ -37,7 +37,7 @@ use kube::{
 use libtest_mimic::{Arguments, Trial};
 use secrecy::ExposeSecret as _;
 use serde_json::json;
-use support::{create_namespace, poll, wait_for};
+use support::{create_namespace, metrics_address, poll, wait_for};
 use tenant_key_api::{
     crd::{self, DEFAULT_BASE_URL, ImburseAccount, TenantSecurityKey},
     key_secret, migrate,
@@ -624,26 +624,6 @@ async fn sandbox_keys(sandbox: &Sandbox) -> Result<BTreeSet<String>> {
         .into_iter()
         .map(|k| k.public_key)
         .collect())
-}
-
-/// The address the operator serves its metrics on, from its (JSON) start-up log line.
-async fn metrics_address(log: &Path) -> Result<String> {
-    let mut address = None;
-    poll(
-        || {
-            address = std::fs::read_to_string(log)
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .find(|l| l["fields"]["message"] == "serving metrics")
-                .and_then(|l| l["fields"]["address"].as_str().map(str::to_owned));
-            let found = address.is_some();
-            async move { Ok(found) }
-        },
-        "the operator to serve its metrics",
-    )
-    .await?;
-    address.context("no metrics address")
 }
 
 /// Successful TenantSecurityKey reconciles so far.

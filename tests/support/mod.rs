@@ -18,11 +18,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use imburse_sandbox::{Account, Config, Options, Sandbox};
 use k8s_openapi::{
     ByteString,
-    api::{
-        apps::v1::Deployment,
-        coordination::v1::Lease,
-        core::v1::{Namespace, Secret},
-    },
+    api::{apps::v1::Deployment, coordination::v1::Lease, core::v1::Secret},
 };
 use kube::{
     Api, Client,
@@ -31,7 +27,11 @@ use kube::{
 };
 use serde_json::json;
 use tenant_key_api::crd::{ClusterImburseAccount, Condition, ImburseAccount, TenantSecurityKey};
-use testenv::{ControlPlane, Operator};
+pub use testenv::cluster::{create_namespace, merge};
+use testenv::{
+    ControlPlane, Operator,
+    cluster::{Launch, start_cluster},
+};
 
 /// How long a test waits for the operator to reach a state before it fails. A bound on
 /// waiting, not a performance assertion.
@@ -68,17 +68,12 @@ impl Env {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
+        let operator_namespace = "tenant-key-operator".to_owned();
         let (control_plane, client, sandbox) = runtime.block_on(async {
-            let (control_plane, client) = start_control_plane().await?;
+            let (control_plane, client) = start_cluster(&[&operator_namespace]).await?;
             let sandbox = Sandbox::start_with(config.clone(), options).await?;
             anyhow::Ok((control_plane, client, sandbox))
         })?;
-        let operator_namespace = "tenant-key-operator".to_owned();
-        runtime.block_on(create_namespace(
-            &client,
-            &operator_namespace,
-            BTreeMap::new(),
-        ))?;
         let logs = tempfile::Builder::new().prefix("tko-operator-").tempdir()?;
         let operator = start_operator(
             "operator",
@@ -210,12 +205,12 @@ impl Env {
         account: usize,
     ) -> Result<()> {
         let account = self.account(account);
-        let private_key = secrecy::ExposeSecret::expose_secret(&account.private_key).to_owned();
-        let data = BTreeMap::from([
-            ("publicKey".to_owned(), account.public_key.clone()),
-            ("privateKey".to_owned(), private_key),
-        ]);
-        create_secret(&self.client, namespace, name, data).await
+        let secret =
+            testenv::cluster::key_pair_secret(name, &account.public_key, &account.private_key);
+        self.secrets(namespace)
+            .create(&PostParams::default(), &secret)
+            .await?;
+        Ok(())
     }
 
     /// Creates an `ImburseAccount` against the sandbox; `extra` is merged into its spec.
@@ -226,17 +221,13 @@ impl Env {
         extra: serde_json::Value,
         secret: &str,
     ) -> Result<()> {
-        let mut spec = json!({
-            "baseUrl": self.sandbox.base_url(),
-            "credentialsSecretRef": { "name": secret },
-        });
-        merge(&mut spec, extra);
-        let account: ImburseAccount = serde_json::from_value(json!({
-            "apiVersion": "imbursepayments.com/v1beta1",
-            "kind": "ImburseAccount",
-            "metadata": { "name": name, "namespace": namespace },
-            "spec": spec,
-        }))?;
+        let account = testenv::cluster::imburse_account(
+            namespace,
+            name,
+            &self.sandbox.base_url(),
+            secret,
+            extra,
+        )?;
         Api::<ImburseAccount>::namespaced(self.client.clone(), namespace)
             .create(&PostParams::default(), &account)
             .await?;
@@ -421,14 +412,9 @@ impl Env {
     }
 }
 
-/// Starts a control plane with the operator's CRDs installed.
-pub async fn start_control_plane() -> Result<(ControlPlane, Client)> {
-    let control_plane = ControlPlane::start().await?;
-    let client = control_plane.client().await?;
-    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
-    testenv::install_crds(&client, &crds).await?;
-    Ok((control_plane, client))
-}
+/// The operator's log filter in tests: its own debug lines, its libraries' from info.
+const LOG_FILTER: &str =
+    "debug,kube=info,hyper=info,hyper_util=info,tower=info,h2=info,rustls=info,reqwest=info";
 
 /// Starts the operator binary against the control plane, logging into `logs`, with `extra`
 /// arguments after the common ones (debug logs, a free metrics port).
@@ -451,25 +437,58 @@ pub fn start_operator_with_env(
     env: &[(&str, &str)],
     extra: &[&str],
 ) -> Result<Operator> {
-    let mut args = vec![
-        "--metrics-bind-address",
-        "127.0.0.1:0",
-        "--health-probe-bind-address",
-        "127.0.0.1:0",
-        "--namespace",
-        operator_namespace,
-        "--log-filter",
-        "debug,kube=info,hyper=info,hyper_util=info,tower=info,h2=info,rustls=info,reqwest=info",
-    ];
-    args.extend_from_slice(extra);
-    Operator::start_with_env(
+    Launch {
         name,
-        Path::new(env!("CARGO_BIN_EXE_tenant-key-operator")),
-        control_plane.kubeconfig_path(),
-        logs,
-        &args,
+        namespace: operator_namespace,
+        log_filter: LOG_FILTER,
         env,
+        args: extra,
+        ..Launch::default()
+    }
+    .start(
+        Path::new(env!("CARGO_BIN_EXE_tenant-key-operator")),
+        control_plane,
+        logs,
     )
+}
+
+/// The JSON log lines of a process whose message is `message`, oldest first.
+pub fn log_lines(log: &Path, message: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["fields"]["message"] == message)
+        .collect()
+}
+
+/// A field of the last log line with `message`, once there is one that `accept`s.
+pub async fn logged(
+    log: &Path,
+    message: &str,
+    field: &str,
+    accept: impl Fn(&str) -> bool,
+) -> Result<String> {
+    let mut value = None;
+    poll(
+        || {
+            value = log_lines(log, message)
+                .last()
+                .and_then(|l| l["fields"][field].as_str().map(str::to_owned))
+                .filter(|v| accept(v));
+            let found = value.is_some();
+            async move { Ok(found) }
+        },
+        &format!("{} to log {message:?}", log.display()),
+    )
+    .await
+    .with_context(|| testenv::log_tail(log, 20))?;
+    value.context("logged")
+}
+
+/// The address an operator logging JSON into `log` serves its metrics on.
+pub async fn metrics_address(log: &Path) -> Result<String> {
+    logged(log, "serving metrics", "address", |_| true).await
 }
 
 /// The `(name, function)` pairs of a binary's tests, each named after its function, so that a
@@ -689,38 +708,6 @@ pub fn ready(conditions: Option<&Vec<Condition>>) -> Option<(&str, &str)> {
         .iter()
         .find(|c| c.type_ == "Ready")
         .map(|c| (c.status.as_str(), c.reason.as_str()))
-}
-
-/// Deep-merges `extra` into `base`.
-pub fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
-    match (base, extra) {
-        (serde_json::Value::Object(b), serde_json::Value::Object(e)) => {
-            for (k, v) in e {
-                merge(b.entry(k).or_insert(serde_json::Value::Null), v);
-            }
-        }
-        (b, e) => *b = e,
-    }
-}
-
-pub async fn create_namespace(
-    client: &Client,
-    name: &str,
-    labels: BTreeMap<String, String>,
-) -> Result<()> {
-    let ns = Namespace {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            labels: Some(labels),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .with_context(|| format!("creating namespace {name}"))?;
-    Ok(())
 }
 
 pub async fn create_secret(

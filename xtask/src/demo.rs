@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use imburse_sandbox::{Config, Sandbox};
 use kube::{Api, api::ListParams};
 use tenant_key_api::crd::{READY, TenantSecurityKey};
-use testenv::{ControlPlane, Operator};
+use testenv::cluster::{Launch, free_port, start_cluster};
 
 use crate::workspace::{self, step};
 
@@ -36,39 +36,24 @@ pub async fn run(exit_when_ready: bool) -> Result<()> {
     let operator_binary = workspace::build_operator("debug")?;
 
     step("starting etcd, kube-apiserver and kube-controller-manager");
-    let plane = ControlPlane::start().await?;
+    // The operator's namespace too: it holds its leader election Lease there.
+    let (plane, client) = start_cluster(&[OPERATOR_NAMESPACE]).await?;
     let kubeconfig = plane.kubeconfig_path().to_path_buf();
-    let client = plane.client().await?;
-    testenv::install_crds(&client, &root.join("crds")).await?;
 
     step("starting the Imburse sandbox with a generated account and tenant");
     let config = Config::generate(1, 1);
     let sandbox = Sandbox::start(config.clone()).await?;
 
     step("starting the operator");
-    // Its namespace first: the operator holds its leader election Lease there.
-    kubectl(
-        &kubeconfig,
-        &["create", "namespace", OPERATOR_NAMESPACE],
-        None,
-    )?;
-    let metrics = workspace::free_port()?;
-    let listen = format!("127.0.0.1:{metrics}");
-    let probes = format!("127.0.0.1:{}", workspace::free_port()?);
-    let operator = Operator::start(
-        "operator",
-        &operator_binary,
-        &kubeconfig,
-        plane.data_dir(),
-        &[
-            "--metrics-bind-address",
-            &listen,
-            "--health-probe-bind-address",
-            &probes,
-            "--namespace",
-            OPERATOR_NAMESPACE,
-        ],
-    )?;
+    let listen = format!("127.0.0.1:{}", free_port()?);
+    let probes = format!("127.0.0.1:{}", free_port()?);
+    let operator = Launch {
+        namespace: OPERATOR_NAMESPACE,
+        metrics: &listen,
+        probes: &probes,
+        ..Launch::default()
+    }
+    .start(&operator_binary, &plane, plane.data_dir())?;
 
     step("applying examples/");
     kubectl(&kubeconfig, &["create", "namespace", DEMO_NAMESPACE], None)?;

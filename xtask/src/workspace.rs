@@ -39,10 +39,3 @@ pub fn build_operator(profile: &str) -> Result<PathBuf> {
     }
     Ok(target_dir().join(profile).join("tenant-key-operator"))
 }
-
-/// A free loopback port for a process started next.
-pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}

@@ -5,7 +5,7 @@
 
 use std::{
     collections::BTreeMap,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, ExitCode, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -139,13 +139,8 @@ fn start() -> Result<World> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let (control_plane, client) = runtime.block_on(async {
-        let control_plane = ControlPlane::start().await?;
-        let client = control_plane.client().await?;
-        let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds");
-        testenv::install_crds(&client, &crds).await?;
-        anyhow::Ok((control_plane, client))
-    })?;
+    let (control_plane, client) =
+        runtime.block_on(async { testenv::cluster::start_cluster(&[]).await })?;
     Ok(World {
         runtime,
         kubeconfig: control_plane.kubeconfig_path().to_owned(),

@@ -2,6 +2,8 @@
 //! kube-apiserver, kube-controller-manager) as local processes, for the tests and the demo.
 //!
 //! - [`versions`]: the pinned versions and the cache layout.
+//! - [`cluster`]: where every end-to-end run starts: a control plane with the CRDs, namespaces,
+//!   sandbox accounts, operator processes.
 //! - [`build`]: builds missing binaries into the cache.
 //! - [`ControlPlane`]: runs an isolated control plane; [`detached`] manages one that outlives
 //!   the command that started it (`cargo xtask controlplane up`).
@@ -13,6 +15,7 @@
 
 pub mod build;
 pub mod chaos;
+pub mod cluster;
 mod controlplane;
 pub mod detached;
 pub mod keys;

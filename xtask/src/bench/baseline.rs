@@ -28,7 +28,9 @@ use serde_json::json;
 use tenant_key_api::crd::{ImburseAccount, TenantSecurityKey};
 use tenant_key_operator::controller::key::FINALIZER;
 
-use super::{CREATING_CLIENTS, NAMESPACE, create_key, key_pair_secret};
+use testenv::cluster::key_pair_secret;
+
+use super::{CREATING_CLIENTS, NAMESPACE, create_key};
 
 const FIELD_MANAGER: &str = "bench-floor";
 

@@ -35,18 +35,18 @@ use anyhow::{Context, Result, bail, ensure};
 use futures::{StreamExt, TryStreamExt, future, stream};
 use imburse::Operation;
 use imburse_sandbox::{Config, Faults, Options, Sandbox};
-use k8s_openapi::{
-    ByteString,
-    api::core::v1::{Namespace, Secret},
-};
+use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{
     Api, Client,
     api::{ObjectMeta, PostParams},
     runtime::{WatchStreamExt, watcher},
 };
 use serde_json::{Value, json};
-use tenant_key_api::crd::{ImburseAccount, READY, TenantSecurityKey};
-use testenv::{ControlPlane, Operator};
+use tenant_key_api::crd::{READY, TenantSecurityKey};
+use testenv::{
+    ControlPlane, Operator,
+    cluster::{Launch, create_account, free_port, start_cluster},
+};
 
 use crate::workspace::{self, step};
 
@@ -380,24 +380,21 @@ fn start_operator(
     plane: &ControlPlane,
     args: &Args,
 ) -> Result<(Operator, String, String)> {
-    let listen = format!("127.0.0.1:{}", workspace::free_port()?);
-    let probes = format!("127.0.0.1:{}", workspace::free_port()?);
+    let listen = format!("127.0.0.1:{}", free_port()?);
+    let probes = format!("127.0.0.1:{}", free_port()?);
     let concurrency = args.concurrency.to_string();
     let (rate_limit, burst) = (
         args.imburse_rate_limit.to_string(),
         args.imburse_burst.to_string(),
     );
     let verify_interval = format!("{}s", args.verify_seconds);
-    let operator = Operator::start(
-        "operator",
-        binary,
-        plane.kubeconfig_path(),
-        plane.data_dir(),
-        &[
-            "--metrics-bind-address",
-            &listen,
-            "--health-probe-bind-address",
-            &probes,
+    let operator = Launch {
+        // Where the leader election Lease goes: a namespace every cluster has.
+        namespace: "default",
+        metrics: &listen,
+        probes: &probes,
+        log_filter: "warn",
+        args: &[
             "--concurrency",
             &concurrency,
             "--imburse-rate-limit",
@@ -406,13 +403,10 @@ fn start_operator(
             &burst,
             "--verify-interval",
             &verify_interval,
-            // Where the leader election Lease goes: a namespace every cluster has.
-            "--namespace",
-            "default",
-            "--log-filter",
-            "warn",
         ],
-    )?;
+        ..Launch::default()
+    }
+    .start(binary, plane, plane.data_dir())?;
     Ok((operator, listen, probes))
 }
 
@@ -443,11 +437,7 @@ fn operator_binary(operator: Option<&Path>) -> Result<PathBuf> {
 /// A control plane with the CRDs and the namespace the keys go in.
 async fn start_plane() -> Result<(ControlPlane, Client)> {
     step("starting a control plane");
-    let plane = ControlPlane::start().await?;
-    let client = plane.client().await?;
-    testenv::install_crds(&client, &workspace::root().join("crds")).await?;
-    create_namespace(&client).await?;
-    Ok((plane, client))
+    start_cluster(&[NAMESPACE]).await
 }
 
 /// The operator binary (`operator`, or a fresh release build), and a control plane with the
@@ -456,20 +446,6 @@ pub(crate) async fn prepare(operator: Option<&Path>) -> Result<(PathBuf, Control
     let binary = operator_binary(operator)?;
     let (plane, client) = start_plane().await?;
     Ok((binary, plane, client))
-}
-
-async fn create_namespace(client: &Client) -> Result<()> {
-    let namespace = Namespace {
-        metadata: ObjectMeta {
-            name: Some(NAMESPACE.into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
-        .await?;
-    Ok(())
 }
 
 /// Secrets like an application's: a label of their own and 1 KiB of data, `clients` at once.
@@ -498,65 +474,20 @@ async fn create_unrelated_secrets(client: &Client, count: usize, clients: usize)
     Ok(())
 }
 
-/// A Secret holding a key pair under `publicKey` and `privateKey`, as the tutorial stores one.
-pub(crate) fn key_pair_secret(
-    name: &str,
-    public_key: &str,
-    private_key: &imburse::SecretString,
-) -> Secret {
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            ..ObjectMeta::default()
-        },
-        data: Some(BTreeMap::from([
-            (
-                "publicKey".to_owned(),
-                ByteString(public_key.as_bytes().to_vec()),
-            ),
-            (
-                "privateKey".to_owned(),
-                ByteString(
-                    imburse::ExposeSecret::expose_secret(private_key)
-                        .as_bytes()
-                        .to_vec(),
-                ),
-            ),
-        ])),
-        ..Secret::default()
-    }
-}
-
+/// The `imburse` account of the keys' namespace, with the sandbox's first account.
 pub(crate) async fn setup_account(
     client: &Client,
     config: &Config,
     sandbox: &Sandbox,
 ) -> Result<()> {
-    let account = &config.accounts[0];
-    let secret = key_pair_secret("imburse-account", &account.public_key, &account.private_key);
-    Api::<Secret>::namespaced(client.clone(), NAMESPACE)
-        .create(&PostParams::default(), &secret)
-        .await?;
-    let resource: ImburseAccount = serde_json::from_value(json!({
-        "apiVersion": "imbursepayments.com/v1beta1",
-        "kind": "ImburseAccount",
-        "metadata": {"name": "imburse", "namespace": NAMESPACE},
-        "spec": {"baseUrl": sandbox.base_url(), "credentialsSecretRef": {"name": "imburse-account"}},
-    }))?;
-    let accounts: Api<ImburseAccount> = Api::namespaced(client.clone(), NAMESPACE);
-    accounts.create(&PostParams::default(), &resource).await?;
-    for _ in 0..300 {
-        let ready = accounts
-            .get("imburse")
-            .await?
-            .status
-            .is_some_and(|s| tenant_key_api::crd::is_true(&s.conditions, READY));
-        if ready {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("the account did not become Ready")
+    create_account(
+        client,
+        NAMESPACE,
+        "imburse",
+        &config.accounts[0],
+        &sandbox.base_url(),
+    )
+    .await
 }
 
 pub(crate) async fn create_key(

@@ -17,7 +17,7 @@ const LEASE: &str = "tenant-key-operator";
 const LEADER_LIMIT: Duration = Duration::from_secs(60);
 
 pub(super) async fn run(mut storm: Storm, args: &Args) -> Result<serde_json::Value> {
-    let operator = storm.operator("operator", &["--namespace", "default"])?;
+    let operator = storm.operator("operator", &[])?;
     let mut replicas = Replicas::new(
         vec![("operator".to_owned(), operator)],
         Api::<Lease>::namespaced(storm.client.clone(), "default"),

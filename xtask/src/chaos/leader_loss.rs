@@ -18,17 +18,15 @@ const LEASE: &str = "tenant-key-operator";
 const TAKEOVER_LIMIT: Duration = Duration::from_secs(60);
 
 pub(super) async fn run(storm: Storm, args: &Args) -> Result<serde_json::Value> {
-    let mut operator_args = vec!["--namespace", "default"];
-    operator_args.extend(chaos::SHORT_LEASE_ARGS);
     let mut replicas = Replicas::new(
         vec![
             (
                 "operator-a".to_owned(),
-                storm.operator("operator-a", &operator_args)?,
+                storm.operator("operator-a", &chaos::SHORT_LEASE_ARGS)?,
             ),
             (
                 "operator-b".to_owned(),
-                storm.operator("operator-b", &operator_args)?,
+                storm.operator("operator-b", &chaos::SHORT_LEASE_ARGS)?,
             ),
         ],
         Api::<Lease>::namespaced(storm.client.clone(), "default"),

@@ -27,7 +27,10 @@ use imburse_sandbox::{Config, Faults, Options, RateLimitedFault, Sandbox};
 use kube::{Api, Client, api::ListParams};
 use serde_json::json;
 use tenant_key_api::crd::TenantSecurityKey;
-use testenv::{ControlPlane, Operator, chaos};
+use testenv::{
+    ControlPlane, Operator, chaos,
+    cluster::{Launch, free_port},
+};
 
 use crate::{
     bench::{NAMESPACE, create_key, key_name, prepare, setup_account, wait_all_ready},
@@ -271,24 +274,18 @@ impl Storm {
     /// Starts an operator process (logging into `<logs>/<name>.log`) with `args` after the
     /// common ones, and `POD_NAME=name`.
     fn operator(&self, name: &'static str, args: &[&str]) -> Result<Operator> {
-        let listen = format!("127.0.0.1:{}", workspace::free_port()?);
-        let mut all = vec![
-            "--metrics-bind-address",
-            &listen,
-            "--health-probe-bind-address",
-            "127.0.0.1:0",
-            "--log-filter",
-            "info",
-        ];
-        all.extend_from_slice(args);
-        Operator::start_with_env(
+        let listen = format!("127.0.0.1:{}", free_port()?);
+        Launch {
             name,
-            &self.binary,
-            self.plane.kubeconfig_path(),
-            &self.logs,
-            &all,
-            &[("POD_NAME", name)],
-        )
+            // The Lease goes in a namespace every cluster has.
+            namespace: "default",
+            metrics: &listen,
+            log_filter: "info",
+            env: &[("POD_NAME", name)],
+            args,
+            ..Launch::default()
+        }
+        .start(&self.binary, &self.plane, &self.logs)
     }
 
     /// Creates the account (which needs a running operator to become Ready), then turns the
