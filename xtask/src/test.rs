@@ -31,6 +31,12 @@ pub struct Args {
 /// kube-controller-manager, sandbox and operators.
 const MEMORY_PER_JOB: u64 = 2 << 30;
 
+/// Free space a run may fill where the build goes: a clean clone's target/ ends at 3.3 GiB.
+const DISK_FOR_TARGET: u64 = 4 << 30;
+/// Free space a run may fill in the temporary folder: etcd data and logs of several control
+/// planes at once.
+const DISK_FOR_TEMP: u64 = 1 << 30;
+
 pub fn run(args: Args) -> Result<()> {
     let mut report = Report::new();
     let result = steps(&args, &mut report);
@@ -42,6 +48,11 @@ fn steps(args: &Args, report: &mut Report) -> Result<()> {
     let cargo = cargo();
     let cache_root = versions::cache_root();
 
+    // Checked first: a full disk otherwise shows minutes later as etcd or the linker failing.
+    report.step("free disk space", |_| {
+        enough_disk(&workspace::target_dir(), DISK_FOR_TARGET)?;
+        enough_disk(&std::env::temp_dir(), DISK_FOR_TEMP)
+    })?;
     report.step("cargo fmt", |_| {
         status_step(Command::new(&cargo).args(["fmt", "--all", "--", "--check"]))
     })?;
@@ -424,6 +435,31 @@ fn default_jobs() -> usize {
     (2 * cores).min(by_memory)
 }
 
+/// Fails unless the file system of `path` (or of its nearest existing parent) has `needed`
+/// bytes free for unprivileged users.
+fn enough_disk(path: &Path, needed: u64) -> Result<()> {
+    let existing = path
+        .ancestors()
+        .find(|p| p.exists())
+        .context("no folder of the path exists")?;
+    let stats = rustix::fs::statvfs(existing)
+        .with_context(|| format!("reading the free space of {}", existing.display()))?;
+    let free = stats.f_bavail.saturating_mul(stats.f_frsize);
+    if free < needed {
+        bail!(
+            "{} has {:.1} GiB free; a run needs about {:.1} GiB there. Free some space and run again",
+            existing.display(),
+            gib(free),
+            gib(needed),
+        );
+    }
+    Ok(())
+}
+
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1 << 30)
+}
+
 /// `MemAvailable` of /proc/meminfo, in bytes.
 fn available_memory() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -526,7 +562,7 @@ fn minutes(duration: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{count_of, package_name};
+    use super::{count_of, enough_disk, package_name};
 
     #[test]
     fn counts_libtest_summaries() {
@@ -538,6 +574,19 @@ mod tests {
             (count_of(failed, "passed"), count_of(failed, "failed")),
             (10, 4)
         );
+    }
+
+    #[test]
+    fn a_full_disk_is_named_with_what_a_run_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("target/not/yet");
+        enough_disk(&missing, 1).unwrap();
+        let error = enough_disk(&missing, u64::MAX).unwrap_err().to_string();
+        assert!(
+            error.starts_with(&dir.path().display().to_string()),
+            "{error}"
+        );
+        assert!(error.contains("GiB free; a run needs about"), "{error}");
     }
 
     #[test]
