@@ -37,7 +37,7 @@ fn main() -> std::process::ExitCode {
             ],
         )
     };
-    let at_once: Vec<(&str, TestFn)> = crate::named_tests![
+    let at_once: Vec<(&str, TestFn)> = testenv::named_tests![
         invalid_credentials_are_reported,
         namespaced_account_serves_only_its_namespace,
         cluster_account_honours_allowed_namespaces,
@@ -48,7 +48,7 @@ fn main() -> std::process::ExitCode {
         swapped_credentials_never_count_a_live_key_as_revoked,
     ];
     // Last: scans what every test above made the operator write.
-    let last: Vec<(&str, TestFn)> = crate::named_tests![no_secret_in_logs_events_or_status];
+    let last: Vec<(&str, TestFn)> = testenv::named_tests![no_secret_in_logs_events_or_status];
     support::run_suites(start, at_once, last)
 }
 

@@ -33,9 +33,9 @@ fn main() -> std::process::ExitCode {
         )
     };
     let at_once: Vec<(&str, TestFn)> =
-        crate::named_tests![a_hand_made_key_is_adopted_only_when_asked];
+        testenv::named_tests![a_hand_made_key_is_adopted_only_when_asked];
     let one_at_a_time: Vec<(&str, TestFn)> =
-        crate::named_tests![adoption_records_what_the_attempt_requested];
+        testenv::named_tests![adoption_records_what_the_attempt_requested];
     support::run_suites(start, at_once, one_at_a_time)
 }
 

@@ -565,7 +565,7 @@ type Seen = Arc<Mutex<Vec<String>>>;
 fn main() -> std::process::ExitCode {
     let mut args = Arguments::from_args();
     let cases = cases();
-    let tests: Vec<(&str, TestFn)> = crate::named_tests![
+    let tests: Vec<(&str, TestFn)> = testenv::named_tests![
         permanent_errors_are_reported,
         schema_rejects_invalid_objects,
         schema_refuses_empty_and_built_in_secret_types,
@@ -610,7 +610,7 @@ fn main() -> std::process::ExitCode {
     trials.extend(
         tests
             .into_iter()
-            .map(|(name, test)| support::trial(&env, name, test)),
+            .map(|(name, test)| testenv::suite::trial(&env, name, test)),
     );
     let functional = libtest_mimic::run(&args, trials);
     // Runs after every case, over everything they made the operator write.

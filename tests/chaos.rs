@@ -73,7 +73,7 @@ fn main() -> std::process::ExitCode {
         }
         Ok(env)
     };
-    let tests: Vec<(&str, TestFn)> = crate::named_tests![
+    let tests: Vec<(&str, TestFn)> = testenv::named_tests![
         kill_storm_ends_with_one_working_key_each,
         leader_loss_ends_with_one_working_key_each,
         apiserver_restarts_end_with_one_working_key_each,

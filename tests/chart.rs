@@ -47,7 +47,7 @@ use testenv::{ControlPlane, Operator};
 const UNWATCHED: &str = "elsewhere";
 
 fn main() -> std::process::ExitCode {
-    support::chart::run(crate::named_tests![
+    support::chart::run(testenv::named_tests![
         helm_upgrade_updates_the_crds,
         operator_runs_under_the_chart_rbac,
         operator_runs_namespaced_under_the_chart_rbac,

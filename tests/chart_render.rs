@@ -21,7 +21,7 @@ use support::chart::{
 use tenant_key_api::crd::{ClusterImburseAccount, ImburseAccount, TenantSecurityKey};
 
 fn main() -> std::process::ExitCode {
-    support::chart::run(crate::named_tests![
+    support::chart::run(testenv::named_tests![
         chart_lints,
         chart_crds_are_the_generated_ones,
         values_are_checked_by_the_schema,

@@ -27,7 +27,7 @@ use tenant_key_api::crd::TenantSecurityKey;
 
 fn main() -> std::process::ExitCode {
     let start = || Env::start(Config::generate(1, 4));
-    let tests: Vec<(&str, TestFn)> = crate::named_tests![
+    let tests: Vec<(&str, TestFn)> = testenv::named_tests![
         an_admins_secret_is_adopted_only_with_its_consent_and_keeps_its_entries,
         a_restart_denied_by_admission_does_not_hold_the_revocation,
         a_workload_without_consent_is_not_restarted,

@@ -28,7 +28,7 @@ use testenv::keys::secret_key_pair;
 fn main() -> std::process::ExitCode {
     // Two accounts, whose private keys the final scan looks for too.
     let start = || Env::start(Config::generate(2, 6));
-    let at_once: Vec<(&str, TestFn)> = crate::named_tests![
+    let at_once: Vec<(&str, TestFn)> = testenv::named_tests![
         key_becomes_ready_and_authenticates,
         current_api_generation,
         secret_template_is_honoured,
@@ -37,7 +37,7 @@ fn main() -> std::process::ExitCode {
         the_longest_name_gets_its_key_secret_and_events,
     ];
     // Last: scans what every test above made the operator write.
-    let last: Vec<(&str, TestFn)> = crate::named_tests![no_secret_in_logs_events_or_status];
+    let last: Vec<(&str, TestFn)> = testenv::named_tests![no_secret_in_logs_events_or_status];
     support::run_suites(start, at_once, last)
 }
 

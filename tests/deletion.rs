@@ -26,7 +26,7 @@ use testenv::keys::secret_key_pair;
 
 fn main() -> std::process::ExitCode {
     let start = || Env::start(Config::generate(1, 11));
-    let at_once: Vec<(&str, TestFn)> = crate::named_tests![
+    let at_once: Vec<(&str, TestFn)> = testenv::named_tests![
         delete_policy_revokes_the_key,
         retain_policy_keeps_key_and_secret,
         namespace_deletion_revokes_its_keys,
@@ -40,7 +40,7 @@ fn main() -> std::process::ExitCode {
         deletion_with_more_replaced_keys_than_steps_finishes,
     ];
     // Last: scans what every test above made the operator write.
-    let last: Vec<(&str, TestFn)> = crate::named_tests![no_secret_in_logs_events_or_status];
+    let last: Vec<(&str, TestFn)> = testenv::named_tests![no_secret_in_logs_events_or_status];
     support::run_suites(start, at_once, last)
 }
 

@@ -24,7 +24,7 @@ const INTENT_ANNOTATION: &str = "imbursepayments.com/create-pending";
 fn main() -> std::process::ExitCode {
     let start = || Env::start(Config::generate(1, 1));
     let tests: Vec<(&str, TestFn)> =
-        crate::named_tests![a_forged_intent_and_secret_revoke_no_key_of_another_namespace];
+        testenv::named_tests![a_forged_intent_and_secret_revoke_no_key_of_another_namespace];
     support::run_suite(start, tests)
 }
 

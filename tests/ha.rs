@@ -50,7 +50,7 @@ fn main() -> std::process::ExitCode {
         env.block_on(env.namespace_with_account(NS, 0))?;
         Ok(env)
     };
-    let tests: Vec<(&str, TestFn)> = crate::named_tests![
+    let tests: Vec<(&str, TestFn)> = testenv::named_tests![
         a_follower_does_not_reconcile_and_the_leader_reports_its_keys,
         sigterm_hands_the_lease_over_at_once,
         livez_fails_while_a_reconcile_hangs,

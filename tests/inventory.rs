@@ -34,7 +34,7 @@ fn main() -> std::process::ExitCode {
         )
     };
     let tests: Vec<(&str, TestFn)> =
-        crate::named_tests![every_key_is_classified_and_only_the_leaked_one_is_revoked];
+        testenv::named_tests![every_key_is_classified_and_only_the_leaked_one_is_revoked];
     support::run_suite(start, tests)
 }
 

@@ -33,11 +33,11 @@ fn main() -> std::process::ExitCode {
             &["--leader-election=false"],
         )
     };
-    let at_once: Vec<(&str, TestFn)> = crate::named_tests![
+    let at_once: Vec<(&str, TestFn)> = testenv::named_tests![
         lost_create_response_leaves_no_orphan,
         orphan_cleanup_spares_keys_it_did_not_make,
     ];
-    let one_at_a_time: Vec<(&str, TestFn)> = crate::named_tests![
+    let one_at_a_time: Vec<(&str, TestFn)> = testenv::named_tests![
         crash_between_create_and_secret_write_leaves_no_orphan,
         orphans_are_found_after_the_intent_was_wiped,
         a_late_key_of_a_superseded_attempt_is_revoked,

@@ -25,9 +25,9 @@ fn main() -> std::process::ExitCode {
         )
     };
     let at_once: Vec<(&str, TestFn)> =
-        crate::named_tests![steady_state_makes_no_calls_and_no_writes];
+        testenv::named_tests![steady_state_makes_no_calls_and_no_writes];
     // Last: scans what every test above made the operator write.
-    let one_at_a_time: Vec<(&str, TestFn)> = crate::named_tests![
+    let one_at_a_time: Vec<(&str, TestFn)> = testenv::named_tests![
         restart_at_rest_creates_and_writes_nothing,
         no_secret_in_logs_events_or_status
     ];

@@ -45,7 +45,7 @@ fn main() -> std::process::ExitCode {
             ],
         )
     };
-    let at_once: Vec<(&str, TestFn)> = crate::named_tests![
+    let at_once: Vec<(&str, TestFn)> = testenv::named_tests![
         a_scheduled_rotation_keeps_the_old_key_for_its_grace_period,
         a_key_revoked_elsewhere_is_replaced,
         changing_roles_replaces_the_key,
@@ -57,7 +57,7 @@ fn main() -> std::process::ExitCode {
         a_rotation_interval_below_the_floor_mints_nothing,
         a_listing_that_lacks_a_key_replaces_nothing,
     ];
-    let one_at_a_time: Vec<(&str, TestFn)> = crate::named_tests![
+    let one_at_a_time: Vec<(&str, TestFn)> = testenv::named_tests![
         a_rotation_request_is_served_once,
         a_rotation_survives_a_crash_at_any_point,
         restart_targets_roll_once_per_key_change,

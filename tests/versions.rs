@@ -16,9 +16,9 @@ use tenant_key_api::crd::{self, DEFAULT_BASE_URL, ImburseAccount};
 
 fn main() -> std::process::ExitCode {
     let start = || Env::start(Config::generate(1, 1));
-    let at_once: Vec<(&str, TestFn)> = crate::named_tests![both_versions_are_served];
+    let at_once: Vec<(&str, TestFn)> = testenv::named_tests![both_versions_are_served];
     // Last: scans what every test above made the operator write.
-    let last: Vec<(&str, TestFn)> = crate::named_tests![no_secret_in_logs_events_or_status];
+    let last: Vec<(&str, TestFn)> = testenv::named_tests![no_secret_in_logs_events_or_status];
     support::run_suites(start, at_once, last)
 }
 

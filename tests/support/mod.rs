@@ -491,119 +491,48 @@ pub async fn metrics_address(log: &Path) -> Result<String> {
     logged(log, "serving metrics", "address", |_| true).await
 }
 
-/// The `(name, function)` pairs of a binary's tests, each named after its function, so that a
-/// test's name cannot drift from what it runs.
-#[macro_export]
-macro_rules! named_tests {
-    ($($test:ident),+ $(,)?) => {
-        vec![$((stringify!($test), $test as _)),+]
-    };
-}
-
 /// A test of a binary whose tests share one [`Env`].
 pub type TestFn = fn(&Env) -> Result<()>;
 
-/// Starts the environment, then runs `tests` in it one at a time (see [`run_one_at_a_time`]);
-/// an environment that does not start fails the binary.
+/// Runs `tests` one after another in the environment `start` makes.
 pub fn run_suite(
     start: impl FnOnce() -> Result<Env>,
     tests: Vec<(&'static str, TestFn)>,
 ) -> std::process::ExitCode {
-    run_suites(start, Vec::new(), tests)
+    testenv::suite::run(start, Vec::new(), tests)
 }
 
-/// Starts the environment, runs the tests of `at_once` in it all at the same time, then those
-/// of `one_at_a_time` one after another (see [`run_one_at_a_time`]); an environment that does
-/// not start fails the binary.
-///
-/// A test of `at_once` works in a namespace and with tenants of its own, leaves the
-/// environment's operator alone and sets no fault on the environment's sandbox (it sets them
-/// on a sandbox of its own, [`Env::own_sandbox`]). A test that stops, crashes or restarts the
-/// operator, or counts what the environment's sandbox was asked, belongs to `one_at_a_time`.
+/// Runs the tests of `at_once` all at the same time, then those of `one_at_a_time` one after
+/// another (see [`testenv::suite::run`]). A test of `at_once` works in a namespace and with
+/// tenants of its own, leaves the environment's operator alone and sets no fault on the
+/// environment's sandbox (it sets them on a sandbox of its own, [`Env::own_sandbox`]). A test
+/// that stops, crashes or restarts the operator, or counts what the environment's sandbox was
+/// asked, belongs to `one_at_a_time`.
 pub fn run_suites(
     start: impl FnOnce() -> Result<Env>,
     at_once: Vec<(&'static str, TestFn)>,
     one_at_a_time: Vec<(&'static str, TestFn)>,
 ) -> std::process::ExitCode {
-    let args = libtest_mimic::Arguments::from_args();
-    let env = match start() {
-        Ok(env) => Arc::new(env),
-        Err(e) => {
-            eprintln!("could not start the test environment: {e:#}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let mut failed = false;
-    if !at_once.is_empty() {
-        failed |= run_at_once(args.clone(), &env, at_once).has_failed();
-    }
-    if !one_at_a_time.is_empty() {
-        failed |= run_one_at_a_time(args, &env, one_at_a_time).has_failed();
-    }
-    drop(env);
-    if failed {
-        std::process::ExitCode::FAILURE
-    } else {
-        std::process::ExitCode::SUCCESS
-    }
+    testenv::suite::run(start, at_once, one_at_a_time)
 }
 
-/// Runs `tests` all at once: they mostly wait on the operator, so the binary takes about as
-/// long as its longest test.
-fn run_at_once(
-    mut args: libtest_mimic::Arguments,
-    env: &Arc<Env>,
-    tests: Vec<(&'static str, TestFn)>,
-) -> libtest_mimic::Conclusion {
-    args.test_threads = Some(args.test_threads.unwrap_or(tests.len()));
-    let trials = tests
-        .into_iter()
-        .map(|(name, test)| trial(env, name, test))
-        .collect();
-    libtest_mimic::run(&args, trials)
-}
-
-/// The test `test`, named `name`, in `env`.
-pub fn trial(env: &Arc<Env>, name: &'static str, test: TestFn) -> libtest_mimic::Trial {
-    let env = env.clone();
-    libtest_mimic::Trial::test(name, move || {
-        test(&env).map_err(|e| format!("{e:#}").into())
-    })
-}
-
-/// Runs `tests` one at a time. Whatever a test did, the next one starts with a running
-/// operator and without faults at the environment's sandbox.
-fn run_one_at_a_time(
-    mut args: libtest_mimic::Arguments,
-    env: &Arc<Env>,
-    tests: Vec<(&'static str, TestFn)>,
-) -> libtest_mimic::Conclusion {
-    args.test_threads = Some(1);
-    let trials = tests
-        .into_iter()
-        .map(|(name, test)| {
-            let env = env.clone();
-            libtest_mimic::Trial::test(name, move || {
-                let result = test(&env);
-                let mut operator = env.operator.lock().unwrap_or_else(|e| e.into_inner());
-                let restarted = match operator.pid() {
-                    Some(_) => Ok(()),
-                    None => operator.restart(),
-                };
-                drop(operator);
-                let reset = env.block_on(
-                    env.sandbox
-                        .admin()
-                        .set_faults(&imburse_sandbox::Faults::default()),
-                );
-                result
-                    .and(restarted)
-                    .and(reset.map_err(Into::into))
-                    .map_err(|e| format!("{e:#}").into())
-            })
-        })
-        .collect();
-    libtest_mimic::run(&args, trials)
+/// After a test that may have disturbed it, the next one starts with a running operator and
+/// without faults at the environment's sandbox.
+impl testenv::suite::World for Env {
+    fn restore(&self) -> Result<()> {
+        let mut operator = self.operator.lock().unwrap_or_else(|e| e.into_inner());
+        let restarted = match operator.pid() {
+            Some(_) => Ok(()),
+            None => operator.restart(),
+        };
+        drop(operator);
+        let reset = self.block_on(
+            self.sandbox
+                .admin()
+                .set_faults(&imburse_sandbox::Faults::default()),
+        );
+        restarted.and(reset.map_err(Into::into))
+    }
 }
 
 impl Env {

@@ -7,7 +7,7 @@ use std::{
     collections::BTreeMap,
     path::PathBuf,
     process::{Child, Command, ExitCode, Stdio},
-    sync::{Arc, Mutex},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -27,7 +27,6 @@ use kube::{
     config::Kubeconfig,
     runtime::events::{Event, EventType, Recorder, Reporter},
 };
-use libtest_mimic::{Arguments, Trial};
 use serde_json::{Value, json};
 use tenant_key_api::{
     crd::{
@@ -56,82 +55,28 @@ struct World {
     outputs: Mutex<Vec<String>>,
 }
 
-type TestFn = fn(&World) -> Result<()>;
+impl testenv::suite::World for World {}
 
 fn main() -> ExitCode {
-    let args = Arguments::from_args();
-    let world = match start() {
-        Ok(world) => Arc::new(world),
-        Err(e) => {
-            eprintln!("could not start the control plane: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let tests: Vec<(&str, TestFn)> = vec![
-        (
-            "status_shows_the_whole_picture",
+    testenv::suite::run(
+        start,
+        testenv::named_tests![
             status_shows_the_whole_picture,
-        ),
-        (
-            "status_finds_a_secret_that_differs",
             status_finds_a_secret_that_differs,
-        ),
-        (
-            "status_of_a_new_key_with_a_cluster_account",
             status_of_a_new_key_with_a_cluster_account,
-        ),
-        ("status_lists_every_key", status_lists_every_key),
-        (
-            "namespace_and_context_follow_the_kubeconfig",
+            status_lists_every_key,
             namespace_and_context_follow_the_kubeconfig,
-        ),
-        ("missing_resources_are_errors", missing_resources_are_errors),
-        (
-            "inspect_secret_shows_its_public_parts",
+            missing_resources_are_errors,
             inspect_secret_shows_its_public_parts,
-        ),
-        ("rotate_sets_the_annotation", rotate_sets_the_annotation),
-        (
-            "rotate_wait_returns_once_the_key_is_rotated",
+            rotate_sets_the_annotation,
             rotate_wait_returns_once_the_key_is_rotated,
-        ),
-        (
-            "rotate_wait_gives_up_after_the_timeout",
             rotate_wait_gives_up_after_the_timeout,
-        ),
-        (
-            "migrate_rewrites_then_leaves_alone",
             migrate_rewrites_then_leaves_alone,
-        ),
-        (
-            "version_reads_the_operator_image",
             version_reads_the_operator_image,
-        ),
-    ];
-    let trials = tests
-        .into_iter()
-        .map(|(name, test)| {
-            let world = world.clone();
-            Trial::test(name, move || {
-                test(&world).map_err(|e| format!("{e:#}").into())
-            })
-        })
-        .collect();
-    let functional = libtest_mimic::run(&args, trials);
-    // After every other test, over everything they made the plugin print.
-    let leak_world = world.clone();
-    let leaks = libtest_mimic::run(
-        &args,
-        vec![Trial::test("no_private_key_in_any_output", move || {
-            no_private_key_in_any_output(&leak_world).map_err(|e| format!("{e:#}").into())
-        })],
-    );
-    drop(world);
-    if functional.has_failed() || leaks.has_failed() {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+        ],
+        // After every other test, over everything they made the plugin print.
+        testenv::named_tests![no_private_key_in_any_output],
+    )
 }
 
 fn start() -> Result<World> {

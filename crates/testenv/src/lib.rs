@@ -12,6 +12,7 @@
 //! - [`Registry`]: a local OCI registry for installs from `oci://`.
 //! - [`chaos`]: what the chaos scenarios of the tests and of `cargo xtask chaos` share.
 //! - [`keys`]: the checks of a delivered key both use.
+//! - [`suite`]: how an end-to-end test binary runs its tests in the world it started.
 
 pub mod build;
 pub mod chaos;
@@ -23,6 +24,7 @@ mod operator;
 mod pki;
 mod process;
 mod registry;
+pub mod suite;
 pub mod versions;
 
 use std::path::Path;
