@@ -253,14 +253,13 @@ async fn make_keys(env: &Env, tenant: &str) -> Result<Keys> {
 
 /// The operator's `tenant_key_operator_imburse_keys` samples of `tenant`, by class.
 async fn scrape_inventory(env: &Env, tenant: &str) -> Result<BTreeMap<String, f64>> {
-    let log = env.operator_log()?;
-    let address = log
-        .lines()
-        .rev()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|l| l["fields"]["message"] == "serving metrics")
-        .find_map(|l| l["fields"]["address"].as_str().map(str::to_owned))
-        .context("the operator serves no metrics")?;
+    let log = env
+        .operator
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .log_path()
+        .to_owned();
+    let address = support::metrics_address(&log).await?;
     let text = reqwest::get(format!("http://{address}/metrics"))
         .await?
         .text()

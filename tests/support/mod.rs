@@ -168,8 +168,9 @@ impl Env {
         Ok(sandbox)
     }
 
-    /// Creates a namespace holding the credentials Secret of sandbox account `account` and an
-    /// `ImburseAccount` named `imburse` for it, and waits until the account is Ready.
+    /// Creates a namespace holding the credentials Secret of sandbox account `account`
+    /// (`imburse-credentials`) and an `ImburseAccount` named `imburse` for it, and waits until
+    /// the account is Ready.
     pub async fn namespace_with_account(&self, namespace: &str, account: usize) -> Result<()> {
         self.namespace_with_account_at(namespace, account, &self.sandbox)
             .await
@@ -184,17 +185,14 @@ impl Env {
         sandbox: &Sandbox,
     ) -> Result<()> {
         create_namespace(&self.client, namespace, BTreeMap::new()).await?;
-        self.credentials_secret(namespace, "imburse-credentials", account)
-            .await?;
-        let at = json!({ "baseUrl": sandbox.base_url() });
-        self.apply_account(namespace, "imburse", at, "imburse-credentials")
-            .await?;
-        let accounts: Api<ImburseAccount> = Api::namespaced(self.client.clone(), namespace);
-        wait_for(&accounts, "imburse", |a| {
-            ready(a.status.as_ref().map(|s| &s.conditions)) == Some(("True", "CredentialsVerified"))
-        })
-        .await?;
-        Ok(())
+        testenv::cluster::create_account(
+            &self.client,
+            namespace,
+            "imburse",
+            self.account(account),
+            &sandbox.base_url(),
+        )
+        .await
     }
 
     /// Stores the key pair of sandbox account `account` in a Secret.
@@ -440,7 +438,7 @@ pub fn start_operator_with_env(
     Launch {
         name,
         namespace: operator_namespace,
-        log_filter: LOG_FILTER,
+        log_filter: Some(LOG_FILTER),
         env,
         args: extra,
         ..Launch::default()

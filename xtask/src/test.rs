@@ -31,8 +31,10 @@ pub struct Args {
 /// kube-controller-manager, sandbox and operators.
 const MEMORY_PER_JOB: u64 = 2 << 30;
 
-/// Free space a run may fill where the build goes: a clean clone's target/ ends at 3.3 GiB.
+/// Free space a run may fill where the build goes: a clean clone's target/ ends at 3.3 GiB, a
+/// warm one grows by what changed.
 const DISK_FOR_TARGET: u64 = 4 << 30;
+const DISK_FOR_WARM_TARGET: u64 = 1 << 30;
 /// Free space a run may fill in the temporary folder: etcd data and logs of several control
 /// planes at once.
 const DISK_FOR_TEMP: u64 = 1 << 30;
@@ -50,8 +52,16 @@ fn steps(args: &Args, report: &mut Report) -> Result<()> {
 
     // Checked first: a full disk otherwise shows minutes later as etcd or the linker failing.
     report.step("free disk space", |_| {
-        enough_disk(&workspace::target_dir(), DISK_FOR_TARGET)?;
-        enough_disk(&std::env::temp_dir(), DISK_FOR_TEMP)
+        let target = std::path::absolute(workspace::target_dir())?;
+        let for_target = if target.join("debug").exists() {
+            DISK_FOR_WARM_TARGET
+        } else {
+            DISK_FOR_TARGET
+        };
+        enough_disk(&[
+            (&target, for_target),
+            (&std::env::temp_dir(), DISK_FOR_TEMP),
+        ])
     })?;
     report.step("cargo fmt", |_| {
         status_step(Command::new(&cargo).args(["fmt", "--all", "--", "--check"]))
@@ -435,23 +445,35 @@ fn default_jobs() -> usize {
     (2 * cores).min(by_memory)
 }
 
-/// Fails unless the file system of `path` (or of its nearest existing parent) has `needed`
-/// bytes free for unprivileged users.
-fn enough_disk(path: &Path, needed: u64) -> Result<()> {
-    let existing = path
-        .ancestors()
-        .find(|p| p.exists())
-        .context("no folder of the path exists")?;
-    let stats = rustix::fs::statvfs(existing)
-        .with_context(|| format!("reading the free space of {}", existing.display()))?;
-    let free = stats.f_bavail.saturating_mul(stats.f_frsize);
-    if free < needed {
-        bail!(
-            "{} has {:.1} GiB free; a run needs about {:.1} GiB there. Free some space and run again",
-            existing.display(),
-            gib(free),
-            gib(needed),
-        );
+/// Fails unless each file system has the bytes free for unprivileged users that the `needs`
+/// on it add up to; a path that does not exist yet counts on its nearest existing parent's.
+fn enough_disk(needs: &[(&Path, u64)]) -> Result<()> {
+    let mut by_file_system: Vec<(u64, &Path, u64, u64)> = Vec::new();
+    for &(path, needed) in needs {
+        let existing = path
+            .ancestors()
+            .find(|p| p.exists())
+            .with_context(|| format!("no folder of {} exists", path.display()))?;
+        let stats = rustix::fs::statvfs(existing)
+            .with_context(|| format!("reading the free space of {}", existing.display()))?;
+        let free = stats.f_bavail.saturating_mul(stats.f_frsize);
+        match by_file_system
+            .iter_mut()
+            .find(|(id, ..)| *id == stats.f_fsid)
+        {
+            Some((_, _, _, total)) => *total = total.saturating_add(needed),
+            None => by_file_system.push((stats.f_fsid, existing, free, needed)),
+        }
+    }
+    for (_, path, free, needed) in by_file_system {
+        if free < needed {
+            bail!(
+                "{} has {:.1} GiB free; a run needs about {:.1} GiB there. Free some space and run again",
+                path.display(),
+                gib(free),
+                gib(needed),
+            );
+        }
     }
     Ok(())
 }
@@ -580,8 +602,14 @@ mod tests {
     fn a_full_disk_is_named_with_what_a_run_needs() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("target/not/yet");
-        enough_disk(&missing, 1).unwrap();
-        let error = enough_disk(&missing, u64::MAX).unwrap_err().to_string();
+        let stats = rustix::fs::statvfs(dir.path()).unwrap();
+        let most = stats.f_bavail * stats.f_frsize / 5 * 3;
+        enough_disk(&[(&missing, most)]).unwrap();
+        enough_disk(&[(dir.path(), most)]).unwrap();
+        // Two needs on one file system add up.
+        let error = enough_disk(&[(&missing, most), (dir.path(), most)])
+            .unwrap_err()
+            .to_string();
         assert!(
             error.starts_with(&dir.path().display().to_string()),
             "{error}"

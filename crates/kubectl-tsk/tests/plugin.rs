@@ -14,10 +14,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use k8s_openapi::{
     ByteString,
-    api::{
-        apps::v1::Deployment,
-        core::v1::{Namespace, Secret},
-    },
+    api::{apps::v1::Deployment, core::v1::Secret},
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
     jiff::{SignedDuration, Timestamp},
 };
@@ -37,7 +34,10 @@ use tenant_key_api::{
         fingerprint, owner_label_value, secret_name,
     },
 };
-use testenv::ControlPlane;
+use testenv::{
+    ControlPlane,
+    cluster::{create_namespace, imburse_account, start_cluster},
+};
 
 const TENANT: &str = "88fdb12a-14dc-419c-b74c-422e2c25cfe7";
 const ACCOUNT_ID: &str = "53ca62f5-b124-447d-b593-2f7ea4fecdcc";
@@ -84,8 +84,7 @@ fn start() -> Result<World> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let (control_plane, client) =
-        runtime.block_on(async { testenv::cluster::start_cluster(&[]).await })?;
+    let (control_plane, client) = runtime.block_on(start_cluster(&[]))?;
     Ok(World {
         runtime,
         kubeconfig: control_plane.kubeconfig_path().to_owned(),
@@ -175,26 +174,14 @@ impl World {
 
     /// A namespace with a Ready `ImburseAccount` named `imburse`.
     async fn namespace(&self, name: &str) -> Result<()> {
-        let namespace = Namespace {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        Api::<Namespace>::all(self.client.clone())
-            .create(&PostParams::default(), &namespace)
-            .await?;
-        let account: ImburseAccount = serde_json::from_value(json!({
-            "apiVersion": "imbursepayments.com/v1beta1",
-            "kind": "ImburseAccount",
-            "metadata": {"name": "imburse", "namespace": name},
-            "spec": {
-                "baseUrl": BASE_URL,
-                "accountId": ACCOUNT_ID,
-                "credentialsSecretRef": {"name": "imburse-credentials"},
-            },
-        }))?;
+        create_namespace(&self.client, name, BTreeMap::new()).await?;
+        let account = imburse_account(
+            name,
+            "imburse",
+            BASE_URL,
+            "imburse-credentials",
+            json!({"accountId": ACCOUNT_ID}),
+        )?;
         let accounts: Api<ImburseAccount> = Api::namespaced(self.client.clone(), name);
         accounts.create(&PostParams::default(), &account).await?;
         let status = json!({"status": {"observedGeneration": 1, "conditions": [

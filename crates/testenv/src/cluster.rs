@@ -24,8 +24,8 @@ use tenant_key_api::crd::{ImburseAccount, READY, is_true};
 
 use crate::{ControlPlane, Operator, install_crds};
 
-/// The CRDs `cargo xtask generate` writes, which every run installs.
-pub fn crds_dir() -> PathBuf {
+/// The CRDs `cargo xtask generate` writes.
+fn crds_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds")
 }
 
@@ -162,13 +162,15 @@ pub fn free_port() -> Result<u16> {
 pub struct Launch<'a> {
     /// Names its log file (`<logs>/<name>.log`).
     pub name: &'static str,
-    /// Where it holds its leader election Lease.
+    /// `--namespace`: where it holds its leader election Lease and reads the credentials of
+    /// `ClusterImburseAccount`s.
     pub namespace: &'a str,
     /// `--metrics-bind-address`; `127.0.0.1:0` lets it pick a free port, which it logs.
     pub metrics: &'a str,
     /// `--health-probe-bind-address`.
     pub probes: &'a str,
-    pub log_filter: &'a str,
+    /// `--log-filter`; without it the operator's default, or `TKO_LOG_FILTER`.
+    pub log_filter: Option<&'a str>,
     /// Added to its environment, e.g. a `POD_NAME` that names it in the Lease.
     pub env: &'a [(&'a str, &'a str)],
     /// After the common arguments.
@@ -182,8 +184,7 @@ impl Default for Launch<'_> {
             namespace: "tenant-key-operator",
             metrics: "127.0.0.1:0",
             probes: "127.0.0.1:0",
-            // The operator's own default.
-            log_filter: "info,kube=warn",
+            log_filter: None,
             env: &[],
             args: &[],
         }
@@ -205,9 +206,10 @@ impl Launch<'_> {
             self.probes,
             "--namespace",
             self.namespace,
-            "--log-filter",
-            self.log_filter,
         ];
+        if let Some(filter) = self.log_filter {
+            args.extend(["--log-filter", filter]);
+        }
         args.extend_from_slice(self.args);
         Operator::start_with_env(
             self.name,

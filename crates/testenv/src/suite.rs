@@ -25,7 +25,7 @@ pub type Test<W> = (&'static str, fn(&W) -> Result<()>);
 #[macro_export]
 macro_rules! named_tests {
     ($($test:ident),+ $(,)?) => {
-        vec![$((stringify!($test), $test as _)),+]
+        ::std::vec![$((stringify!($test), $test as _)),+]
     };
 }
 
@@ -65,9 +65,21 @@ pub fn run<W: World>(
 
 /// The test `test`, named `name`, in `world`.
 pub fn trial<W: World>(world: &Arc<W>, name: &'static str, test: fn(&W) -> Result<()>) -> Trial {
+    trial_then(world, name, test, |_| Ok(()))
+}
+
+/// The test `test`, named `name`, in `world`, followed by `then` whatever the test did.
+fn trial_then<W: World>(
+    world: &Arc<W>,
+    name: &'static str,
+    test: fn(&W) -> Result<()>,
+    then: fn(&W) -> Result<()>,
+) -> Trial {
     let world = world.clone();
     Trial::test(name, move || {
-        test(&world).map_err(|e| format!("{e:#}").into())
+        let result = test(&world);
+        let after = then(&world);
+        result.and(after).map_err(|e| format!("{e:#}").into())
     })
 }
 
@@ -90,14 +102,7 @@ fn run_one_at_a_time<W: World>(
     args.test_threads = Some(1);
     let trials = tests
         .into_iter()
-        .map(|(name, test)| {
-            let world = world.clone();
-            Trial::test(name, move || {
-                let result = test(&world);
-                let restored = world.restore();
-                result.and(restored).map_err(|e| format!("{e:#}").into())
-            })
-        })
+        .map(|(name, test)| trial_then(world, name, test, W::restore))
         .collect();
     libtest_mimic::run(&args, trials)
 }

@@ -28,7 +28,7 @@ use serde_json::json;
 use tenant_key_api::crd::{ImburseAccount, TenantSecurityKey};
 use tenant_key_operator::controller::key::FINALIZER;
 
-use testenv::cluster::key_pair_secret;
+use testenv::cluster::{imburse_account, key_pair_secret};
 
 use super::{CREATING_CLIENTS, NAMESPACE, create_key};
 
@@ -47,7 +47,7 @@ pub(crate) async fn kube_floor(
     concurrency: usize,
     tenants: &[&str],
 ) -> Result<Duration> {
-    create_account(client).await?;
+    create_unverified_account(client).await?;
     pipeline(client, "mirror", keys, concurrency, tenants, mirror_key).await
 }
 
@@ -102,13 +102,14 @@ where
 }
 
 /// The account resource the floor's reads find; no operator ever makes it Ready.
-async fn create_account(client: &Client) -> Result<()> {
-    let account: ImburseAccount = serde_json::from_value(json!({
-        "apiVersion": "imbursepayments.com/v1beta1",
-        "kind": "ImburseAccount",
-        "metadata": {"name": "imburse", "namespace": NAMESPACE},
-        "spec": {"baseUrl": "http://127.0.0.1:1", "credentialsSecretRef": {"name": "imburse-account"}},
-    }))?;
+async fn create_unverified_account(client: &Client) -> Result<()> {
+    let account = imburse_account(
+        NAMESPACE,
+        "imburse",
+        "http://127.0.0.1:1",
+        "imburse-credentials",
+        json!({}),
+    )?;
     Api::<ImburseAccount>::namespaced(client.clone(), NAMESPACE)
         .create(&PostParams::default(), &account)
         .await?;

@@ -393,7 +393,7 @@ fn start_operator(
         namespace: "default",
         metrics: &listen,
         probes: &probes,
-        log_filter: "warn",
+        log_filter: Some("warn"),
         args: &[
             "--concurrency",
             &concurrency,

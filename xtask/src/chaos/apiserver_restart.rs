@@ -10,7 +10,7 @@ use kube::Api;
 use serde_json::json;
 use testenv::Replicas;
 
-use super::{Args, Storm, pause};
+use super::{Args, LEASE_NAMESPACE, Storm, pause};
 use crate::workspace::step;
 
 const LEASE: &str = "tenant-key-operator";
@@ -20,7 +20,7 @@ pub(super) async fn run(mut storm: Storm, args: &Args) -> Result<serde_json::Val
     let operator = storm.operator("operator", &[])?;
     let mut replicas = Replicas::new(
         vec![("operator".to_owned(), operator)],
-        Api::<Lease>::namespaced(storm.client.clone(), "default"),
+        Api::<Lease>::namespaced(storm.client.clone(), LEASE_NAMESPACE),
         LEASE,
     );
     let started = storm.begin(args).await?;

@@ -10,7 +10,7 @@ use kube::Api;
 use serde_json::json;
 use testenv::{Replicas, chaos};
 
-use super::{Args, Storm, pause};
+use super::{Args, LEASE_NAMESPACE, Storm, pause};
 use crate::workspace::step;
 
 const LEASE: &str = "tenant-key-operator";
@@ -29,7 +29,7 @@ pub(super) async fn run(storm: Storm, args: &Args) -> Result<serde_json::Value> 
                 storm.operator("operator-b", &chaos::SHORT_LEASE_ARGS)?,
             ),
         ],
-        Api::<Lease>::namespaced(storm.client.clone(), "default"),
+        Api::<Lease>::namespaced(storm.client.clone(), LEASE_NAMESPACE),
         LEASE,
     );
     replicas.wait_leader(None, TAKEOVER_LIMIT).await?;

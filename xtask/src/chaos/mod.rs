@@ -89,6 +89,9 @@ enum Scenario {
     DeletionStorm,
 }
 
+/// Where the operators hold their Lease: a namespace every cluster has.
+const LEASE_NAMESPACE: &str = "default";
+
 const SCENARIOS: [Scenario; 4] = [
     Scenario::KillStorm,
     Scenario::LeaderLoss,
@@ -277,10 +280,9 @@ impl Storm {
         let listen = format!("127.0.0.1:{}", free_port()?);
         Launch {
             name,
-            // The Lease goes in a namespace every cluster has.
-            namespace: "default",
+            namespace: LEASE_NAMESPACE,
             metrics: &listen,
-            log_filter: "info",
+            log_filter: Some("info"),
             env: &[("POD_NAME", name)],
             args,
             ..Launch::default()
