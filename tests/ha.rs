@@ -95,17 +95,9 @@ async fn wait_holder(env: &Env, identity: &str) -> Result<()> {
     .await
 }
 
-fn operator_log(env: &Env) -> std::path::PathBuf {
-    env.operator
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .log_path()
-        .to_owned()
-}
-
 /// The environment's operator leads; a second process stands by. Returns both identities.
 async fn standby(env: &Env, logs: &Path) -> Result<(Operator, String, String)> {
-    let leader = identity(&operator_log(env), None).await?;
+    let leader = identity(&env.operator_log_path(), None).await?;
     wait_holder(env, &leader).await?;
     let standby = env.start_operator("standby", logs, &["--log-format", "json"])?;
     let standby_identity = identity(standby.log_path(), None).await?;
@@ -120,7 +112,7 @@ async fn hand_back(env: &Env, standby: Operator, previous: &str) -> Result<()> {
         let mut operator = env.operator.lock().unwrap_or_else(|e| e.into_inner());
         operator.restart()?;
     }
-    let identity = identity(&operator_log(env), Some(previous)).await?;
+    let identity = identity(&env.operator_log_path(), Some(previous)).await?;
     drop(standby);
     wait_holder(env, &identity).await
 }
@@ -141,7 +133,7 @@ fn a_follower_does_not_reconcile_and_the_leader_reports_its_keys(env: &Env) -> R
             .await?;
         expect_single_key(env, NS, "observed", &tenant).await?;
 
-        let leader = metrics_address(&operator_log(env)).await?;
+        let leader = env.metrics_address().await?;
         let (status, text) = scrape(&leader, "/metrics").await?;
         ensure!(status == 200, "leader /metrics: {status}");
         for expected in [
@@ -200,7 +192,7 @@ fn a_follower_does_not_reconcile_and_the_leader_reports_its_keys(env: &Env) -> R
 /// passes again. `/readyz` is not affected.
 fn livez_fails_while_a_reconcile_hangs(env: &Env) -> Result<()> {
     env.block_on(async {
-        let probes = probes_address(&operator_log(env)).await?;
+        let probes = probes_address(&env.operator_log_path()).await?;
         let livez = || async {
             let (status, body) = scrape(&probes, "/livez").await?;
             anyhow::Ok((status, body))
@@ -280,7 +272,7 @@ fn secure_metrics_answer_only_authorized_readers(env: &Env) -> Result<()> {
             .create(&PostParams::default(), &binding)
             .await?;
 
-        let leader = identity(&operator_log(env), None).await?;
+        let leader = identity(&env.operator_log_path(), None).await?;
         wait_holder(env, &leader).await?;
         let secure = env.start_operator(
             "secure",
@@ -341,7 +333,7 @@ fn sigterm_hands_the_lease_over_at_once(env: &Env) -> Result<()> {
     let logs = tempfile::Builder::new().prefix("tko-ha-").tempdir()?;
     env.block_on(async {
         let (standby, leader, standby_identity) = standby(env, logs.path()).await?;
-        let releases = log_lines(&operator_log(env), "released the lease").len();
+        let releases = log_lines(&env.operator_log_path(), "released the lease").len();
         let started = Instant::now();
         env.operator
             .lock()
@@ -352,7 +344,7 @@ fn sigterm_hands_the_lease_over_at_once(env: &Env) -> Result<()> {
         let handed_over = started.elapsed();
         println!("SIGTERM: leader exited after {stopped:?}, successor leads after {handed_over:?}");
         ensure!(
-            log_lines(&operator_log(env), "released the lease").len() == releases + 1,
+            log_lines(&env.operator_log_path(), "released the lease").len() == releases + 1,
             "the leader did not log the release"
         );
         ensure!(
@@ -389,7 +381,7 @@ fn sigterm_lets_a_create_in_flight_finish(env: &Env) -> Result<()> {
             "the create to reach Imburse",
         )
         .await?;
-        let log = operator_log(env);
+        let log = env.operator_log_path();
         let releases = log_lines(&log, "released the lease").len();
         let started = Instant::now();
         env.operator
@@ -448,7 +440,7 @@ fn a_leader_that_loses_the_lease_exits(env: &Env) -> Result<()> {
             )
             .await?;
         let taken = Instant::now();
-        let losses = log_lines(&operator_log(env), "leadership lost: stopping").len();
+        let losses = log_lines(&env.operator_log_path(), "leadership lost: stopping").len();
         let mut status = None;
         poll(
             || {
@@ -475,7 +467,7 @@ fn a_leader_that_loses_the_lease_exits(env: &Env) -> Result<()> {
             exited < Duration::from_secs(5),
             "the leader exited {exited:?} after losing the lease"
         );
-        ensure!(log_lines(&operator_log(env), "leadership lost: stopping").len() == losses + 1);
+        ensure!(log_lines(&env.operator_log_path(), "leadership lost: stopping").len() == losses + 1);
         wait_holder(env, &standby_identity).await?;
         let tenant = env.tenant(0, 2);
         env.create_key(NS, "after-loss", &tenant, json!({})).await?;

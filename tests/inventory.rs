@@ -253,13 +253,7 @@ async fn make_keys(env: &Env, tenant: &str) -> Result<Keys> {
 
 /// The operator's `tenant_key_operator_imburse_keys` samples of `tenant`, by class.
 async fn scrape_inventory(env: &Env, tenant: &str) -> Result<BTreeMap<String, f64>> {
-    let log = env
-        .operator
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .log_path()
-        .to_owned();
-    let address = support::metrics_address(&log).await?;
+    let address = env.metrics_address().await?;
     let text = reqwest::get(format!("http://{address}/metrics"))
         .await?
         .text()

@@ -130,8 +130,18 @@ impl Env {
 
     /// Everything the operator has logged so far.
     pub fn operator_log(&self) -> Result<String> {
+        Ok(std::fs::read_to_string(self.operator_log_path())?)
+    }
+
+    /// Where the environment's operator logs.
+    pub fn operator_log_path(&self) -> PathBuf {
         let operator = self.operator.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(std::fs::read_to_string(operator.log_path())?)
+        operator.log_path().to_owned()
+    }
+
+    /// The address the environment's operator serves its metrics on (it must log JSON).
+    pub async fn metrics_address(&self) -> Result<String> {
+        metrics_address(&self.operator_log_path()).await
     }
 
     pub fn keys(&self, namespace: &str) -> Api<TenantSecurityKey> {
