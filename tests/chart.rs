@@ -38,10 +38,13 @@ use serde_json::json;
 use support::{
     WAIT,
     chart::{Helm, Mode, RELEASE, RELEASE_NAMESPACE, chart_dir, container_env, documents, kinds},
-    create_namespace, create_secret, poll, ready, wait_for,
+    create_namespace, poll, ready, wait_for,
 };
 use tenant_key_api::crd::{ClusterImburseAccount, ImburseAccount, TenantSecurityKey};
-use testenv::{ControlPlane, Operator};
+use testenv::{
+    ControlPlane, Operator,
+    cluster::{imburse_account, key_pair_secret},
+};
 
 /// A namespace that a namespaced install must leave alone.
 const UNWATCHED: &str = "elsewhere";
@@ -623,14 +626,11 @@ impl World<'_> {
 
     async fn credentials(&self, namespace: &str, name: &str, account: usize) -> Result<()> {
         let account = &self.config.accounts[account];
-        let data = BTreeMap::from([
-            ("publicKey".to_owned(), account.public_key.clone()),
-            (
-                "privateKey".to_owned(),
-                secrecy::ExposeSecret::expose_secret(&account.private_key).to_owned(),
-            ),
-        ]);
-        create_secret(&self.admin, namespace, name, data).await
+        let secret = key_pair_secret(name, &account.public_key, &account.private_key);
+        Api::<Secret>::namespaced(self.admin.clone(), namespace)
+            .create(&PostParams::default(), &secret)
+            .await?;
+        Ok(())
     }
 
     /// The namespaces of the test: `payments` (labelled `team=payments`), `orders`, and one
@@ -756,15 +756,8 @@ impl World<'_> {
     }
 
     async fn create_account(&self, namespace: &str, name: &str, secret: &str) -> Result<()> {
-        let account: ImburseAccount = serde_json::from_value(json!({
-            "apiVersion": "imbursepayments.com/v1beta1",
-            "kind": "ImburseAccount",
-            "metadata": { "name": name, "namespace": namespace },
-            "spec": {
-                "baseUrl": self.sandbox.base_url(),
-                "credentialsSecretRef": { "name": secret },
-            },
-        }))?;
+        let account =
+            imburse_account(namespace, name, &self.sandbox.base_url(), secret, json!({}))?;
         Api::<ImburseAccount>::namespaced(self.admin.clone(), namespace)
             .create(&PostParams::default(), &account)
             .await?;
