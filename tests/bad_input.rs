@@ -25,11 +25,9 @@ use kube::{
     Api, ResourceExt,
     api::{ListParams, Patch, PatchParams},
 };
-use libtest_mimic::{Arguments, Trial};
+use libtest_mimic::Trial;
 use serde_json::{Value, json};
-use support::{
-    Env, TestFn, create_namespace, create_secret, expect_single_key_at, poll, ready, wait_for,
-};
+use support::{Env, create_namespace, create_secret, expect_single_key_at, poll, ready, wait_for};
 use tenant_key_api::crd::{Condition, ImburseAccount, TenantSecurityKey};
 
 /// How long each case keeps watching once its resources gave their answer. Reconciles, Imburse
@@ -560,73 +558,75 @@ fn valid(own: &imburse_sandbox::Account, _: &imburse_sandbox::Account) -> BTreeM
 }
 
 /// Everything the cases saw that must never be written anywhere: private keys.
-type Seen = Arc<Mutex<Vec<String>>>;
+type Seen = Mutex<Vec<String>>;
 
+/// The environment, and what the cases saw there.
+struct BadInput {
+    env: Env,
+    seen: Seen,
+}
+
+impl std::ops::Deref for BadInput {
+    type Target = Env;
+
+    fn deref(&self) -> &Env {
+        &self.env
+    }
+}
+
+impl testenv::suite::World for BadInput {}
+
+/// Every case and test at once (they mostly wait, so the suite stays short), then the scan
+/// over everything they made the operator write.
 fn main() -> std::process::ExitCode {
-    let mut args = Arguments::from_args();
     let cases = cases();
-    let tests: Vec<(&str, TestFn)> = testenv::named_tests![
-        permanent_errors_are_reported,
-        schema_rejects_invalid_objects,
-        schema_refuses_empty_and_built_in_secret_types,
-        rate_limiting_is_reported_then_recovered,
-        server_errors_are_reported_then_recovered,
-    ];
-    // The cases mostly wait; running them all at once keeps the suite short.
-    args.test_threads = Some(args.test_threads.unwrap_or(cases.len() + tests.len()));
     // One tenant per case, and a spare one (see `spare_tenant`). Account 1 may only read keys:
     // a key made with it is refused as Forbidden.
     let mut config = Config::generate(2, cases.len() + 1);
     config.accounts[1].roles = vec!["account-tenant-read".into()];
-    let env = match Env::start_with(
-        config,
-        imburse_sandbox::Options::default(),
-        &["--imburse-timeout", IMBURSE_TIMEOUT],
-    ) {
-        Ok(env) => Arc::new(env),
-        Err(e) => {
-            eprintln!("could not start the test environment: {e:#}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let seen: Seen = Arc::new(Mutex::new(
-        env.config
+    let start = || {
+        let env = Env::start_with(
+            config,
+            imburse_sandbox::Options::default(),
+            &["--imburse-timeout", IMBURSE_TIMEOUT],
+        )?;
+        let seen = env
+            .config
             .accounts
             .iter()
             .map(|a| a.private_key.expose_secret().to_owned())
-            .collect(),
-    ));
-    let mut trials: Vec<Trial> = cases
-        .into_iter()
-        .enumerate()
-        .map(|(index, case)| {
-            let (env, seen) = (env.clone(), seen.clone());
-            Trial::test(case.name, move || {
-                env.block_on(run(&env, &case, index, &seen))
-                    .map_err(|e| format!("{e:#}").into())
-            })
+            .collect();
+        Ok(BadInput {
+            env,
+            seen: Mutex::new(seen),
         })
-        .collect();
-    trials.extend(
-        tests
+    };
+    let trials = |world: &Arc<BadInput>| {
+        cases
             .into_iter()
-            .map(|(name, test)| testenv::suite::trial(&env, name, test)),
-    );
-    let functional = libtest_mimic::run(&args, trials);
-    // Runs after every case, over everything they made the operator write.
-    let leak_env = env.clone();
-    let leaks = libtest_mimic::run(
-        &args,
-        vec![Trial::test("no_secret_in_logs_or_events", move || {
-            no_secret_in_logs_or_events(&leak_env, &seen).map_err(|e| format!("{e:#}").into())
-        })],
-    );
-    drop(env);
-    if functional.has_failed() || leaks.has_failed() {
-        std::process::ExitCode::FAILURE
-    } else {
-        std::process::ExitCode::SUCCESS
-    }
+            .enumerate()
+            .map(|(index, case)| {
+                let world = world.clone();
+                Trial::test(case.name, move || {
+                    world
+                        .block_on(run(&world, &case, index, &world.seen))
+                        .map_err(|e| format!("{e:#}").into())
+                })
+            })
+            .collect()
+    };
+    testenv::suite::run_with_cases(
+        start,
+        trials,
+        testenv::named_tests![
+            permanent_errors_are_reported,
+            schema_rejects_invalid_objects,
+            schema_refuses_empty_and_built_in_secret_types,
+            rate_limiting_is_reported_then_recovered,
+            server_errors_are_reported_then_recovered,
+        ],
+        testenv::named_tests![no_secret_in_logs_or_events],
+    )
 }
 
 /// The tenant after the cases' own: the tests beside the table make their keys at the
@@ -636,7 +636,7 @@ fn spare_tenant(env: &Env) -> String {
 }
 
 /// Each permanent error: the key stalls with the reason in its conditions and an Event.
-fn permanent_errors_are_reported(env: &Env) -> Result<()> {
+fn permanent_errors_are_reported(env: &BadInput) -> Result<()> {
     env.block_on(async {
         let ns = "errors";
         env.namespace_with_account(ns, 0).await?;
@@ -705,7 +705,7 @@ fn permanent_errors_are_reported(env: &Env) -> Result<()> {
     })
 }
 
-fn schema_rejects_invalid_objects(env: &Env) -> Result<()> {
+fn schema_rejects_invalid_objects(env: &BadInput) -> Result<()> {
     env.block_on(async {
         let ns = "schema";
         create_namespace(&env.client, ns, BTreeMap::new()).await?;
@@ -746,7 +746,7 @@ fn schema_rejects_invalid_objects(env: &Env) -> Result<()> {
     })
 }
 
-fn schema_refuses_empty_and_built_in_secret_types(env: &Env) -> Result<()> {
+fn schema_refuses_empty_and_built_in_secret_types(env: &BadInput) -> Result<()> {
     env.block_on(async {
         let ns = "secret-types";
         create_namespace(&env.client, ns, BTreeMap::new()).await?;
@@ -778,7 +778,7 @@ fn schema_refuses_empty_and_built_in_secret_types(env: &Env) -> Result<()> {
     })
 }
 
-fn rate_limiting_is_reported_then_recovered(env: &Env) -> Result<()> {
+fn rate_limiting_is_reported_then_recovered(env: &BadInput) -> Result<()> {
     env.block_on(async {
         let ns = "throttled";
         let sandbox = env.own_sandbox().await?;
@@ -795,7 +795,7 @@ fn rate_limiting_is_reported_then_recovered(env: &Env) -> Result<()> {
     })
 }
 
-fn server_errors_are_reported_then_recovered(env: &Env) -> Result<()> {
+fn server_errors_are_reported_then_recovered(env: &BadInput) -> Result<()> {
     env.block_on(async {
         let ns = "unavailable";
         let sandbox = env.own_sandbox().await?;
@@ -1155,9 +1155,9 @@ fn scan(what: &str, text: &str, secrets: &[String]) -> Result<()> {
 }
 
 /// No private key, bearer token or signature in the operator's log or in any Event.
-fn no_secret_in_logs_or_events(env: &Env, seen: &Seen) -> Result<()> {
+fn no_secret_in_logs_or_events(env: &BadInput) -> Result<()> {
     env.block_on(async {
-        let secrets = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let secrets = env.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
         ensure!(
             secrets.len() > 10,
             "too few keys to make the scan meaningful"

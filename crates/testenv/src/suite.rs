@@ -40,6 +40,17 @@ pub fn run<W: World>(
     at_once: Vec<Test<W>>,
     one_at_a_time: Vec<Test<W>>,
 ) -> ExitCode {
+    run_with_cases(start, |_| Vec::new(), at_once, one_at_a_time)
+}
+
+/// Like [`run`], with the trials `cases` makes in the started world (a table of cases rather
+/// than functions) run at once with `at_once`.
+pub fn run_with_cases<W: World>(
+    start: impl FnOnce() -> Result<W>,
+    cases: impl FnOnce(&Arc<W>) -> Vec<Trial>,
+    at_once: Vec<Test<W>>,
+    one_at_a_time: Vec<Test<W>>,
+) -> ExitCode {
     let args = Arguments::from_args();
     let world = match start() {
         Ok(world) => Arc::new(world),
@@ -48,9 +59,15 @@ pub fn run<W: World>(
             return ExitCode::FAILURE;
         }
     };
+    let mut trials = cases(&world);
+    trials.extend(
+        at_once
+            .into_iter()
+            .map(|(name, test)| trial(&world, name, test)),
+    );
     let mut failed = false;
-    if !at_once.is_empty() {
-        failed |= run_at_once(args.clone(), &world, at_once).has_failed();
+    if !trials.is_empty() {
+        failed |= run_at_once(args.clone(), trials).has_failed();
     }
     if !one_at_a_time.is_empty() {
         failed |= run_one_at_a_time(args, &world, one_at_a_time).has_failed();
@@ -83,14 +100,10 @@ fn trial_then<W: World>(
     })
 }
 
-/// Runs `tests` all at once: they mostly wait on the operator, so the binary takes about as
+/// Runs `trials` all at once: they mostly wait on the operator, so the binary takes about as
 /// long as its longest test.
-fn run_at_once<W: World>(mut args: Arguments, world: &Arc<W>, tests: Vec<Test<W>>) -> Conclusion {
-    args.test_threads = Some(args.test_threads.unwrap_or(tests.len()));
-    let trials = tests
-        .into_iter()
-        .map(|(name, test)| trial(world, name, test))
-        .collect();
+fn run_at_once(mut args: Arguments, trials: Vec<Trial>) -> Conclusion {
+    args.test_threads = Some(args.test_threads.unwrap_or(trials.len()));
     libtest_mimic::run(&args, trials)
 }
 
