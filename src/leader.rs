@@ -196,6 +196,16 @@ where
 {
     let (duration, grace) = settings.lease_params()?;
     loop {
+        // Read before the manager does: a release between the manager's read and the first
+        // of `reads` would otherwise look like a Lease never held, and the manager would sleep
+        // until the expiry it read.
+        let mut seen_until = match leases.get_opt(&settings.lease_name).await {
+            Ok(lease) => lease.as_ref().and_then(held_until),
+            Err(e) => {
+                tracing::debug!(error = %e, "reading the lease");
+                None
+            }
+        };
         let (mut leading, manager) = LeaseManagerBuilder::new(client.clone(), &settings.lease_name)
             .with_namespace(&settings.namespace)
             .with_parameters(LeaseParams::new(&settings.identity, duration, grace))
@@ -210,7 +220,6 @@ where
         );
         let reads = lease_reads(leases, &settings.lease_name, settings.retry_period);
         futures::pin_mut!(reads);
-        let mut seen_until: Option<SystemTime> = None;
         loop {
             tokio::select! {
                 () = shutdown.clone() => {
