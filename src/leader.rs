@@ -196,15 +196,18 @@ where
 {
     let (duration, grace) = settings.lease_params()?;
     loop {
-        // Read before the manager does: a release between the manager's read and the first
-        // of `reads` would otherwise look like a Lease never held, and the manager would sleep
-        // until the expiry it read.
-        let mut seen_until = match leases.get_opt(&settings.lease_name).await {
-            Ok(lease) => lease.as_ref().and_then(held_until),
-            Err(e) => {
+        let reads = lease_reads(leases, &settings.lease_name, settings.retry_period);
+        futures::pin_mut!(reads);
+        // The first read comes before the manager's: a release between the manager's read and
+        // ours would otherwise look like a Lease never held, and the manager would sleep until
+        // the expiry it read.
+        let mut seen_until = match reads.next().await {
+            Some(Ok(lease)) => lease.as_ref().and_then(held_until),
+            Some(Err(e)) => {
                 tracing::debug!(error = %e, "reading the lease");
                 None
             }
+            None => None,
         };
         let (mut leading, manager) = LeaseManagerBuilder::new(client.clone(), &settings.lease_name)
             .with_namespace(&settings.namespace)
@@ -218,8 +221,6 @@ where
             lease = %settings.lease_name,
             "waiting for the lease"
         );
-        let reads = lease_reads(leases, &settings.lease_name, settings.retry_period);
-        futures::pin_mut!(reads);
         loop {
             tokio::select! {
                 () = shutdown.clone() => {
